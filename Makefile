@@ -1,0 +1,30 @@
+# The two commands (see README):  make run   and   make test
+# Everything installs into .venv; torch is pinned by constraints.txt (CPU build here).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PIP    := $(BIN)/python -m pip --disable-pip-version-check
+
+.PHONY: setup run test bench clean
+
+$(STAMP): pyproject.toml constraints.txt tools/check_install.py
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt torch
+	$(PIP) install -q -c constraints.txt -e '.[test]'
+	$(BIN)/python tools/check_install.py
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/harness run --method ann $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest benchmarks --benchmark-only $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

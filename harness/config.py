@@ -1,0 +1,287 @@
+"""Run configuration and typed, validated method hyper-parameters.
+
+* :class:`RunConfig` — one run: method, data set, model, seed, training and output settings. Built
+  from CLI flags, a YAML file and keyword arguments (later sources override earlier ones).
+* :class:`Params` — base of every method's frozen hyper-parameter dataclass. Fields are declared with
+  :func:`param`, which records the valid range and a help line; values set with
+  ``--set key=value`` are parsed by the field's type and checked against that range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from .errors import ConfigError, UnknownNameError
+
+
+# ----------------------------------------------------------------------------------------------
+# parameters with ranges
+
+
+def param(
+    default: Any,
+    help: str = "",
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Any:
+    """A dataclass field with a documented valid range.
+
+    ``low``/``high`` bound numeric values (and every element of a tuple); ``*_open`` excludes the
+    bound itself. Choices come from a ``Literal[...]`` annotation.
+    """
+    meta = dict(help=help, low=low, high=high, low_open=low_open, high_open=high_open)
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use a tuple for sequence defaults (params are frozen)")
+    return field(default=default, metadata=meta)
+
+
+def _range_text(meta: dict) -> str:
+    lo, hi = meta.get("low"), meta.get("high")
+    if lo is None and hi is None:
+        return ""
+    left = ("(" if meta.get("low_open") else "[") + ("-inf" if lo is None else f"{lo:g}")
+    right = ("inf" if hi is None else f"{hi:g}") + (")" if meta.get("high_open") else "]")
+    return f"{left}, {right}"
+
+
+def _in_range(value: float, meta: dict) -> bool:
+    lo, hi = meta.get("low"), meta.get("high")
+    if lo is not None and (value < lo or (meta.get("low_open") and value == lo)):
+        return False
+    if hi is not None and (value > hi or (meta.get("high_open") and value == hi)):
+        return False
+    return True
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _type_name(tp: Any) -> str:
+    base, optional = _strip_optional(tp)
+    if typing.get_origin(base) is Literal:
+        name = "|".join(str(a) for a in typing.get_args(base))
+    elif typing.get_origin(base) is tuple:
+        name = f"{_type_name(typing.get_args(base)[0])},..."
+    else:
+        name = getattr(base, "__name__", str(base))
+    return f"{name} or none" if optional else name
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_value(text: str, tp: Any, name: str) -> Any:
+    """Parse a command-line string into a value of type ``tp`` (raises :class:`ConfigError`)."""
+    base, optional = _strip_optional(tp)
+    if optional and text.strip().lower() in {"none", "null", ""}:
+        return None
+    try:
+        if typing.get_origin(base) is Literal:
+            choices = typing.get_args(base)
+            for c in choices:
+                if str(c) == text:
+                    return c
+            raise UnknownNameError(f"value for {name!r}", text, [str(c) for c in choices])
+        if typing.get_origin(base) is tuple:
+            elem = typing.get_args(base)[0]
+            return tuple(parse_value(p.strip(), elem, name) for p in text.split(",") if p.strip())
+        if base is bool:
+            low = text.strip().lower()
+            if low in _TRUE | _FALSE:
+                return low in _TRUE
+            raise ValueError(text)
+        if base is int:
+            return int(text)
+        if base is float:
+            return float(text)
+        if base is str:
+            return text
+    except (ValueError, TypeError):
+        raise ConfigError(f"{name}={text!r}: expected {_type_name(tp)}") from None
+    raise ConfigError(f"{name}: unsupported parameter type {tp!r}")
+
+
+def _check_value(name: str, value: Any, tp: Any, meta: dict) -> None:
+    base, optional = _strip_optional(tp)
+    if value is None:
+        if not optional:
+            raise ConfigError(f"{name} may not be none")
+        return
+    if typing.get_origin(base) is Literal:
+        if value not in typing.get_args(base):
+            raise UnknownNameError(f"value for {name!r}", str(value), [str(c) for c in typing.get_args(base)])
+        return
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if v != v:  # NaN
+                raise ConfigError(f"{name}={v}: not a number")
+            if not _in_range(v, meta):
+                raise ConfigError(f"{name}={v:g} is out of range; valid range is {_range_text(meta)}")
+
+
+@dataclass(frozen=True)
+class Params:
+    """Base class of a method's hyper-parameters. Subclasses are frozen dataclasses whose fields
+    use :func:`param`; values are validated on construction."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            _check_value(f.name, getattr(self, f.name), hints[f.name], dict(f.metadata))
+        self.validate()
+
+    def validate(self) -> None:
+        """Cross-field checks; override and raise :class:`ConfigError`."""
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_strings(cls, items: dict[str, str], owner: str = "method") -> "Params":
+        """Build from ``{"key": "text"}`` pairs (``--set key=value``), unknown keys named."""
+        hints = typing.get_type_hints(cls)
+        valid = {f.name: f for f in fields(cls)}
+        kwargs = {}
+        for key, text in items.items():
+            if key not in valid:
+                raise UnknownNameError(f"parameter of {owner}", key, valid)
+            kwargs[key] = text if not isinstance(text, str) else parse_value(text, hints[key], key)
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> "Params":
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def describe(cls) -> list[dict[str, str]]:
+        """Rows (key, type, default, range, help) for ``harness ls params``-style listings."""
+        hints = typing.get_type_hints(cls)
+        rows = []
+        for f in fields(cls):
+            rows.append(
+                dict(
+                    key=f.name,
+                    type=_type_name(hints[f.name]),
+                    default=repr(f.default),
+                    range=_range_text(dict(f.metadata)),
+                    help=f.metadata.get("help", ""),
+                )
+            )
+        return rows
+
+
+def parse_sets(items: list[str] | None) -> dict[str, str]:
+    """``["a=1", "b=x"]`` → ``{"a": "1", "b": "x"}``."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the run configuration
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class TrainConfig(Params):
+    """How the ANN (or a trained SNN) is trained. Part of the ANN cache key."""
+
+    epochs: int = param(15, "training epochs", low=0, high=10_000)
+    batch_size: int = param(64, "training batch size", low=1)
+    lr: float = param(1e-3, "Adam learning rate", low=0, low_open=True)
+    weight_decay: float = param(0.0, "Adam weight decay", low=0)
+    act_l1: float = param(0.0, "L1 penalty on hidden activations (sparser ANNs convert to fewer spikes)", low=0)
+
+
+@dataclass(frozen=True)
+class RunConfig(Params):
+    """One run of the harness. ``sets`` holds the method's ``--set key=value`` strings."""
+
+    method: str = param("ann", "method (registry key), e.g. ann, ttfs, prune+ttfs")
+    dataset: str = param("mnist-5k", "data set (registry key)")
+    model: str | None = param(None, "model (registry key); default: the method's choice for the data")
+    seed: int = param(0, "random seed for data order, initialisation and sampling", low=0)
+    device: Device = param("auto", "auto picks cuda when available")
+    epochs: int | None = param(None, "training epochs (default: TrainConfig.epochs)", low=0, high=10_000)
+    batch_size: int = param(64, "training batch size", low=1)
+    lr: float = param(1e-3, "learning rate", low=0, low_open=True)
+    act_l1: float = param(0.0, "activation-L1 penalty while training the ANN", low=0)
+    eval_batch_size: int = param(500, "evaluation batch size", low=1)
+    data_dir: str | None = param(None, "where to look for / download data files")
+    cache_dir: str | None = param(None, "ANN cache (default $HARNESS_CACHE_DIR or ~/.cache/snn-harness)")
+    output_json: str | None = param(None, "write the result record here")
+    experiment: str | None = param(None, "MLflow experiment (default from mlflow.yaml)")
+    track: bool = param(True, "log the run to MLflow")
+    progress: bool = param(True, "show progress bars")
+    sets: tuple[str, ...] = param((), "method parameters as key=value strings")
+
+    CLI_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def method_sets(self) -> dict[str, str]:
+        return parse_sets(list(self.sets))
+
+    def train_config(self) -> TrainConfig:
+        kw = dict(batch_size=self.batch_size, lr=self.lr, act_l1=self.act_l1)
+        if self.epochs is not None:
+            kw["epochs"] = self.epochs
+        return TrainConfig(**kw)
+
+    @classmethod
+    def build(cls, yaml_path: str | Path | None = None, **overrides: Any) -> "RunConfig":
+        """Defaults < YAML file < keyword overrides (``None`` overrides are ignored)."""
+        data: dict[str, Any] = {}
+        if yaml_path is not None:
+            data.update(load_yaml_config(yaml_path))
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        valid = set(cls.keys())
+        for key in data:
+            if key not in valid:
+                raise UnknownNameError("run setting", key, valid)
+        if "sets" in data:
+            sets = data["sets"]
+            if isinstance(sets, dict):
+                sets = [f"{k}={v}" for k, v in sets.items()]
+            data["sets"] = tuple(sets)
+        return cls(**data)
+
+
+def load_yaml_config(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of settings")
+    if "set" in data:  # friendlier spelling in YAML: set: {timesteps: 64}
+        data["sets"] = data.pop("set")
+    return {k.replace("-", "_"): v for k, v in data.items()}

@@ -1,0 +1,45 @@
+"""Errors the user can act on. The CLI prints them without a traceback and exits with code 2."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class HarnessError(Exception):
+    """Base class for errors caused by input (names, values, files, stores)."""
+
+    exit_code = 2
+
+
+class UnknownNameError(HarnessError, KeyError):
+    """A name that is not in a registry (or not a valid key), with close matches suggested."""
+
+    def __init__(self, kind: str, name: str, valid: Iterable[str]):
+        self.kind, self.name, self.valid = kind, name, sorted(valid)
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        close = difflib.get_close_matches(self.name, self.valid, n=3, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        return f"unknown {self.kind} {self.name!r}.{hint} Valid: {', '.join(self.valid)}."
+
+    def __str__(self) -> str:  # KeyError would quote the whole message otherwise
+        return self.message
+
+
+class ConfigError(HarnessError, ValueError):
+    """An invalid value: the message names the parameter and its valid range."""
+
+
+class DataError(HarnessError):
+    """Missing, corrupt or truncated data: the message names the file or where it looked."""
+
+
+class TrackingError(HarnessError):
+    """The tracking store cannot be opened or written."""
+
+
+class DivergedError(HarnessError):
+    """Training produced a non-finite loss."""

@@ -1,0 +1,330 @@
+"""The shared meters (DESIGN §4): one definition of every metric, used by every method.
+
+Two kinds of layers are metered:
+
+* **synaptic layers** (``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d``): every input element ``x_i``
+  reaches ``fanout_i`` non-zero weights (border effects of padding and stride included). The
+  fan-out map is computed once per layer and input shape as the gradient of
+  ``sum(layer(x; 1[W != 0]))`` with respect to ``x`` — exact for any linear layer. Then, summed
+  over every input row the layer sees (time steps × samples):
+
+  - dense MACs      = rows × outputs × weights per output         (what a dense engine executes)
+  - effective ops   = Σ_rows Σ_i 1[x_i != 0] · fanout_i          (zero inputs and zero weights skipped)
+  - for spike inputs (binary), effective ops *are* the synaptic operations: every spike triggers
+    one accumulate per non-zero outgoing weight. Spike counts summed over time give the same
+    number, so ``record_synapse`` also accepts per-sample spike counts.
+
+* **neuron layers** (ReLU in an ANN, spiking neurons in an SNN): spikes (or non-zero
+  activations), zeros and entries over every time step and sample.
+
+Totals are divided by the number of samples, so every figure is *per inference*. NeuroBench's
+definitions are followed for activation and connection sparsity; SpikingJelly's ``op_counter``
+counts SynOps against all weights (zeros included) — the tests cross-check both on dense models.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+SYNAPTIC_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def _in_dims(layer: nn.Module) -> int:
+    """How many trailing dimensions of the input form one sample for this layer."""
+    if isinstance(layer, nn.Linear):
+        return 1
+    if isinstance(layer, nn.Conv1d):
+        return 2
+    if isinstance(layer, nn.Conv2d):
+        return 3
+    raise TypeError(f"not a synaptic layer: {type(layer).__name__}")
+
+
+def _apply_linear_op(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``layer``'s linear map with a substitute weight and no bias."""
+    if isinstance(layer, nn.Linear):
+        return nn.functional.linear(x, weight)
+    if isinstance(layer, nn.Conv1d):
+        return nn.functional.conv1d(x, weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+    if isinstance(layer, nn.Conv2d):
+        return nn.functional.conv2d(x, weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+    raise TypeError(f"not a synaptic layer: {type(layer).__name__}")
+
+
+@torch.no_grad()
+def _effective_weight(layer: nn.Module) -> torch.Tensor:
+    return layer.weight.detach()
+
+
+def fanout_map(layer: nn.Module, in_shape: tuple[int, ...], *, nonzero: bool = True) -> torch.Tensor:
+    """Per input element: how many (non-zero, if ``nonzero``) weights it reaches in one pass."""
+    return _fanout_and_outputs(layer, in_shape, nonzero)[0]
+
+
+def dense_macs_per_pass(layer: nn.Module, in_shape: tuple[int, ...]) -> int:
+    """MACs of one dense pass: output elements × weights per output (padding taps included, as
+    SpikingJelly's and NeuroBench's counters count them)."""
+    w = _effective_weight(layer)
+    return _fanout_and_outputs(layer, in_shape, False)[1] * int(w[0].numel())
+
+
+def _fanout_and_outputs(layer: nn.Module, in_shape: tuple[int, ...], nonzero: bool) -> tuple[torch.Tensor, int]:
+    w = _effective_weight(layer)
+    mask = (w != 0).to(torch.float64) if nonzero else torch.ones_like(w, dtype=torch.float64)
+    x = torch.zeros((1, *in_shape), dtype=torch.float64, device=w.device, requires_grad=True)
+    with torch.enable_grad():
+        y = _apply_linear_op(layer, x, mask)
+        (grad,) = torch.autograd.grad(y.sum(), x)
+    return grad[0], int(y[0].numel())
+
+
+def connection_sparsity(model: nn.Module) -> float:
+    """NeuroBench: zero weights ÷ all weights of the Linear/Conv layers."""
+    zeros = total = 0
+    for m in model.modules():
+        if isinstance(m, SYNAPTIC_TYPES):
+            w = _effective_weight(m)
+            zeros += int((w == 0).sum())
+            total += w.numel()
+    return zeros / total if total else 0.0
+
+
+@dataclass
+class SynapseStats:
+    name: str
+    kind: str  # "Linear" / "Conv2d" ...
+    weights: int = 0
+    zero_weights: int = 0
+    spike_input: bool | None = None  # None until first seen
+    rows: float = 0.0  # input rows seen (time steps × samples, or samples for count inputs)
+    dense_ops: float = 0.0
+    effective_ops: float = 0.0
+    input_spikes: float = 0.0
+    capacity: float = 0.0  # Σ_i fanout_i: synops of one pass in which every input spikes once
+
+
+@dataclass
+class NeuronStats:
+    name: str
+    kind: str
+    entries: float = 0.0
+    zeros: float = 0.0
+    spikes: float = 0.0  # spikes, or non-zero activations for ANN layers
+    per_neuron: torch.Tensor | None = None  # spike counts per neuron, when kept
+
+
+@dataclass
+class Meters:
+    """Streaming accumulators for one evaluation. ``timesteps`` = T of the simulation (1 for ANNs)."""
+
+    timesteps: int = 1
+    dt: float = 1e-3
+    keep_per_neuron: bool = False
+    samples: int = 0
+    correct: int = 0
+    synapses: "OrderedDict[str, SynapseStats]" = field(default_factory=OrderedDict)
+    neurons: "OrderedDict[str, NeuronStats]" = field(default_factory=OrderedDict)
+    _fanouts: dict = field(default_factory=dict, repr=False)
+
+    # ---- recording ---------------------------------------------------------------------------
+    def record_batch(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.samples += int(labels.shape[0])
+        self.correct += int((logits.argmax(-1) == labels).sum())
+
+    def _fanouts_for(self, name: str, layer: nn.Module, in_shape: tuple[int, ...]):
+        key = (name, in_shape)
+        if key not in self._fanouts:
+            self._fanouts[key] = (fanout_map(layer, in_shape, nonzero=True).float(),
+                                  float(dense_macs_per_pass(layer, in_shape)))
+        return self._fanouts[key]
+
+    @torch.no_grad()
+    def record_synapse(self, name: str, layer: nn.Module, x: torch.Tensor, *, spikes: bool,
+                       rows: float | None = None) -> None:
+        """Count one call of ``layer`` on input ``x`` (any leading dims: T, B, or T·B).
+
+        With ``spikes=True`` the input is binary spikes, or spike *counts* summed over time; in the
+        latter case pass ``rows`` (the number of time-step passes it stands for).
+        """
+        d = _in_dims(layer)
+        in_shape = tuple(x.shape[-d:])
+        flat = x.detach().reshape(-1, *in_shape)
+        fan_nz, dense_per_row = self._fanouts_for(name, layer, in_shape)
+        st = self.synapses.get(name)
+        if st is None:
+            w = _effective_weight(layer)
+            st = self.synapses[name] = SynapseStats(name, type(layer).__name__, w.numel(), int((w == 0).sum()))
+            st.capacity = float(fan_nz.sum())
+        st.spike_input = spikes
+        n_rows = float(flat.shape[0]) if rows is None else float(rows)
+        st.rows += n_rows
+        st.dense_ops += n_rows * dense_per_row
+        fan = fan_nz.to(flat.device)
+        if spikes:
+            counts = flat.float().sum(0)
+            st.input_spikes += float(counts.sum())
+            st.effective_ops += float((counts * fan).sum())
+        else:
+            nz = (flat != 0).float().sum(0)
+            st.effective_ops += float((nz * fan).sum())
+
+    @torch.no_grad()
+    def record_neurons(self, name: str, out: torch.Tensor, *, kind: str = "", spiking: bool = True) -> None:
+        """Count one output of a neuron layer (any leading dims). For ANN layers (``spiking=False``)
+        non-zero activations are counted in place of spikes."""
+        out = out.detach()
+        st = self.neurons.get(name)
+        if st is None:
+            st = self.neurons[name] = NeuronStats(name, kind)
+        st.entries += out.numel()
+        nonzero = out != 0
+        st.zeros += float(out.numel() - int(nonzero.sum()))
+        events = out.float() if spiking else nonzero.float()
+        st.spikes += float(events.sum())
+        if self.keep_per_neuron:
+            per = events.reshape(-1, *out.shape[-self._neuron_dims(out):]).sum(0).cpu()
+            st.per_neuron = per if st.per_neuron is None else st.per_neuron + per
+
+    def record_neuron_counts(self, name: str, *, spikes: float, entries: float, zeros: float,
+                             kind: str = "", per_neuron: torch.Tensor | None = None) -> None:
+        """Add pre-aggregated counts (event-driven evaluators that never materialise spikes)."""
+        st = self.neurons.get(name)
+        if st is None:
+            st = self.neurons[name] = NeuronStats(name, kind)
+        st.entries += entries
+        st.zeros += zeros
+        st.spikes += spikes
+        if self.keep_per_neuron and per_neuron is not None:
+            st.per_neuron = per_neuron.cpu() if st.per_neuron is None else st.per_neuron + per_neuron.cpu()
+
+    def _neuron_dims(self, out: torch.Tensor) -> int:
+        return 3 if out.dim() >= 4 else 1
+
+    # ---- hooks -------------------------------------------------------------------------------
+    @contextmanager
+    def attach(self, model: nn.Module, *, neuron_types: tuple[type[nn.Module], ...],
+               spike_inputs: bool | Callable[[str, torch.Tensor], bool], spiking_neurons: bool) -> Iterator["Meters"]:
+        """Hook every synaptic layer and every neuron layer of ``model`` while in the block.
+
+        ``spike_inputs``: whether synaptic inputs are spikes, or a predicate (name, x) -> bool.
+        """
+        handles = []
+        for name, m in model.named_modules():
+            if isinstance(m, SYNAPTIC_TYPES):
+                def pre(mod, args, _name=name):
+                    x = args[0]
+                    is_spk = spike_inputs(_name, x) if callable(spike_inputs) else spike_inputs
+                    self.record_synapse(_name, mod, x, spikes=bool(is_spk))
+                handles.append(m.register_forward_pre_hook(pre))
+            elif isinstance(m, neuron_types):
+                def post(mod, args, out, _name=name):
+                    self.record_neurons(_name, out, kind=type(mod).__name__, spiking=spiking_neurons)
+                handles.append(m.register_forward_hook(post))
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    # ---- results -----------------------------------------------------------------------------
+    def summary(self) -> tuple[dict[str, float], list[dict]]:
+        """(flat metrics, per-layer rows). Every count is per inference (÷ samples)."""
+        n = max(self.samples, 1)
+        T = self.timesteps
+        metrics: dict[str, float] = {}
+        rows: list[dict] = []
+        macs = macs_dense_all = macs_eff = synops = 0.0
+        capacity_spiking = hidden_ops = input_layer_macs = 0.0
+        for i, st in enumerate(self.synapses.values()):
+            dense, eff = st.dense_ops / n, st.effective_ops / n
+            row = dict(layer=st.name, type=st.kind, weights=st.weights,
+                       connection_sparsity=st.zero_weights / st.weights if st.weights else 0.0,
+                       input="spikes" if st.spike_input else "analog",
+                       dense_macs=dense, synops=eff if st.spike_input else 0.0,
+                       macs=0.0 if st.spike_input else dense,
+                       macs_effective=0.0 if st.spike_input else eff)
+            rows.append(row)
+            macs_dense_all += dense
+            if i > 0:  # every layer but the one that reads the network's input
+                hidden_ops += eff
+            else:
+                input_layer_macs = dense
+            if st.spike_input:
+                synops += eff
+                capacity_spiking += st.capacity
+            else:
+                macs += dense
+                macs_eff += eff
+            p = f"layer/{st.name}/"
+            metrics[p + "synops"] = row["synops"]
+            metrics[p + "macs"] = row["macs"]
+            metrics[p + "macs_effective"] = row["macs_effective"]
+            metrics[p + "connection_sparsity"] = row["connection_sparsity"]
+        spikes = entries = zeros = neurons_total = 0.0
+        for st in self.neurons.values():
+            neurons = st.entries / (n * T)
+            spn = st.spikes / (n * neurons) if neurons else 0.0
+            row = dict(layer=st.name, type=st.kind, neurons=neurons, spikes=st.spikes / n,
+                       spikes_per_neuron=spn, activation_sparsity=st.zeros / st.entries if st.entries else 0.0,
+                       firing_rate_hz=spn / (T * self.dt), neuron_updates=neurons * T)
+            rows.append(row)
+            spikes += st.spikes / n
+            entries += st.entries
+            zeros += st.zeros
+            neurons_total += neurons
+            p = f"layer/{st.name}/"
+            for k in ("spikes_per_neuron", "activation_sparsity", "firing_rate_hz", "neurons"):
+                metrics[p + k] = row[k]
+        weights = sum(s.weights for s in self.synapses.values())
+        zero_w = sum(s.zero_weights for s in self.synapses.values())
+        metrics.update({
+            "test/accuracy": self.correct / n,
+            "samples": float(self.samples),
+            "timesteps": float(T),
+            "macs": macs,
+            "macs_dense_equivalent": macs_dense_all,
+            "macs_effective": macs_eff,
+            "synops": synops,
+            "spikes": spikes,
+            "neurons": neurons_total,
+            "spikes_per_neuron": spikes / neurons_total if neurons_total else 0.0,
+            "activation_sparsity": zeros / entries if entries else 0.0,
+            "connection_sparsity": zero_w / weights if weights else 0.0,
+            "neuron_updates": neurons_total * T,
+            "synop_capacity": capacity_spiking,
+            "synops_if_spiking": hidden_ops,
+            "input_layer_macs": input_layer_macs,
+        })
+        return metrics, rows
+
+    def firing_rates(self) -> dict[str, torch.Tensor]:
+        """Per layer: each neuron's firing rate in Hz (needs ``keep_per_neuron=True``)."""
+        n = max(self.samples, 1)
+        return {name: st.per_neuron.flatten() / (n * self.timesteps * self.dt)
+                for name, st in self.neurons.items() if st.per_neuron is not None}
+
+
+ANN_NEURON_TYPES: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Sigmoid, nn.Tanh,
+                                                 nn.Hardtanh)
+
+
+@torch.no_grad()
+def meter_ann(model: nn.Module, loader, device: str = "cpu", *, progress: bool = False,
+              desc: str = "evaluate ANN") -> tuple[dict[str, float], list[dict]]:
+    """Accuracy and op counts of a non-spiking network: analog inputs everywhere (MACs), and
+    non-zero activations counted where an SNN would count spikes."""
+    from tqdm.auto import tqdm
+
+    model = model.to(device).eval()
+    meters = Meters(timesteps=1)
+    with meters.attach(model, neuron_types=ANN_NEURON_TYPES, spike_inputs=False, spiking_neurons=False):
+        for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
+            x, y = x.to(device), y.to(device)
+            meters.record_batch(model(x), y)
+    return meters.summary()

@@ -1,0 +1,32 @@
+"""Method adapters: one file per method; file name = registry key = CLI value ('-' for '_').
+
+Built-in methods are listed here as lazy entries, so ``harness ls methods`` imports nothing
+heavy. A plug-in registers with ``@METHODS.register("name")`` on a :class:`harness.api.Method`
+subclass. Methods compose with ``+``: ``prune+ttfs`` applies the ``prune`` transform to the ANN,
+then converts it with ``ttfs``.
+"""
+
+from __future__ import annotations
+
+from ..registry import Registry
+
+METHODS: Registry = Registry("method")
+METHODS.lazy("ann", "harness.methods.ann:Ann",
+             "the trained ANN, unconverted: the baseline row (MACs, energy)")
+
+
+def resolve(spec: str) -> list:
+    """``"prune+ttfs"`` → the method classes in order; all but the last must be transforms."""
+    from ..errors import ConfigError
+
+    names = [p.strip() for p in spec.split("+")]
+    for n in names:
+        METHODS.check(n)
+    classes = [METHODS.get(n) for n in names]
+    for cls in classes[:-1]:
+        if not cls.is_transform:
+            raise ConfigError(f"method {cls.name!r} cannot precede another method in {spec!r}: "
+                              "only transforms of the ANN (e.g. prune) compose with '+'")
+    if classes[-1].is_transform and len(classes) > 1:
+        raise ConfigError(f"{spec!r}: a transform must be followed by a method, not end the chain")
+    return classes

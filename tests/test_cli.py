@@ -1,0 +1,80 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from harness.cli import main
+
+
+def _py(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_help_and_ls_import_nothing_heavy():
+    proc = _py(
+        "import sys\n"
+        "from harness.cli import main\n"
+        "for kind in ('methods', 'datasets', 'models', 'energy'):\n"
+        "    main(['ls', kind])\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'pytorch_lightning', 'mlflow', 'optuna', 'spikingjelly') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout
+    assert "ttfs-cnn" in proc.stdout and "cmos45-fp32" in proc.stdout and "mnist-5k" in proc.stdout
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["run", "--method", "annn"], "unknown method 'annn'. Did you mean 'ann'?"),
+    (["run", "--method", "ann", "--dataset", "mnist5k"], "Did you mean 'mnist-5k'"),
+    (["run", "--method", "ann", "--model", "cnn8"], "Did you mean 'cnn7'"),
+    (["run", "--method", "ann", "--set", "bogus=1"], "unknown parameter of ann 'bogus'"),
+    (["run", "--method", "ann", "--seed", "-3"], "seed=-3 is out of range"),
+    (["run", "--method", "ann", "--set", "novalue"], "expected key=value"),
+])
+def test_bad_input_exits_2_before_work(argv, needle, capsys, tmp_path):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err
+    assert not (tmp_path / "cache").exists()
+
+
+def test_run_ann_end_to_end_with_json_and_mlflow(tmp_path, capsys):
+    out = tmp_path / "out" / "r.json"
+    code = main(["run", "--method", "ann", "--dataset", "digits", "--epochs", "2", "--no-progress",
+                 "--output-json", str(out)])
+    assert code == 0
+    rec = json.loads(out.read_text())
+    assert rec["schema"] == "snn-harness/result/1"
+    m = rec["metrics"]
+    for key in ("test/accuracy", "ann/test/accuracy", "ann/macs", "ann/energy/cmos45-fp32/joules",
+                "energy/cmos45-fp32/joules", "connection_sparsity", "activation_sparsity",
+                "spikes_per_neuron", "synops", "layer/conv1/macs", "layer/relu1/activation_sparsity"):
+        assert key in m, key
+    assert 0.0 <= m["test/accuracy"] <= 1.0
+    assert m["ann/macs"] > 0 and m["ann/energy/cmos45-fp32/joules"] > 0
+    assert rec["dataset"]["splits"]["test"] == 359
+    assert rec["provenance"]["versions"]["torch"].startswith("2.")
+    assert [r["layer"] for r in rec["layers"] if r.get("type") == "Conv2d"] == ["conv1", "conv2", "conv3"]
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(rec["tracking"]["tracking_uri"])
+    run = client.get_run(rec["tracking"]["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["method"] == "ann" and run.data.params["dataset"] == "digits"
+    assert run.data.metrics["test/accuracy"] == pytest.approx(m["test/accuracy"])
+    assert "layer/conv1/macs" in run.data.metrics
+    assert run.data.tags["seed"] == "0" and run.data.tags["device"] == "cpu"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"layers.csv", "result.json"}
+    assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.name.startswith("digits")
+    history = client.get_metric_history(run.info.run_id, "ann/train/loss")
+    assert [h.step for h in history] == [0, 1]
+    assert "test/accuracy" in capsys.readouterr().out
+
+
+def test_ls_params(capsys):
+    assert main(["ls", "params", "--method", "ann"]) == 0
+    assert "ann parameters" in capsys.readouterr().out

@@ -1,0 +1,174 @@
+import gzip
+import hashlib
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.datasets import DATASETS, load_dataset
+from harness.datasets.cifar import read_batch
+from harness.datasets.download import Remote, fetch
+from harness.datasets.idx import read_idx
+from harness.errors import DataError, UnknownNameError
+
+
+def test_mnist5k_split_is_fixed_and_stratified(mnist5k):
+    assert mnist5k.split_sizes == {"train": 3600, "val": 400, "test": 1000}
+    assert mnist5k.input_shape == (1, 28, 28)
+    for split, per_class in (("train", 360), ("val", 40), ("test", 100)):
+        assert np.bincount(mnist5k.y[split]).tolist() == [per_class] * 10
+    assert 0.0 <= mnist5k.x["test"].min() and mnist5k.x["test"].max() <= 1.0
+    again = load_dataset("mnist-5k")
+    assert np.array_equal(again.y["test"], mnist5k.y["test"])
+    assert np.array_equal(again.x["val"], mnist5k.x["val"])
+    assert mnist5k.version
+
+
+def test_digits(digits):
+    assert digits.input_shape == (1, 8, 8)
+    assert sum(digits.split_sizes.values()) == 1797
+    assert digits.x["train"].max() <= 1.0
+
+
+def test_unknown_dataset():
+    with pytest.raises(UnknownNameError, match="Did you mean 'mnist-5k'"):
+        DATASETS.check("mnist5k")
+
+
+# ---- IDX ------------------------------------------------------------------------------------
+
+def _idx(array: np.ndarray) -> bytes:
+    return struct.pack(">BBBB", 0, 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + \
+        array.astype(np.uint8).tobytes()
+
+
+def _write_idx_set(d: Path, n_train=100, n_test=10, gz=True, size=28):
+    rng = np.random.default_rng(0)
+    d.mkdir(parents=True, exist_ok=True)
+    files = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, size, size)),
+        "train-labels-idx1-ubyte": np.arange(n_train) % 10,
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, size, size)),
+        "t10k-labels-idx1-ubyte": np.arange(n_test) % 10,
+    }
+    for name, arr in files.items():
+        raw = _idx(arr)
+        if gz:
+            (d / f"{name}.gz").write_bytes(gzip.compress(raw))
+        else:
+            (d / name).write_bytes(raw)
+    return files
+
+
+def test_idx_dataset_from_data_dir(tmp_path):
+    files = _write_idx_set(tmp_path / "m")
+    ds = load_dataset("mnist", data_dir=str(tmp_path / "m"))
+    assert ds.split_sizes == {"train": 90, "val": 10, "test": 10}
+    assert np.allclose(ds.x["test"][0, 0] * 255, files["t10k-images-idx3-ubyte"][0])
+    _write_idx_set(tmp_path / "f", gz=False)
+    assert load_dataset("fashion-mnist", data_dir=str(tmp_path / "f")).split_sizes["test"] == 10
+
+
+def test_idx_truncated_and_bad_magic_are_named(tmp_path):
+    good = _idx(np.zeros((4, 28, 28)))
+    p = tmp_path / "trunc-idx3-ubyte"
+    p.write_bytes(good[:-5])
+    with pytest.raises(DataError, match=r"trunc-idx3-ubyte: .*truncated"):
+        read_idx(p)
+    p2 = tmp_path / "magic"
+    p2.write_bytes(b"\x00\x00\x0d\x03" + good[4:])
+    with pytest.raises(DataError, match="magic.*bad IDX magic number"):
+        read_idx(p2)
+    p3 = tmp_path / "broken.gz"
+    p3.write_bytes(gzip.compress(good)[:40])
+    with pytest.raises(DataError, match="broken.gz"):
+        read_idx(p3)
+
+
+def test_idx_label_count_mismatch(tmp_path):
+    d = tmp_path / "m"
+    _write_idx_set(d)
+    (d / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx(np.arange(7) % 10)))
+    with pytest.raises(DataError, match="10 images but .* 7 labels"):
+        load_dataset("mnist", data_dir=str(d))
+
+
+def test_missing_data_says_where_it_looked(tmp_path):
+    with pytest.raises(DataError) as err:
+        load_dataset("mnist", data_dir=str(tmp_path / "nowhere"), download=False)
+    msg = str(err.value)
+    assert str(tmp_path / "nowhere") in msg and "--data-dir" in msg
+
+
+# ---- downloads ------------------------------------------------------------------------------
+
+def test_download_verifies_checksum_and_is_atomic(tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"snn" * 1000)
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    dest = tmp_path / "dl"
+    got = fetch(Remote("file.bin", src.as_uri(), digest), dest, progress=False)
+    assert got.read_bytes() == src.read_bytes()
+    assert fetch(Remote("file.bin", "file:///does/not/matter", digest), dest, progress=False) == got  # cached
+    with pytest.raises(DataError, match="failed its checksum"):
+        fetch(Remote("other.bin", src.as_uri(), "0" * 64), dest, progress=False)
+    assert sorted(p.name for p in dest.iterdir()) == ["file.bin"]  # nothing half-written kept
+    with pytest.raises(DataError, match="could not download"):
+        fetch(Remote("gone.bin", (tmp_path / "missing").as_uri(), digest), dest, progress=False)
+    (dest / "file.bin").write_bytes(b"tampered")
+    with pytest.raises(DataError, match="file.bin exists but its SHA-256"):
+        fetch(Remote("file.bin", src.as_uri(), digest), dest, progress=False)
+
+
+def test_download_path_of_idx_loader(tmp_path, monkeypatch):
+    """The loader fetches missing files (here from file:// URLs with real checksums)."""
+    from harness.datasets import idx
+
+    srcdir = tmp_path / "mirror"
+    _write_idx_set(srcdir)
+    remotes = [Remote(p.name, p.as_uri(), hashlib.sha256(p.read_bytes()).hexdigest())
+               for p in sorted(srcdir.iterdir())]
+    monkeypatch.setattr(idx, "MNIST_REMOTES", remotes)
+    ds = idx.load_mnist(data_dir=None, download=True)
+    assert ds.split_sizes["test"] == 10
+    assert (tmp_path / "data" / "mnist" / "t10k-images-idx3-ubyte.gz").is_file()
+
+
+# ---- CIFAR ----------------------------------------------------------------------------------
+
+def _write_cifar(d: Path, n=20):
+    rng = np.random.default_rng(1)
+    d.mkdir(parents=True, exist_ok=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(np.arange(n) % 10)}
+        (d / name).write_bytes(pickle.dumps(batch, protocol=2))
+
+
+def test_cifar_from_generated_batches(tmp_path):
+    _write_cifar(tmp_path / "cifar-10-batches-py")
+    ds = load_dataset("cifar10", data_dir=str(tmp_path), download=False)
+    assert ds.input_shape == (3, 32, 32)
+    assert ds.split_sizes == {"train": 90, "val": 10, "test": 20}
+
+
+def test_cifar_bad_batches(tmp_path):
+    p = tmp_path / "b"
+    p.write_bytes(pickle.dumps({b"data": np.zeros((3, 100), np.uint8), b"labels": [0, 1, 2]}))
+    with pytest.raises(DataError, match=r"b: data has shape \(3, 100\)"):
+        read_batch(p)
+    p.write_bytes(pickle.dumps({b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 1]}))
+    with pytest.raises(DataError, match="3 images but 2 labels"):
+        read_batch(p)
+    p.write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match="not a readable CIFAR-10 batch"):
+        read_batch(p)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("boom",))
+
+    p.write_bytes(pickle.dumps({b"data": Evil()}))
+    with pytest.raises(DataError, match="refusing to load builtins.print"):
+        read_batch(p)

@@ -1,0 +1,41 @@
+import math
+
+import pytest
+
+from harness.energy import ENERGY_MODELS, PJ, energy_metrics
+
+
+def test_registered_models_have_sources():
+    assert {"cmos45-fp32", "cmos45-fp16", "cmos45-int8", "loihi", "spinnaker2", "truenorth"} <= set(ENERGY_MODELS)
+    for name in ENERGY_MODELS:
+        em = ENERGY_MODELS.get(name)
+        assert em.source and em.e_synop > 0
+
+
+def test_joules_and_break_even_by_hand():
+    em = ENERGY_MODELS.get("cmos45-fp32")
+    ann = dict(macs=1000.0, neurons=100.0)
+    snn = dict(macs=200.0, synops=500.0, neuron_updates=400.0, neurons=100.0, spikes=50.0)
+    assert em.ann_joules(ann) == pytest.approx(1000 * 4.6 * PJ)
+    assert em.snn_joules(snn) == pytest.approx(200 * 4.6 * PJ + 500 * 0.9 * PJ)
+    # 10 synops per spike; E(s) = 200*4.6 + s*100*10*0.9 pJ = 4600 pJ  ->  s = 3680 / 900
+    s = em.break_even_spikes_per_neuron(snn, em.ann_joules(ann))
+    assert s == pytest.approx(3680 / 900)
+    snn_at_s = dict(snn, synops=s * 100 * 10)
+    assert em.snn_joules(snn_at_s) == pytest.approx(em.ann_joules(ann))
+
+
+def test_loihi_charges_neuron_updates():
+    em = ENERGY_MODELS.get("loihi")
+    snn = dict(macs=0.0, synops=10.0, neuron_updates=3.0)
+    assert em.snn_joules(snn) == pytest.approx(10 * 27.1 * PJ + 3 * 81 * PJ)
+
+
+def test_energy_metrics_keys():
+    ann = dict(macs=1000.0, neurons=100.0, input_layer_macs=100.0, synops_if_spiking=300.0, spikes=50.0,
+               synops=0.0, neuron_updates=100.0)
+    out = energy_metrics(ann, ann, spiking=False)
+    assert out["energy/cmos45-fp32/ratio"] == 1.0
+    assert out["ann/energy/cmos45-fp32/joules"] == pytest.approx(4600 * PJ)
+    be = out["energy/cmos45-fp32/break_even_spikes_per_neuron"]
+    assert math.isfinite(be) and be > 0

@@ -1,0 +1,143 @@
+"""Meters: a hand-derived case and a cross-check against SpikingJelly's op_counter."""
+
+import pytest
+import torch
+from torch import nn
+
+from harness.meters import Meters, connection_sparsity, dense_macs_per_pass, fanout_map, meter_ann
+
+
+def test_linear_by_hand():
+    lin = nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 3.0]]))
+    assert fanout_map(lin, (3,)).tolist() == [1.0, 0.0, 2.0]
+    m = Meters(timesteps=2)
+    # one sample, two time steps: spikes [1,1,0] then [1,1,1] -> 1 + 0 + (1 + 0 + 2) = 4 synops
+    m.record_synapse("fc", lin, torch.tensor([[[1.0, 1.0, 0.0]], [[1.0, 1.0, 1.0]]]), spikes=True)
+    m.record_batch(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))
+    metrics, rows = m.summary()
+    assert metrics["synops"] == 4.0
+    assert metrics["layer/fc/synops"] == 4.0
+    assert metrics["macs"] == 0.0 and rows[0]["dense_macs"] == 12.0  # 2 passes x 6 weights
+    assert metrics["connection_sparsity"] == 0.5
+    # spike counts summed over time give the same synops (summing commutes with the weight pass)
+    m2 = Meters(timesteps=2)
+    m2.record_synapse("fc", lin, torch.tensor([[2.0, 2.0, 1.0]]), spikes=True, rows=2)
+    m2.record_batch(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))
+    assert m2.summary()[0]["synops"] == 4.0
+
+
+def test_conv_fanout_by_hand():
+    conv = nn.Conv2d(1, 1, 2, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[[[1.0, 0.0], [1.0, 1.0]]]]))
+    # each input pixel of a 3x3 map reaches the non-zero kernel taps that land on valid outputs
+    expected = [[1, 1, 0], [2, 3, 1], [1, 2, 1]]
+    assert fanout_map(conv, (1, 3, 3))[0].tolist() == expected
+    assert fanout_map(conv, (1, 3, 3), nonzero=False).sum() == 16  # 4 outputs x 4 taps
+    padded = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    assert dense_macs_per_pass(padded, (1, 3, 3)) == 81  # padding taps count as dense MACs
+    assert fanout_map(padded, (1, 3, 3), nonzero=False).sum() == 49  # ... but reach no input
+    m = Meters()
+    spikes = torch.zeros(1, 1, 3, 3)
+    spikes[0, 0, 0, 2] = 1
+    spikes[0, 0, 1, 1] = 1
+    m.record_synapse("conv", conv, spikes, spikes=True)
+    analog = torch.tensor([[[[0.5, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 0.0]]]])
+    m.record_synapse("conv_a", conv, analog, spikes=False)
+    m.record_batch(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))
+    metrics, _ = m.summary()
+    assert metrics["layer/conv/synops"] == 3.0  # 0 + 3
+    assert metrics["layer/conv_a/macs"] == 16.0
+    assert metrics["layer/conv_a/macs_effective"] == 4.0  # 1 + 3
+
+
+def test_neuron_counts_by_hand():
+    m = Meters(timesteps=2, keep_per_neuron=True)
+    out = torch.tensor([[[1.0, 0.0, 0.0, 1.0]], [[0.0, 0.0, 0.0, 1.0]]])  # T=2, B=1, N=4
+    m.record_neurons("lif", out)
+    m.record_batch(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))
+    metrics, _ = m.summary()
+    assert metrics["spikes_per_neuron"] == 0.75
+    assert metrics["activation_sparsity"] == 5 / 8
+    assert metrics["neuron_updates"] == 8
+    assert metrics["layer/lif/firing_rate_hz"] == pytest.approx(0.75 / 2e-3)
+    assert m.firing_rates()["lif"].tolist() == pytest.approx([500.0, 0.0, 0.0, 1000.0])
+
+
+def test_connection_sparsity_of_pruned_model():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[0].weight[:2] = 0
+    assert connection_sparsity(model) == pytest.approx(8 / 24)
+
+
+def _snn(seed=0):
+    from spikingjelly.activation_based import neuron
+
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), neuron.IFNode(v_threshold=0.2),
+        nn.Conv2d(4, 4, 3, stride=2, padding=1), neuron.IFNode(v_threshold=0.2),
+        nn.Flatten(), nn.Linear(4 * 3 * 3, 5),
+    )
+
+
+def test_cross_check_spikingjelly_op_counter():
+    """SynOps on spike inputs and MACs on analog inputs agree with SpikingJelly's counters
+    (dense random weights: SpikingJelly counts every weight, the harness only non-zero ones)."""
+    from spikingjelly.activation_based import functional, neuron
+    from spikingjelly.activation_based.op_counter import DispatchCounterMode, MACCounter, SynOpCounter
+
+    model = _snn()
+    torch.manual_seed(1)
+    x_spk = (torch.rand(3, 2, 6, 6) < 0.3).float()
+    x_analog = torch.rand(3, 2, 6, 6)
+    for x, spike_input in ((x_spk, True), (x_analog, False)):
+        functional.reset_net(model)
+        syn, mac = SynOpCounter(), MACCounter()
+        with torch.no_grad(), DispatchCounterMode([syn, mac]):
+            model(x)
+        functional.reset_net(model)
+        meters = Meters()
+        first = {"0"}
+        with torch.no_grad(), meters.attach(
+            model, neuron_types=(neuron.IFNode,), spiking_neurons=True,
+            spike_inputs=lambda name, _x: spike_input or name not in first,
+        ):
+            meters.record_batch(model(x), torch.zeros(3, dtype=torch.long))
+        metrics, _ = meters.summary()
+        assert metrics["synops"] > 0
+        assert metrics["synops"] * 3 == pytest.approx(syn.get_total())
+        assert metrics["macs"] * 3 == pytest.approx(mac.get_total())
+
+
+def test_zero_weights_are_not_synops():
+    from spikingjelly.activation_based import functional
+    from spikingjelly.activation_based.op_counter import DispatchCounterMode, SynOpCounter
+
+    model = _snn()
+    with torch.no_grad():
+        model[2].weight[:, :2] = 0  # half of conv2's input channels disconnected
+    x = (torch.rand(3, 2, 6, 6) < 0.3).float()
+    syn = SynOpCounter()
+    with torch.no_grad(), DispatchCounterMode([syn]):
+        model(x)
+    functional.reset_net(model)
+    meters = Meters()
+    with torch.no_grad(), meters.attach(model, neuron_types=(), spiking_neurons=True, spike_inputs=True):
+        meters.record_batch(model(x), torch.zeros(3, dtype=torch.long))
+    assert meters.summary()[0]["synops"] * 3 < syn.get_total()
+
+
+def test_meter_ann_counts_dense_macs():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.rand(5, 1, 4, 4)
+    loader = [(x, torch.zeros(5, dtype=torch.long))]
+    metrics, rows = meter_ann(model, loader)
+    assert metrics["macs"] == 16 * 8 + 8 * 3
+    relu_out = torch.relu(model[1](x.flatten(1)))
+    assert metrics["activation_sparsity"] == pytest.approx(float((relu_out == 0).float().mean()))
+    assert metrics["neurons"] == 8
+    assert metrics["synops"] == 0.0

@@ -1,0 +1,104 @@
+from dataclasses import dataclass
+from typing import Literal
+
+import pytest
+
+from harness.config import Params, RunConfig, param, parse_sets
+from harness.errors import ConfigError, UnknownNameError
+from harness.registry import Registry
+
+
+def test_registry_lazy_and_decorator():
+    reg = Registry("thing")
+    reg.lazy("json-dumps", "json:dumps", "serialise")
+
+    @reg.register("double", "times two")
+    def double(x):
+        return 2 * x
+
+    assert reg.names() == ["json-dumps", "double"]
+    assert reg.get("double")(3) == 6
+    assert reg.get("json-dumps")([1]) == "[1]"
+    assert dict(reg.items()) == {"json-dumps": "serialise", "double": "times two"}
+    with pytest.raises(ValueError):
+        reg.register("double")(double)
+
+
+def test_unknown_name_suggests_close_matches():
+    reg = Registry("method")
+    for n in ("ttfs", "rate", "layer-scaling"):
+        reg.lazy(n, "json:dumps", "")
+    with pytest.raises(UnknownNameError) as err:
+        reg.get("tfs")
+    msg = str(err.value)
+    assert "unknown method 'tfs'" in msg and "Did you mean 'ttfs'" in msg
+    assert "Valid: layer-scaling, rate, ttfs" in msg
+
+
+@dataclass(frozen=True)
+class Demo(Params):
+    timesteps: int = param(32, "T", low=1)
+    percentile: float = param(99.9, "calibration percentile", low=0, low_open=True, high=100)
+    synapse: float | None = param(None, "tau", low=0)
+    mode: Literal["max", "percentile"] = param("max", "normalisation")
+    scales: tuple[float, ...] = param((), "per-layer scales", low=0, low_open=True)
+    flag: bool = param(False, "a switch")
+
+
+def test_params_parse_and_validate():
+    p = Demo.from_strings({"timesteps": "64", "synapse": "0.005", "mode": "percentile",
+                           "scales": "1,2.5", "flag": "yes"})
+    assert (p.timesteps, p.synapse, p.mode, p.scales, p.flag) == (64, 0.005, "percentile", (1.0, 2.5), True)
+    assert Demo.from_strings({"synapse": "none"}).synapse is None
+
+
+@pytest.mark.parametrize("key,value,expect", [
+    ("timesteps", "0", "timesteps=0 is out of range; valid range is [1, inf]"),
+    ("percentile", "0", "valid range is (0, 100]"),
+    ("percentile", "100.5", "valid range is (0, 100]"),
+    ("synapse", "-1", "synapse=-1 is out of range"),
+    ("timesteps", "abc", "expected int"),
+    ("scales", "1,0", "valid range is (0, inf]"),
+])
+def test_params_errors_name_parameter_and_range(key, value, expect):
+    with pytest.raises(ConfigError, match=expect.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+        Demo.from_strings({key: value})
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(UnknownNameError) as err:
+        Demo.from_strings({"timestep": "3"}, owner="rate")
+    assert "Did you mean 'timesteps'" in str(err.value)
+    assert "flag, mode, percentile, scales, synapse, timesteps" in str(err.value)
+    with pytest.raises(UnknownNameError, match="Did you mean 'percentile'"):
+        Demo.from_strings({"mode": "percentil"})
+
+
+def test_describe_rows():
+    rows = {r["key"]: r for r in Demo.describe()}
+    assert rows["percentile"]["range"] == "(0, 100]"
+    assert rows["mode"]["type"] == "max|percentile"
+
+
+def test_parse_sets():
+    assert parse_sets(["a=1", " b = x=y "]) == {"a": "1", "b": "x=y"}
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_sets(["novalue"])
+
+
+def test_runconfig_sources(tmp_path):
+    y = tmp_path / "run.yaml"
+    y.write_text("method: ann\ndataset: digits\nseed: 3\nset:\n  timesteps: 64\n")
+    cfg = RunConfig.build(y, seed=5, model=None)
+    assert (cfg.method, cfg.dataset, cfg.seed) == ("ann", "digits", 5)  # kwargs override YAML
+    assert cfg.method_sets == {"timesteps": "64"}
+    assert RunConfig(method="ann").dataset == "mnist-5k"
+    with pytest.raises(UnknownNameError, match="Did you mean 'epochs'"):
+        RunConfig.build(epoch=3)
+    with pytest.raises(ConfigError, match="seed=-1 is out of range"):
+        RunConfig.build(seed=-1)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        RunConfig.build(bad)
+    assert RunConfig.build(epochs=2, lr=0.01).train_config().as_dict()["epochs"] == 2
