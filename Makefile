@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python -m pytest benchmarks --benchmark-only $(PYTEST_ARGS)
+	$(BIN)/python -m pytest benchmarks -o python_files="bench_*.py" --benchmark-only $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

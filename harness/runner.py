@@ -128,7 +128,7 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None) -> Ru
     # ---- work --------------------------------------------------------------------------------
     from .energy import energy_metrics
     from .meters import meter_ann
-    from .training import train_ann
+    from .ann_cache import train_ann
 
     dataset = load_dataset(cfg.dataset, cfg.data_dir)
     with tempfile.TemporaryDirectory(prefix="harness-run-") as art_dir:

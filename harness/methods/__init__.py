@@ -13,6 +13,8 @@ from ..registry import Registry
 METHODS: Registry = Registry("method")
 METHODS.lazy("ann", "harness.methods.ann:Ann",
              "the trained ANN, unconverted: the baseline row (MACs, energy)")
+METHODS.lazy("ttfs", "harness.methods.ttfs:TTFS",
+             "time-to-first-spike single-spike conversion, two-stage neuron (lopez-randulfe-*)")
 
 
 def resolve(spec: str) -> list:

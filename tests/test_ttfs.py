@@ -1,0 +1,159 @@
+"""TTFS: the closed form and the time-stepped two-stage simulation agree exactly."""
+
+import pytest
+import torch
+from torch import nn
+
+from harness.errors import ConfigError
+from harness.methods.ttfs import TTFSNetwork, encode, fire_codes, layer_rmse_grid, parse_stages
+
+
+def _cnn(seed: int):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Dropout(0.2), nn.Linear(6 * 2 * 2, 12), nn.ReLU(), nn.Linear(12, 5),
+    ).double().eval()
+
+
+def _agree(net: TTFSNetwork, x: torch.Tensor):
+    logits_c, codes_c = net.closed_form(x, keep_codes=True)
+    logits_s, codes_s = net.stepped(x)
+    assert len(codes_c) == len(codes_s) == net.n_hidden
+    for a, b in zip(codes_c, codes_s):
+        assert torch.equal(a, b)  # identical spike times, layer by layer
+    assert torch.equal(logits_c.argmax(-1), logits_s.argmax(-1))
+    assert torch.allclose(logits_c, logits_s, rtol=1e-12, atol=1e-12)
+    return codes_c
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("t_max", [1, 7, 16])
+def test_random_networks_agree(seed, t_max):
+    net = TTFSNetwork(_cnn(seed), t_max, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(100 + seed)
+    x = torch.rand(6, 1, 8, 8, generator=gen, dtype=torch.float64)
+    net.calibrate(x, percentile=90.0 + seed)
+    codes = _agree(net, x)
+    assert any(c.sum() > 0 for c in codes)  # something spiked
+    for c in codes:
+        assert c.min() >= 0 and c.max() <= t_max and torch.equal(c, c.round())
+
+
+def _one_layer(weights, bias=0.0):
+    lin = nn.Linear(len(weights[0]), len(weights)).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor(weights, dtype=torch.float64))
+        lin.bias.fill_(bias)
+    readout = nn.Linear(len(weights), 1).double()
+    with torch.no_grad():
+        readout.weight.fill_(1.0)
+        readout.bias.zero_()
+    return nn.Sequential(lin, nn.ReLU(), readout)
+
+
+def test_edge_cases_exact_threshold_negative_saturation_zero():
+    T = 8
+    # inputs as exact codes: x = k/T with k = (8, 4, 2)  ->  u_i = Σ_j W_ij k_j  (dyadic: exact sums)
+    x = torch.tensor([[1.0, 0.5, 0.25]], dtype=torch.float64)
+    weights = [
+        [0.5, 0.0, 0.0],     # u = 4   = u_th exactly       -> fires at τ = 0, code 8
+        [0.25, 0.0, 0.0],    # u = 2   = u_th / 2 exactly   -> τ = 4, code 4
+        [-1.0, -0.5, -0.25],  # u < 0                        -> never fires
+        [0.0, 0.0, 0.0],     # u = 0                        -> never fires (no spike at t_max)
+        [2.0, 1.0, 0.0],     # u = 20 > u_th                -> saturates at τ = 0
+        [0.0, 0.0, 0.0625],  # u = 0.125 = u_th / 32        -> below one step: silent
+        [0.0, 0.0, 0.25],    # u = 0.5 = u_th / 8           -> τ = 7, code 1 (last step)
+    ]
+    net = TTFSNetwork(_one_layer(weights), T, dtype=torch.float64)
+    net.u_th = [4.0]
+    codes = _agree(net, x)[0]
+    assert codes.tolist() == [[8.0, 4.0, 0.0, 0.0, 8.0, 0.0, 1.0]]
+
+
+def test_all_negative_layer_is_silent_and_bias_still_reaches_readout():
+    net = TTFSNetwork(_one_layer([[-1.0, -1.0], [-0.5, -2.0]]), 16, dtype=torch.float64)
+    net.u_th = [3.0]
+    x = torch.rand(4, 2, dtype=torch.float64)
+    codes = _agree(net, x)[0]
+    assert codes.sum() == 0
+    net2 = TTFSNetwork(_one_layer([[-1.0, 0.0]], bias=0.5), 16, dtype=torch.float64)
+    net2.u_th = [8.0]  # bias potential 16 * 0.5 = 8 = u_th  ->  fires at τ = 0 with no input at all
+    assert _agree(net2, torch.zeros(1, 2, dtype=torch.float64))[0].tolist() == [[16.0]]
+
+
+def test_closed_form_is_a_clipped_quantised_relu_network():
+    """Decoded hidden values equal λ · clip(floor(t_max z / λ), 0, t_max) / t_max of the ANN's z."""
+    T = 32
+    model = _cnn(3)
+    net = TTFSNetwork(model, T, dtype=torch.float64)
+    x = torch.rand(5, 1, 8, 8, dtype=torch.float64)
+    net.calibrate(x, 99.0)
+    _, codes = net.closed_form(x, keep_codes=True)
+    lam = net.scales()
+    k0 = encode(x, T, 1.0, "error")
+    z1 = model[0](k0 * (lam[0] / T))
+    expected = torch.clamp(torch.floor(z1 * T / lam[1] + 1e-9), 0, T)
+    assert torch.equal(model[2](expected), codes[0])
+
+
+def test_fire_codes_matches_the_definition():
+    gen = torch.Generator().manual_seed(0)
+    u = torch.randn(2000, generator=gen, dtype=torch.float64) * 10
+    u_th, T = torch.tensor(7.3, dtype=torch.float64), 13
+    codes = fire_codes(u, u_th, T)
+    for ui, ci in zip(u.tolist(), codes.tolist()):
+        c = (float(u_th) - ui) * T / float(u_th)  # u + τ·I_ext ≥ u_th  ⇔  τ ≥ (u_th − u) / I_ext
+        taus = [t for t in range(T) if t >= c]
+        assert ci == (T - taus[0] if taus else 0)
+
+
+def test_unsupported_layers_are_named():
+    with pytest.raises(ConfigError, match=r"layer '1' \(Sigmoid\) cannot be converted"):
+        parse_stages(nn.Sequential(nn.Linear(3, 3), nn.Sigmoid(), nn.Linear(3, 2)))
+    with pytest.raises(ConfigError, match="'0' is followed by '1' without a ReLU"):
+        parse_stages(nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2)))
+    with pytest.raises(ConfigError, match="must be a linear readout"):
+        parse_stages(nn.Sequential(nn.Linear(3, 3), nn.ReLU()))
+    from harness.models import build_model
+
+    with pytest.raises(ConfigError, match=r"layer 'pool1' \(AvgPool2d\) cannot be converted"):
+        parse_stages(build_model("cnn7", (1, 8, 8), 10))
+
+
+def test_inputs_outside_range():
+    net = TTFSNetwork(_one_layer([[1.0, 1.0]]), 8)
+    net.u_th = [1.0]
+    with pytest.raises(ConfigError, match=r"inputs span \[-0.5, 1\], outside \[0, x_max=1\]"):
+        net.closed_form(torch.tensor([[-0.5, 1.0]]))
+    clip = TTFSNetwork(_one_layer([[1.0, 1.0]]), 8, out_of_range="clip")
+    clip.u_th = [1.0]
+    clip.closed_form(torch.tensor([[-0.5, 3.0]]))
+
+
+@pytest.mark.parametrize("sets,needle", [
+    (["t_max=0"], "t_max=0 is out of range; valid range is [1, 100000]"),
+    (["u_th=1,0,2"], "u_th=0 is out of range; valid range is (0, inf]"),
+    (["percentile=0"], "percentile=0 is out of range; valid range is (0, 100]"),
+    (["u_th=1,2"], "u_th has 2 values but ttfs-cnn has 3 spiking layers"),
+    (["precision=float16"], "Valid: float32, float64"),
+])
+def test_bad_parameters_fail_before_training(sets, needle, quick, tmp_path):
+    from harness.errors import HarnessError
+    from harness.runner import run
+
+    with pytest.raises(HarnessError) as err:
+        run(quick(method="ttfs", sets=tuple(sets)))
+    assert needle in str(err.value)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_fig2_grid_behaves():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 4, 3, padding=1).double()
+    x = torch.rand(8, 1, 8, 8, dtype=torch.float64)
+    rows = layer_rmse_grid(conv, x, [8, 64], [0.1, 1.0])
+    rmse = {(r["t_max"], r["u_th_fraction"]): r["rmse"] for r in rows}
+    assert rmse[(64, 1.0)] < rmse[(8, 1.0)]  # finer clock, smaller error
+    assert all(r["rmse"] >= 0 for r in rows)
