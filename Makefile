@@ -1,4 +1,4 @@
-# The two commands (see README):  make run   and   make test
+# The two commands (see README):  make run  (harness run --method ttfs)  and  make test
 # Everything installs into .venv; torch is pinned by constraints.txt (CPU build here).
 PYTHON ?= python3
 VENV   ?= .venv
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt tools/check_install.py
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/harness run --method ann $(ARGS)
+	$(BIN)/harness run --method ttfs $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

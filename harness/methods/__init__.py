@@ -13,6 +13,10 @@ from ..registry import Registry
 METHODS: Registry = Registry("method")
 METHODS.lazy("ann", "harness.methods.ann:Ann",
              "the trained ANN, unconverted: the baseline row (MACs, energy)")
+METHODS.lazy("rate", "harness.methods.rate:Rate",
+             "rate-coded conversion: ReLU -> integrate-and-fire, NengoDL scale_firing_rates and synapse")
+METHODS.lazy("layer-scaling", "harness.methods.layer_scaling:LayerScaling",
+             "base firing-rate scale + a boost on one layer (or pair) at a time: accuracy per extra spike")
 METHODS.lazy("ttfs", "harness.methods.ttfs:TTFS",
              "time-to-first-spike single-spike conversion, two-stage neuron (lopez-randulfe-*)")
 

@@ -32,7 +32,7 @@ times optional per-layer scale factors; explicit values can be given with ``u_th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -41,66 +41,12 @@ from torch import nn
 from ..api import Evaluation, Method
 from ..config import Params, param
 from ..errors import ConfigError
-from ..meters import Meters, SYNAPTIC_TYPES
+from ..meters import Meters
+from ..netparse import Block, parse_blocks
 
-SHAPE_OPS = (nn.Flatten, nn.Dropout, nn.Identity)
-SUPPORTED = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, *SHAPE_OPS)
-
-
-@dataclass
-class Stage:
-    """One synaptic layer, its ReLU (absent for the readout) and the ops around it."""
-
-    name: str
-    layer: nn.Module
-    pre: list[nn.Module] = field(default_factory=list)  # shape ops on the input codes
-    neuron: str | None = None  # name of the ReLU that makes this layer spike
-    post: list[nn.Module] = field(default_factory=list)  # max-pools on the output codes
-
-
-def _flatten_modules(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
-    out = []
-    for name, m in model.named_children():
-        full = f"{prefix}{name}"
-        if isinstance(m, nn.Sequential):
-            out += _flatten_modules(m, f"{full}.")
-        else:
-            out.append((full, m))
-    return out
-
-
-def parse_stages(model: nn.Module) -> list[Stage]:
-    """Map a feed-forward ReLU network onto TTFS stages, naming any layer it cannot map."""
-    mods = _flatten_modules(model) if isinstance(model, nn.Sequential) else [("model", model)]
-    stages: list[Stage] = []
-    pending: list[nn.Module] = []
-    for name, m in mods:
-        if not isinstance(m, SUPPORTED):
-            raise ConfigError(
-                f"ttfs: layer {name!r} ({type(m).__name__}) cannot be converted; supported layers: "
-                + ", ".join(t.__name__ for t in SUPPORTED))
-        if isinstance(m, SYNAPTIC_TYPES):
-            if stages and stages[-1].neuron is None:
-                raise ConfigError(f"ttfs: layer {stages[-1].name!r} is followed by {name!r} without a ReLU; "
-                                  "every layer but the readout needs a ReLU")
-            stages.append(Stage(name, m, pre=pending))
-            pending = []
-        elif isinstance(m, nn.ReLU):
-            if not stages or stages[-1].neuron is not None or pending:
-                raise ConfigError(f"ttfs: ReLU {name!r} must directly follow a Linear/Conv2d layer")
-            stages[-1].neuron = name
-        elif isinstance(m, nn.MaxPool2d):
-            if stages:  # max-pool commutes with ReLU: it always acts on output codes
-                stages[-1].post.append(m)
-            else:
-                pending.append(m)
-        else:
-            pending.append(m)
-    if not stages:
-        raise ConfigError("ttfs: the model has no Linear/Conv2d layer")
-    if stages[-1].neuron is not None:
-        raise ConfigError(f"ttfs: the last layer {stages[-1].name!r} must be a linear readout (no ReLU)")
-    return stages
+def parse_stages(model: nn.Module) -> list[Block]:
+    """TTFS blocks: max-pooling (earliest spike) is the only pooling with a single-spike meaning."""
+    return parse_blocks(model, "ttfs", (nn.MaxPool2d,))
 
 
 def _linear_op(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -181,13 +127,13 @@ class TTFSNetwork(nn.Module):
     # ---- evaluators ----------------------------------------------------------------------------
     @torch.no_grad()
     def closed_form(self, x: torch.Tensor, meters: Meters | None = None, keep_codes: bool = False):
-        """Logits (and, with ``keep_codes``, every hidden layer's output codes)."""
+        """Logits (and, with ``keep_codes``, every hidden layer's output codes, before pooling)."""
         T = self.t_max
         k = encode(x.to(self.dtype), T, self.x_max, self.out_of_range)
         lams = self.scales()
         codes = []
         for i, st in enumerate(self.stages):
-            for m in st.pre:
+            for _, m in st.pre:
                 k = m(k)
             if meters is not None:
                 meters.record_synapse(st.name, st.layer, (k > 0).float(), spikes=True)
@@ -199,8 +145,6 @@ class TTFSNetwork(nn.Module):
                 spikes = float((k > 0).sum())
                 meters.record_neuron_counts(st.neuron, spikes=spikes, entries=float(k.numel()),
                                             zeros=float(k.numel()) - spikes, kind="TTFS two-stage")
-            for m in st.post:
-                k = m(k)
             codes.append(k)
         raise AssertionError("unreachable: parse_stages guarantees a readout")
 
@@ -217,8 +161,12 @@ class TTFSNetwork(nn.Module):
         lams = self.scales()
         codes = []
         for i, st in enumerate(self.stages):
-            for m in st.pre:
-                spikes = torch.stack([m(s) for s in spikes])
+            for _, m in st.pre:
+                if isinstance(m, nn.MaxPool2d):  # earliest spike: pool "has fired by t", then difference
+                    has_fired = torch.stack([m(c) for c in spikes.cumsum(0)])
+                    spikes = torch.diff(has_fired, dim=0, prepend=torch.zeros_like(has_fired[:1]))
+                else:
+                    spikes = torch.stack([m(s) for s in spikes])
             # silent stage: slope g(t) = Σ_{t_j ≤ t} W_ij, u(t + 1) = u(t) + g(t)
             g = torch.zeros_like(_linear_op(st.layer, spikes[0]))
             u = g + _bias_offset(st.layer, T, lams[i], g.dtype, g.dim())
@@ -235,9 +183,6 @@ class TTFSNetwork(nn.Module):
                 now = (c <= tau) & ~fired
                 out[tau] = now.to(u.dtype)
                 fired |= now
-            for m in st.post:  # max-pool = earliest spike: pool "has fired by τ", then difference
-                has_fired = torch.stack([m(c) for c in out.cumsum(0)])
-                out = torch.diff(has_fired, dim=0, prepend=torch.zeros_like(has_fired[:1]))
             spikes = out
             first = out.argmax(0).to(out.dtype)  # step of the (only) spike
             codes.append(torch.where(out.any(0), T - first, torch.zeros_like(first)))
@@ -253,7 +198,7 @@ class TTFSNetwork(nn.Module):
         k = encode(x.to(self.dtype), T, self.x_max, self.out_of_range)
         lam = self.x_max
         for i, st in enumerate(self.stages[:-1]):
-            for m in st.pre:
+            for _, m in st.pre:
                 k = m(k)
             u = self._potential(i, k, lam)
             if explicit:
@@ -269,8 +214,6 @@ class TTFSNetwork(nn.Module):
                 th *= scales[i] if i < len(scales) else 1.0
             self.u_th[i] = th
             k = fire_codes(u, torch.tensor(th, dtype=u.dtype, device=u.device), T)
-            for m in st.post:
-                k = m(k)
             lam = th * lam / T
 
 
