@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from .errors import ConfigError, UnknownNameError
 
@@ -239,8 +239,6 @@ class RunConfig(Params):
     progress: bool = param(True, "show progress bars")
     sets: tuple[str, ...] = param((), "method parameters as key=value strings")
 
-    CLI_FIELDS: ClassVar[tuple[str, ...]] = ()
-
     @property
     def method_sets(self) -> dict[str, str]:
         return parse_sets(list(self.sets))
@@ -270,18 +268,24 @@ class RunConfig(Params):
         return cls(**data)
 
 
-def load_yaml_config(path: str | Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, error: type[Exception], what: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; ``error`` names the file on any problem."""
     import yaml
 
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise error(f"{path} is not a readable YAML file: {exc}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path} must hold a mapping of {what}")
+    return data
+
+
+def load_yaml_config(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {p} must hold a mapping of settings")
+    data = read_yaml_mapping(p, ConfigError, "run settings")
     if "set" in data:  # friendlier spelling in YAML: set: {timesteps: 64}
         data["sets"] = data.pop("set")
     return {k.replace("-", "_"): v for k, v in data.items()}

@@ -28,17 +28,12 @@ class TrackingSettings:
     @classmethod
     def load(cls, path: str | Path | None = None, experiment: str | None = None) -> "TrackingSettings":
         """``mlflow.yaml`` in the working directory (or ``path``), then environment overrides."""
-        import yaml
+        from .config import read_yaml_mapping
 
         data = dict(DEFAULTS)
         p = Path(path) if path else Path("mlflow.yaml")
         if p.is_file():
-            try:
-                loaded = yaml.safe_load(p.read_text()) or {}
-            except yaml.YAMLError as exc:
-                raise TrackingError(f"{p} is not valid YAML: {exc}") from None
-            if not isinstance(loaded, dict):
-                raise TrackingError(f"{p} must hold a mapping (tracking_uri, experiment, artifact_location)")
+            loaded = read_yaml_mapping(p, TrackingError, "settings (tracking_uri, experiment, artifact_location)")
             data.update({k: v for k, v in loaded.items() if k in DEFAULTS})
         data["tracking_uri"] = os.environ.get("MLFLOW_TRACKING_URI") or data["tracking_uri"]
         data["experiment"] = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or data["experiment"]

@@ -99,6 +99,6 @@ def test_runconfig_sources(tmp_path):
         RunConfig.build(seed=-1)
     bad = tmp_path / "bad.yaml"
     bad.write_text("- a\n- b\n")
-    with pytest.raises(ConfigError, match="must hold a mapping"):
+    with pytest.raises(ConfigError, match="bad.yaml must hold a mapping of run settings"):
         RunConfig.build(bad)
     assert RunConfig.build(epochs=2, lr=0.01).train_config().as_dict()["epochs"] == 2

@@ -51,3 +51,16 @@ def test_corrupt_cache_is_named(quick, tmp_path):
 
     with pytest.raises(DataError, match="cache file .* is corrupt"):
         run(quick(method="ann"))
+
+
+def test_mlflow_yaml_errors_name_the_file(tmp_path, monkeypatch):
+    from harness.tracking import TrackingSettings
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    (tmp_path / "mlflow.yaml").write_text("tracking_uri: sqlite:///x.db\nexperiment: e1\n")
+    s = TrackingSettings.load()
+    assert (s.tracking_uri, s.experiment) == ("sqlite:///x.db", "e1")
+    assert TrackingSettings.load(experiment="e2").experiment == "e2"
+    (tmp_path / "mlflow.yaml").write_text("[unclosed")
+    with pytest.raises(TrackingError, match="mlflow.yaml is not a readable YAML file"):
+        TrackingSettings.load()
