@@ -110,3 +110,15 @@ def test_layer_scaling_table(quick):
         assert f"layer_scaling/relu_fc{i}/gain_per_extra_spike" in res.metrics
         assert res.metrics[f"layer_scaling/relu_fc{i}/extra_spikes"] > 0  # a boost adds spikes
     assert "layer_scaling.csv" in res.artifacts
+
+
+def test_layer_scaling_pairs_are_valid_mlflow_keys(quick):
+    from mlflow.tracking import MlflowClient
+
+    from harness.runner import run
+
+    res = run(quick(method="layer-scaling", model="dnn5", track=True,
+                    sets=("timesteps=8", "eval_samples=50", "pairs=true")))
+    run_ = MlflowClient(res.tracking["tracking_uri"]).get_run(res.tracking["run_id"])
+    assert "layer_scaling/relu_fc1:relu_fc2/accuracy" in run_.data.metrics
+    assert len(res.step_metrics["test/accuracy_at_t"]) == 8

@@ -47,7 +47,7 @@ class LayerScaling(Rate):
                      accuracy_gain=0.0, gain_per_extra_spike=0.0)]
         for combo in combos:
             scales = [s * (params.boost if i in combo else 1.0) for i, s in enumerate(base_scales)]
-            label = "+".join(names[i] for i in combo)
+            label = ":".join(names[i] for i in combo)  # MLflow metric names admit no "+"
             m, c = simulate(ctx, model.convert(params, scales), params, split, desc=f"boost {label}")
             acc = float(c[-1]) / max(m.samples, 1)
             spikes = m.summary()[0]["spikes"]

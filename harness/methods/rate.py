@@ -75,7 +75,7 @@ def calibrate_scales(blocks: list[Block], x: torch.Tensor, mode: str, percentile
             for _, m in b.pre:
                 h = m(h)
             h = torch.relu(b.layer(h))
-            pos = h[h > 0].flatten()
+            pos = h[h > 0].flatten().cpu()
             if pos.numel() == 0:
                 lams.append(1.0)  # a silent layer: any scale gives the same (empty) output
                 continue
@@ -142,7 +142,7 @@ def simulate(ctx, layers: list[SpikingLayer], params: RateParams, split: str = "
     limit = params.eval_samples or None
     for x, y in tqdm(ctx.loader(split, batch_size=params.batch_chunk, limit=limit), desc=desc,
                      disable=not ctx.progress, leave=False):
-        preds = sim.run(x, params.timesteps, meters)
+        preds = sim.run(x.to(ctx.device), params.timesteps, meters).cpu()
         correct += (preds == y.unsqueeze(0)).sum(1)
         meters.record_batch(nn.functional.one_hot(preds[-1], 1 + int(preds.max())), y)
     return meters, correct
@@ -171,10 +171,10 @@ class Rate(Method):
         parse_blocks(build_model(ctx.model_name, ds.input_shape, ds.num_classes), "rate", POOLS)
 
     def prepare(self, ctx, ann, params) -> RateModel:
-        ann = ann.cpu().eval()
+        ann = ann.to(ctx.device).eval()
         blocks = parse_blocks(ann, "rate", POOLS)
         x, _ = ctx.dataset.subset("train", params.calibration_samples)
-        lams = calibrate_scales(blocks, torch.from_numpy(x), params.normalization, params.percentile,
+        lams = calibrate_scales(blocks, torch.from_numpy(x).to(ctx.device), params.normalization, params.percentile,
                                 seed=ctx.seed)
         return RateModel(ann, blocks, lams)
 

@@ -272,20 +272,20 @@ class TTFS(Method):
     def _calibrated(self, ctx, ann, params, t_max: int) -> TTFSNetwork:
         net = TTFSNetwork(ann, t_max, params.x_max, params.out_of_range, self._dtype(params))
         x, _ = ctx.dataset.subset("train", params.calibration_samples)
-        net.calibrate(torch.from_numpy(x), params.percentile,
+        net.calibrate(torch.from_numpy(x).to(ctx.device), params.percentile,
                       tuple(s * params.threshold_scale for s in params.threshold_scales)
                       or (params.threshold_scale,) * net.n_hidden, params.u_th, seed=ctx.seed)
         return net
 
     def prepare(self, ctx, ann, params):
-        return self._calibrated(ctx, ann.cpu(), params, params.t_max)
+        return self._calibrated(ctx, ann.to(ctx.device), params, params.t_max)
 
     def evaluate(self, ctx, model: TTFSNetwork, params, split="test"):
         from tqdm.auto import tqdm
 
         meters = Meters(timesteps=1)
         for x, y in tqdm(ctx.loader(split), desc="evaluate ttfs", disable=not ctx.progress, leave=False):
-            meters.record_batch(model.closed_form(x, meters), y)
+            meters.record_batch(model.closed_form(x.to(ctx.device), meters), y.to(ctx.device))
         metrics, layers = meters.summary()
         # event-driven: every neuron resolves its single spike time once per inference
         metrics["neuron_updates"] = metrics["neurons"]
@@ -299,7 +299,7 @@ class TTFS(Method):
             accs = []
             for T in params.t_max_sweep:
                 net = model if T == model.t_max else self._calibrated(ctx, model.ann, params, T)
-                accs.append(_accuracy(net, ctx.loader(split)))
+                accs.append(_accuracy(net, ctx.loader(split), ctx.device))
             ev.step_metrics["ttfs/test/accuracy_vs_t_max"] = accs
             ev.step_metrics["ttfs/t_max_sweep"] = [float(t) for t in params.t_max_sweep]
             path = ctx.artifact("ttfs_accuracy_vs_t_max.csv")
@@ -311,10 +311,10 @@ class TTFS(Method):
 
 
 @torch.no_grad()
-def _accuracy(net: TTFSNetwork, loader) -> float:
+def _accuracy(net: TTFSNetwork, loader, device: str) -> float:
     correct = total = 0
     for x, y in loader:
-        correct += int((net.closed_form(x).argmax(-1) == y).sum())
+        correct += int((net.closed_form(x.to(device)).argmax(-1).cpu() == y).sum())
         total += len(y)
     return correct / max(total, 1)
 
@@ -350,7 +350,7 @@ def fig2_rmse(ctx, model: TTFSNetwork, params) -> list:
 
     stage = model.stages[0]  # the layer that reads the encoded input, as in the paper
     x, _ = ctx.dataset.subset("val", params.fig2_samples)
-    rows = layer_rmse_grid(stage.layer, torch.from_numpy(x), params.fig2_t_max, params.fig2_fractions, params.x_max)
+    rows = layer_rmse_grid(stage.layer, torch.from_numpy(x).to(ctx.device), params.fig2_t_max, params.fig2_fractions, params.x_max)
     csv_path = ctx.artifact("ttfs_fig2_rmse.csv")
     with open(csv_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
