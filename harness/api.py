@@ -43,6 +43,8 @@ class RunContext:
     artifacts_dir: Path
     progress: bool = True
     info: dict[str, Any] = field(default_factory=dict)  # provenance notes (cache hits, ...)
+    metrics: dict[str, float] = field(default_factory=dict)  # from transforms (e.g. prune/...)
+    step_metrics: dict[str, list[float]] = field(default_factory=dict)  # curves from transforms
 
     @property
     def seed(self) -> int:

@@ -145,10 +145,12 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None) -> Ru
         evaluation = methods[-1].evaluate(ctx, model, params[-1])
 
         metrics = dict(evaluation.metrics)
+        metrics.update(ctx.metrics)
         metrics.update(ann_baseline_metrics(ann_metrics))
         metrics["test/accuracy_drop"] = metrics["ann/test/accuracy"] - metrics["test/accuracy"]
         metrics.update(energy_metrics(evaluation.metrics, ann_metrics, spiking=main_cls.spiking))
         step_metrics = {f"ann/{k}": v for k, v in history.items()}
+        step_metrics.update(ctx.step_metrics)
         step_metrics.update(evaluation.step_metrics)
 
         layers_csv = ctx.artifact("layers.csv")

@@ -17,6 +17,8 @@ METHODS.lazy("rate", "harness.methods.rate:Rate",
              "rate-coded conversion: ReLU -> integrate-and-fire, NengoDL scale_firing_rates and synapse")
 METHODS.lazy("layer-scaling", "harness.methods.layer_scaling:LayerScaling",
              "base firing-rate scale + a boost on one layer (or pair) at a time: accuracy per extra spike")
+METHODS.lazy("prune", "harness.methods.prune:Prune",
+             "magnitude pruning, Zhu & Gupta polynomial schedule; composes: prune+ttfs, prune+rate")
 METHODS.lazy("ttfs", "harness.methods.ttfs:TTFS",
              "time-to-first-spike single-spike conversion, two-stage neuron (lopez-randulfe-*)")
 

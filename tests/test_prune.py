@@ -1,0 +1,49 @@
+import pytest
+
+from harness.errors import ConfigError, HarnessError
+from harness.methods.prune import Prune, polynomial_sparsity, pruning_amount
+from harness.runner import run
+
+
+def test_polynomial_schedule_reaches_target_and_amounts_compound():
+    s_f, start, ramp = 0.9, 5, 8
+    assert polynomial_sparsity(4, 0.0, s_f, start, ramp) == 0.0
+    assert polynomial_sparsity(start + ramp - 1, 0.0, s_f, start, ramp) == pytest.approx(s_f)
+    remaining = 1.0
+    for epoch in range(30):
+        remaining *= 1.0 - pruning_amount(epoch, 0.0, s_f, start, ramp)
+        assert 1.0 - remaining == pytest.approx(polynomial_sparsity(epoch, 0.0, s_f, start, ramp))
+    increments = [polynomial_sparsity(e, 0.0, s_f, start, ramp) - polynomial_sparsity(e - 1, 0.0, s_f, start, ramp)
+                  for e in range(start + 1, start + ramp)]
+    assert increments == sorted(increments, reverse=True)  # cubic: fast first, then gentle
+
+
+@pytest.mark.parametrize("sets,needle", [
+    ({"final_sparsity": "0.99"}, "final_sparsity=0.99 is out of range; valid range is [0, 0.95]"),
+    ({"final_sparsity": "-0.1"}, "valid range is [0, 0.95]"),
+    ({"start_epoch": "18", "ramp_epochs": "8", "epochs": "20"}, "the schedule ends at epoch 26"),
+])
+def test_bad_schedules(sets, needle):
+    with pytest.raises(ConfigError) as err:
+        Prune.Params.from_strings(sets)
+    assert needle in str(err.value)
+
+
+def test_prune_then_ttfs_composes_and_cuts_synops(quick):
+    sets = ("prune.epochs=4", "prune.start_epoch=1", "prune.ramp_epochs=2", "prune.final_sparsity=0.85",
+            "t_max=16", "t_max_sweep=", "fig2=false")
+    dense = run(quick(method="ttfs", sets=tuple(s for s in sets if not s.startswith("prune."))))
+    pruned = run(quick(method="prune+ttfs", sets=sets))
+    assert pruned.metrics["connection_sparsity"] == pytest.approx(0.85, abs=0.01)
+    assert dense.metrics["connection_sparsity"] == 0.0
+    assert pruned.metrics["synops"] < 0.5 * dense.metrics["synops"]
+    assert len(pruned.step_metrics["prune/sparsity"]) == 4
+    assert "prune/ann/test/accuracy" in pruned.metrics
+    assert pruned.params["prune.final_sparsity"] == 0.85
+
+
+def test_chain_errors(quick):
+    with pytest.raises(HarnessError, match="cannot precede another method"):
+        run(quick(method="ttfs+prune"))
+    with pytest.raises(HarnessError, match="Did you mean 'prune'"):
+        run(quick(method="prun+ttfs"))
