@@ -134,8 +134,11 @@ class Meters:
 
     # ---- recording ---------------------------------------------------------------------------
     def record_batch(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.record_predictions(logits.argmax(-1), labels)
+
+    def record_predictions(self, predictions: torch.Tensor, labels: torch.Tensor) -> None:
         self.samples += int(labels.shape[0])
-        self.correct += int((logits.argmax(-1) == labels).sum())
+        self.correct += int((predictions == labels).sum())
 
     def _fanouts_for(self, name: str, layer: nn.Module, in_shape: tuple[int, ...]):
         key = (name, in_shape)

@@ -48,8 +48,8 @@ class LayerScaling(Rate):
         for combo in combos:
             scales = [s * (params.boost if i in combo else 1.0) for i, s in enumerate(base_scales)]
             label = ":".join(names[i] for i in combo)  # MLflow metric names admit no "+"
-            m, c = simulate(ctx, model.convert(params, scales), params, split, desc=f"boost {label}")
-            acc = float(c[-1]) / max(m.samples, 1)
+            m, _ = simulate(ctx, model.convert(params, scales), params, split, desc=f"boost {label}")
+            acc = m.correct / max(m.samples, 1)
             spikes = m.summary()[0]["spikes"]
             extra = spikes - base_spikes
             rows.append(dict(layers=label, boost=params.boost, accuracy=acc, spikes=spikes, extra_spikes=extra,

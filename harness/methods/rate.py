@@ -144,7 +144,7 @@ def simulate(ctx, layers: list[SpikingLayer], params: RateParams, split: str = "
                      disable=not ctx.progress, leave=False):
         preds = sim.run(x.to(ctx.device), params.timesteps, meters).cpu()
         correct += (preds == y.unsqueeze(0)).sum(1)
-        meters.record_batch(nn.functional.one_hot(preds[-1], 1 + int(preds.max())), y)
+        meters.record_predictions(preds[-1], y)
     return meters, correct
 
 
