@@ -32,8 +32,9 @@ def setup():
     ann = build_model("cnn7", ds.input_shape, ds.num_classes).eval()
     x_train = torch.from_numpy(ds.x["train"][:500])
     params = RateParams(timesteps=T)
-    lams = calibrate_scales(parse_blocks(ann, "rate", POOLS), x_train, "percentile", 99.99)
-    layers = convert(ann, lams, [1.0] * len(lams), params)
+    blocks = parse_blocks(ann, "rate", POOLS)
+    lams = calibrate_scales(blocks, x_train, "percentile", 99.99)
+    layers = convert(blocks, lams, [1.0] * len(lams), params)
     return ann, layers, torch.from_numpy(ds.x["test"][:256])
 
 
@@ -78,8 +79,9 @@ from harness.simulate import Simulator
 from harness.meters import Meters
 ds = load_dataset("mnist-5k")
 ann = build_model("cnn7", ds.input_shape, ds.num_classes).eval()
-lams = calibrate_scales(parse_blocks(ann, "rate", POOLS), torch.from_numpy(ds.x["train"][:500]), "percentile", 99.99)
-layers = convert(ann, lams, [1.0] * len(lams), RateParams(timesteps=256))
+blocks = parse_blocks(ann, "rate", POOLS)
+lams = calibrate_scales(blocks, torch.from_numpy(ds.x["train"][:500]), "percentile", 99.99)
+layers = convert(blocks, lams, [1.0] * len(lams), RateParams(timesteps=256))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 Simulator(layers, time_chunk=64, batch_chunk=1000).run(torch.from_numpy(ds.x["test"][:1000]), 256,
                                                        Meters(timesteps=256, keep_per_neuron=True))

@@ -28,8 +28,9 @@ def test_simulator_equals_step_by_step_loop(decode, synapse, neuron, backend):
     x = torch.rand(7, 1, 8, 8)
     params = RateParams(timesteps=23, decode=decode, synapse=synapse, neuron=neuron, scale_firing_rates=3.0,
                         neuron_backend=backend)
-    lams = calibrate_scales(parse_blocks(ann, "rate", POOLS), x, "percentile", 99.0)
-    layers = convert(ann, lams, [3.0, 3.0, 3.0], params)
+    blocks = parse_blocks(ann, "rate", POOLS)
+    lams = calibrate_scales(blocks, x, "percentile", 99.0)
+    layers = convert(blocks, lams, [3.0, 3.0, 3.0], params)
     expected = reference_loop(layers, x, 23, synapse=synapse, decode=decode)
     for time_chunk, batch_chunk, memory_mb in ((23, 7, 512), (5, 3, 512), (1, 7, 512), (23, 7, 0.001), (23, 7, 0)):
         sim = Simulator(layers, synapse=synapse, decode=decode, time_chunk=time_chunk, batch_chunk=batch_chunk,
@@ -57,8 +58,9 @@ def test_rate_approaches_ann_with_time():
     ann = _ann(1)
     x = torch.rand(64, 1, 8, 8)
     params = RateParams(timesteps=512)
-    lams = calibrate_scales(parse_blocks(ann, "rate", POOLS), x, "max", 100.0)
-    layers = convert(ann, lams, [1.0] * 3, params)
+    blocks = parse_blocks(ann, "rate", POOLS)
+    lams = calibrate_scales(blocks, x, "max", 100.0)
+    layers = convert(blocks, lams, [1.0] * 3, params)
     preds = Simulator(layers).run(x, 512)
     agree = (preds[-1] == ann(x).argmax(-1)).float().mean()
     assert agree > 0.9

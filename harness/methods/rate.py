@@ -88,9 +88,9 @@ def calibrate_scales(blocks: list[Block], x: torch.Tensor, mode: str, percentile
     return lams
 
 
-def convert(ann: nn.Module, lams: list[float], scales: list[float], params: RateParams) -> list[SpikingLayer]:
-    """Spiking layers with unit thresholds; ``scales`` are per-layer firing-rate scales s_l."""
-    blocks = parse_blocks(ann, "rate", POOLS)
+def convert(blocks: list[Block], lams: list[float], scales: list[float], params: RateParams) -> list[SpikingLayer]:
+    """Spiking layers with unit thresholds from the ANN's ``blocks``; ``scales`` are per-layer
+    firing-rate scales s_l."""
     layers = []
     lam_prev, s_prev = 1.0, 1.0
     for i, b in enumerate(blocks):
@@ -127,7 +127,7 @@ class RateModel:
 
     def convert(self, params: RateParams, scales: list[float] | None = None) -> list[SpikingLayer]:
         s = scales if scales is not None else [params.scale_firing_rates] * len(self.lams)
-        return convert(self.ann, self.lams, s, params)
+        return convert(self.blocks, self.lams, s, params)
 
 
 def simulate(ctx, layers: list[SpikingLayer], params: RateParams, split: str = "test",
@@ -160,7 +160,7 @@ class Rate(Method):
         return RateParams(
             timesteps=trial.suggest_categorical("timesteps", [16, 32, 64, 128]),
             scale_firing_rates=trial.suggest_float("scale_firing_rates", 0.5, 100, log=True),
-            synapse=None if trial.suggest_categorical("use_synapse", [False, True]) is False else synapse,
+            synapse=synapse if trial.suggest_categorical("use_synapse", [False, True]) else None,
             percentile=trial.suggest_float("percentile", 99.0, 100.0),
         )
 
@@ -192,8 +192,7 @@ def rate_evaluation(ctx, meters: Meters, correct: torch.Tensor, params: RatePara
 
     metrics, layers = meters.summary()
     n = max(meters.samples, 1)
-    curve = (correct.double() / n).tolist()
-    metrics["test/accuracy"] = curve[-1]
+    curve = (correct.double() / n).tolist()  # its last entry is the meters' test/accuracy
     ev = Evaluation(metrics, layers, step_metrics={"test/accuracy_at_t": curve})
     ev.artifacts += firing_rate_artifacts(ctx, meters.firing_rates())
     return ev

@@ -291,9 +291,10 @@ class TTFS(Method):
         metrics["neuron_updates"] = metrics["neurons"]
         metrics["timesteps"] = float(model.latency)
         metrics["t_max"] = float(model.t_max)
+        lams = model.scales()
         for i, st in enumerate(model.stages[:-1]):
             metrics[f"layer/{st.neuron}/u_th"] = model.u_th[i]
-            metrics[f"layer/{st.neuron}/lambda"] = model.scales()[i + 1]
+            metrics[f"layer/{st.neuron}/lambda"] = lams[i + 1]
         ev = Evaluation(metrics, layers)
         if params.t_max_sweep:
             accs = []
@@ -312,17 +313,17 @@ class TTFS(Method):
 
 @torch.no_grad()
 def _accuracy(net: TTFSNetwork, loader, device: str) -> float:
-    correct = total = 0
+    meters = Meters()
     for x, y in loader:
-        correct += int((net.closed_form(x.to(device)).argmax(-1).cpu() == y).sum())
-        total += len(y)
-    return correct / max(total, 1)
+        meters.record_batch(net.closed_form(x.to(device)).cpu(), y)
+    return meters.correct / max(meters.samples, 1)
 
 
 @torch.no_grad()
 def layer_rmse_grid(layer: nn.Module, x: torch.Tensor, t_values, fractions, x_max: float = 1.0) -> list[dict]:
     """Fig. 2: RMSE between a layer's ANN output ReLU(Wx + b) and its TTFS equivalent, over a grid
-    of t_max × u_th, with u_th a fraction of u_max = t_max · max_i (Σ_j W⁺_ij + b⁺_i) · ... (eq. 5)."""
+    of t_max × u_th, with u_th a fraction of u_max = t_max · max_i (Σ_j W⁺_ij · x_max + b⁺_i) / x_max,
+    the largest potential the layer can reach (eq. 5, bias included)."""
     x = x.double()
     w = layer.weight.detach().double()
     ann_out = torch.relu(_linear_op(layer, x) + (0 if layer.bias is None else
