@@ -110,7 +110,7 @@ def _apply(x: torch.Tensor, pre: list[tuple[str, nn.Module]]) -> torch.Tensor:
     return x
 
 
-def _event_counts(counts: torch.Tensor, pre: list[tuple[str, nn.Module]]) -> torch.Tensor:
+def event_counts(counts: torch.Tensor, pre: list[tuple[str, nn.Module]]) -> torch.Tensor:
     """Spike counts as the synaptic layer sees them: average pooling becomes sum pooling, so every
     pre-pool spike is counted once (each reaches the same weights through the pooling)."""
     for _, m in pre:
@@ -210,7 +210,7 @@ class Simulator:
             for i, sl in enumerate(self.layers):
                 if i > 0:
                     if meters is not None:
-                        counts = _event_counts(h.sum(0), sl.pre)
+                        counts = event_counts(h.sum(0), sl.pre)
                         meters.record_synapse(sl.name, sl.layer, counts, spikes=True, rows=tc * h.shape[1])
                     h = _fold(self.filter(sl.name, h), lambda z, sl=sl: sl.layer(_apply(z, sl.pre)))
                 if sl.neuron is None:

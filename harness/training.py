@@ -21,6 +21,7 @@ for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lig
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*LeafSpec.*")
 
+OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
 HIDDEN_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Hardtanh)
 
 
@@ -33,10 +34,13 @@ class Classifier(pl.LightningModule):
     """
 
     def __init__(self, model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.0, act_l1: float = 0.0,
-                 loss_fn=None, activation_types: tuple = HIDDEN_ACTIVATIONS):
+                 loss_fn=None, activation_types: tuple = HIDDEN_ACTIVATIONS, optimizer: str = "adam"):
         super().__init__()
         self.model = model
         self.lr, self.weight_decay, self.act_l1 = lr, weight_decay, act_l1
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer {optimizer!r}: valid: {', '.join(OPTIMIZERS)}")
+        self.optimizer = optimizer
         self.loss_fn = loss_fn or nn.functional.cross_entropy
         self.activation_types = activation_types
         self.history: dict[str, list[float]] = {}
@@ -97,7 +101,7 @@ class Classifier(pl.LightningModule):
                 self.history.setdefault(f"{stage}/accuracy", []).append(acc / n)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        return OPTIMIZERS[self.optimizer](self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
 
 def make_trainer(ctx, max_epochs: int, callbacks: list | None = None, **kwargs: Any) -> pl.Trainer:

@@ -1,0 +1,377 @@
+"""sharpen — Whetstone (sandia-*): bounded activations sharpened into step functions while training,
+so inference is a binary network that runs in one time step.
+
+Every hidden ReLU of the model is replaced by a sharpenable activation with sharpness s ∈ [0, 1]
+(Whetstone's layers, reimplemented in PyTorch because Whetstone is Keras-only):
+
+* ``brelu`` (``Spiking_BRelu``): y = clip((x − 0.5)/(w + 0.001) + 0.5, 0, 1), w = 1 − s; at s = 1 the
+  step [x ≥ 0.5];
+* ``sigmoid`` (``Spiking_Sigmoid``): y = σ(k·x), k = 4·ln(2 + √3)/(w + 0.001); at s = 1 the step [x ≥ 0].
+
+The readout layer is widened to ``n_hot`` outputs per class, followed by the same activation, and
+decoded by a fixed key with a softmax (Whetstone's ``Softmax_Decode``: logits = (2y − 1)·(2K − 1)ᵀ;
+class c owns outputs c·n_hot … (c + 1)·n_hot − 1), so the loss is cross-entropy as usual.
+
+Sharpening schedules (a Lightning callback; sharpness advances every batch):
+
+* ``fixed``: the network's sharpness rises by ``rate`` per epoch from ``start_epoch``;
+* ``scheduled`` (Whetstone's ``ScheduledSharpener``): 0 at ``start_epoch``, 1 after ``duration`` epochs;
+* ``adaptive`` (Whetstone's ``AdaptiveSharpener``): after ``start_epoch`` warm-up epochs, sharpening
+  starts when the training loss has not improved by ``sig_change`` for more than ``patience`` epochs and
+  pauses when it worsens by ``sig_change``; ``rate`` per epoch, ``cz_rate`` once a layer passes
+  ``critical``.
+
+With ``bottom_up`` the network's sharpness is spent layer by layer from the input (Whetstone's
+``set_model_sharpness``), otherwise all layers sharpen together. Training stops once every layer is
+a step function. Inputs are encoded as ``binary`` (pixel ≥ 0.5), ``contours`` (Sobel edge magnitude
+≥ ``contour_threshold``, binary) or ``current`` (analog values injected into the first layer).
+
+Inference replaces every sharpened activation by a SpikingJelly ``IFNode`` with threshold 0.5 (brelu)
+or 0 (sigmoid) run for one time step — exactly the step function — and is metered as an SNN: one
+time step, binary spikes between layers (SynOps), MACs only for ``current`` input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..api import Evaluation, Method
+from ..config import ConfigError, Params, param
+from ..meters import SYNAPTIC_TYPES, Meters
+from ..netparse import flatten_modules, parse_blocks
+
+SIGMOID_K = 4.0 * math.log(2.0 + math.sqrt(3.0))
+EPSILON = 0.001
+
+
+class SharpenableActivation(nn.Module):
+    """Whetstone's ``Spiking_BRelu`` / ``Spiking_Sigmoid``; ``sharpness`` is a buffer in [0, 1]."""
+
+    def __init__(self, kind: str = "brelu"):
+        super().__init__()
+        self.kind = kind
+        self.register_buffer("sharpness", torch.tensor(0.0))
+
+    @property
+    def threshold(self) -> float:
+        return 0.5 if self.kind == "brelu" else 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = float(self.sharpness)
+        if s >= 1.0:
+            return (x >= self.threshold).to(x)
+        width = 1.0 - s + EPSILON
+        if self.kind == "brelu":
+            return ((x - 0.5) / width + 0.5).clamp(0.0, 1.0)
+        return torch.sigmoid(x * (SIGMOID_K / width))
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, sharpness={float(self.sharpness):.3f}"
+
+
+class NHotDecode(nn.Module):
+    """Whetstone's ``Softmax_Decode`` with a non-overlapping key: logits = (2y − 1)(2K − 1)ᵀ."""
+
+    def __init__(self, num_classes: int, n_hot: int):
+        super().__init__()
+        key = torch.zeros(num_classes, num_classes * n_hot)
+        for c in range(num_classes):
+            key[c, c * n_hot:(c + 1) * n_hot] = 1.0
+        self.register_buffer("key", 2.0 * key - 1.0)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return (2.0 * y - 1.0) @ self.key.t()
+
+
+class InputEncoding(nn.Module):
+    """``binary`` / ``contours`` / ``current`` (see the module docstring); images in [0, 1]."""
+
+    def __init__(self, kind: str, binary_threshold: float = 0.5, contour_threshold: float = 1.0):
+        super().__init__()
+        self.kind, self.binary_threshold, self.contour_threshold = kind, binary_threshold, contour_threshold
+        sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+        self.register_buffer("sobel", torch.stack([sobel, sobel.t()]).unsqueeze(1))  # [2, 1, 3, 3]
+
+    @property
+    def spiking(self) -> bool:
+        return self.kind != "current"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "current":
+            return x
+        if self.kind == "binary":
+            return (x >= self.binary_threshold).to(x)
+        c = x.shape[1]
+        g = nn.functional.conv2d(x.reshape(-1, 1, *x.shape[2:]), self.sobel, padding=1)
+        mag = g.pow(2).sum(1, keepdim=True).sqrt().reshape(x.shape[0], c, *x.shape[2:])
+        return (mag >= self.contour_threshold).to(x)
+
+
+def layer_sharpness(value: float, n: int, bottom_up: bool) -> list[float]:
+    """Whetstone's ``set_model_sharpness``: the network's sharpness as per-layer values."""
+    value = min(max(value, 0.0), 1.0)
+    if not bottom_up:
+        return [value] * n
+    if value >= 1.0:
+        return [1.0] * n
+    done, rest = divmod(value * n, 1.0)
+    done = int(done)
+    return [1.0] * done + [rest] + [0.0] * (n - done - 1)
+
+
+@dataclass(frozen=True)
+class SharpenParams(Params):
+    activation: Literal["brelu", "sigmoid"] = param("brelu", "sharpenable activation (Whetstone)")
+    schedule: Literal["fixed", "scheduled", "adaptive"] = param("scheduled", "how sharpness rises")
+    bottom_up: bool = param(True, "sharpen layer by layer from the input (else all together)")
+    start_epoch: int = param(5, "epochs trained before sharpening (adaptive: minimum warm-up)", low=0)
+    duration: int = param(10, "scheduled: epochs from sharpness 0 to 1", low=1)
+    rate: float = param(0.25, "fixed: network sharpness per epoch; adaptive: a layer's sharpness per epoch",
+                        low=0, low_open=True, high=1)
+    cz_rate: float = param(0.126, "adaptive: rate once a layer's sharpness ≥ critical", low=0, low_open=True,
+                           high=1)
+    critical: float = param(0.75, "adaptive: start of the critical zone", low=0, high=1)
+    patience: int = param(1, "adaptive: epochs without significant improvement before sharpening", low=0)
+    sig_change: float = param(0.15, "adaptive: relative loss change counted as significant", low=0,
+                              low_open=True)
+    epochs: int = param(30, "maximum training epochs (training stops once fully sharpened)", low=1)
+    lr: float = param(1e-3, "learning rate", low=0, low_open=True)
+    optimizer: Literal["adam", "rmsprop"] = param("adam", "optimizer (the seed found RMSprop most stable)")
+    n_hot: int = param(10, "output neurons per class (N-hot code decoded by softmax)", low=1, high=1000)
+    encoding: Literal["binary", "contours", "current"] = param("binary", "input encoding")
+    binary_threshold: float = param(0.5, "binary: pixel threshold", low=0, high=1)
+    contour_threshold: float = param(1.0, "contours: Sobel magnitude threshold", low=0, low_open=True)
+
+    def validate(self) -> None:
+        if self.schedule == "scheduled" and self.start_epoch + self.duration > self.epochs:
+            raise ConfigError(
+                f"sharpen: the schedule ends at epoch {self.start_epoch + self.duration} but training has "
+                f"{self.epochs} epochs; valid: start_epoch + duration <= epochs")
+        if self.schedule == "fixed" and self.start_epoch + math.ceil(1.0 / self.rate - 1e-9) > self.epochs:
+            raise ConfigError(
+                f"sharpen: at rate {self.rate}/epoch from epoch {self.start_epoch} sharpening needs "
+                f"{self.start_epoch + math.ceil(1.0 / self.rate - 1e-9)} epochs but training has {self.epochs}; "
+                "valid: start_epoch + ceil(1/rate) <= epochs")
+        if self.schedule == "adaptive" and self.start_epoch >= self.epochs:
+            raise ConfigError(f"sharpen: start_epoch {self.start_epoch} leaves no epoch to sharpen in; "
+                              f"valid: start_epoch < epochs ({self.epochs})")
+
+
+def build_sharpenable(ann: nn.Module, num_classes: int, p: SharpenParams) -> nn.Sequential:
+    """The model's architecture with sharpenable activations, an N-hot spiking readout and a decoder."""
+    parse_blocks(ann, "sharpen", (nn.MaxPool2d,))  # names any layer a binary network cannot carry
+    mods = flatten_modules(ann)
+    readout_name, readout = next((n, m) for n, m in reversed(mods) if isinstance(m, SYNAPTIC_TYPES))
+    if not isinstance(readout, nn.Linear):
+        raise ConfigError(f"sharpen: the readout {readout_name!r} must be a Linear layer")
+    layers: list[tuple[str, nn.Module]] = [("encode", InputEncoding(p.encoding, p.binary_threshold,
+                                                                    p.contour_threshold))]
+    for name, m in mods:
+        key = name.replace(".", "_")
+        if isinstance(m, nn.ReLU):
+            layers.append((key, SharpenableActivation(p.activation)))
+        elif m is readout:
+            layers.append((key, nn.Linear(m.in_features, num_classes * p.n_hot)))
+            layers.append(("spike_out", SharpenableActivation(p.activation)))
+        else:
+            layers.append((key, m))
+    layers.append(("decode", NHotDecode(num_classes, p.n_hot)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+def activations(model: nn.Module) -> list[tuple[str, SharpenableActivation]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, SharpenableActivation)]
+
+
+def set_sharpness(model: nn.Module, values: list[float]) -> None:
+    for (_, m), v in zip(activations(model), values):
+        m.sharpness.fill_(v)
+
+
+class Sharpener:
+    """The schedules of the module docstring, advanced per batch (Whetstone's sharpener callbacks,
+    reimplemented for Lightning). ``history`` holds each layer's sharpness at every epoch's end."""
+
+    def __init__(self, model: nn.Module, p: SharpenParams):
+        self.model, self.p = model, p
+        self.names = [n for n, _ in activations(model)]
+        self.values = [0.0] * len(self.names)
+        self.history: dict[str, list[float]] = {n: [] for n in self.names}
+        self.global_value = 0.0
+        # adaptive state (Whetstone's AdaptiveSharpener)
+        self.sharpening = False
+        self.reference_loss = math.inf
+        self.no_improvement = 0
+        self.wait = False
+
+    @property
+    def done(self) -> bool:
+        return all(v >= 1.0 for v in self.values)
+
+    def _apply(self) -> None:
+        set_sharpness(self.model, self.values)
+
+    def on_batch(self, epoch: int, batch: int, batches: int) -> None:
+        p = self.p
+        if p.schedule == "scheduled":
+            progress = (epoch + (batch + 1) / batches - p.start_epoch) / p.duration
+            self.values = layer_sharpness(progress, len(self.values), p.bottom_up)
+        elif p.schedule == "fixed":
+            if epoch >= p.start_epoch:
+                self.global_value = min(1.0, self.global_value + p.rate / batches)
+                if 1.0 - self.global_value < 1e-6:
+                    self.global_value = 1.0
+            self.values = layer_sharpness(self.global_value, len(self.values), p.bottom_up)
+        elif self.sharpening:
+            self._adaptive_step(batches)
+        self._apply()
+
+    def _adaptive_step(self, batches: int) -> None:
+        p = self.p
+        todo = [i for i, v in enumerate(self.values) if v < 1.0]
+        if not todo:
+            self.sharpening = False
+            return
+        idx = todo if not p.bottom_up else [todo[0]]
+        if p.bottom_up and self.wait:
+            return
+        for i in idx:
+            amount = (p.cz_rate if self.values[i] >= p.critical else p.rate) / batches
+            self.values[i] = min(1.0, self.values[i] + amount)
+            if 1.0 - self.values[i] < 1e-3:
+                self.values[i] = 1.0
+                self.wait = p.bottom_up  # the next layer starts after this epoch (overshoot guard)
+
+    def on_epoch_end(self, epoch: int, train_loss: float | None) -> None:
+        for n, v in zip(self.names, self.values):
+            self.history[n].append(v)
+        if self.p.schedule != "adaptive" or train_loss is None:
+            return
+        p = self.p
+        self.wait = False
+        change = (train_loss - self.reference_loss) / self.reference_loss if math.isfinite(self.reference_loss) else -1.0
+        improved, degraded = change <= -p.sig_change, change >= p.sig_change
+        if epoch < p.start_epoch - 1:
+            self.reference_loss = train_loss
+            return
+        if improved:
+            self.reference_loss, self.no_improvement = train_loss, 0
+        else:
+            self.no_improvement += 1
+        if self.sharpening and degraded:
+            self.reference_loss, self.no_improvement, self.sharpening = train_loss, 0, False
+        elif not self.sharpening and self.no_improvement > p.patience:
+            self.reference_loss, self.no_improvement, self.sharpening = train_loss, 0, True
+
+    def callback(self):
+        import pytorch_lightning as pl
+
+        outer = self
+
+        class _Callback(pl.Callback):
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                outer.on_batch(trainer.current_epoch, batch_idx, max(int(trainer.num_training_batches), 1))
+
+            def on_train_epoch_end(self, trainer, pl_module):
+                loss = pl_module.history.get("train/loss")
+                outer.on_epoch_end(trainer.current_epoch, loss[-1] if loss else None)
+                if outer.done:
+                    trainer.should_stop = True
+
+        return _Callback()
+
+
+def to_spiking(model: nn.Module) -> nn.Sequential:
+    """The fully sharpened network with each step activation as a one-step SpikingJelly IF neuron."""
+    from spikingjelly.activation_based import neuron
+
+    layers = []
+    for name, m in model.named_children():
+        if isinstance(m, SharpenableActivation):
+            m = neuron.IFNode(v_threshold=m.threshold, v_reset=0.0, step_mode="s")
+        layers.append((name, m))
+    return nn.Sequential(OrderedDict(layers))
+
+
+class Sharpen(Method):
+    name = "sharpen"
+    needs_trained_ann = False
+    default_model = "stpu-dnn"
+    smoke_sets = {"epochs": "6", "start_epoch": "2", "duration": "3", "lr": "3e-3"}
+    Params = SharpenParams
+
+    @classmethod
+    def search_space(cls, trial):
+        return cls.Params(
+            activation=trial.suggest_categorical("activation", ["brelu", "sigmoid"]),
+            bottom_up=trial.suggest_categorical("bottom_up", [True, False]),
+            n_hot=trial.suggest_categorical("n_hot", [1, 4, 10]),
+            optimizer=trial.suggest_categorical("optimizer", ["adam", "rmsprop"]),
+        )
+
+    def _build(self, ctx, params) -> nn.Sequential:
+        from ..models import build_model
+
+        ds = ctx.dataset
+        arch = build_model(ctx.model_name, ds.input_shape, ds.num_classes)
+        try:
+            return build_sharpenable(arch, ds.num_classes, params)
+        except ConfigError as e:
+            raise ConfigError(f"{e} (model {ctx.model_name!r}; Whetstone needs binary activations "
+                              "between layers: max-pooling models such as stpu-dnn, stpu-cnn, "
+                              "cnn-restricted, cnn-unrestricted, ttfs-cnn)") from None
+
+    def check(self, ctx, params):
+        self._build(ctx, params)
+
+    def prepare(self, ctx, ann, params):
+        from ..training import Classifier, fit
+
+        torch.manual_seed(ctx.seed)
+        model = self._build(ctx, params)
+        sharpener = Sharpener(model, params)
+        module = Classifier(model, lr=params.lr, optimizer=params.optimizer)
+        fit(ctx, module, params.epochs, callbacks=[sharpener.callback()])
+        reached = min(sharpener.values) if sharpener.values else 1.0
+        ctx.metrics["sharpen/sharpness_reached"] = reached
+        ctx.metrics["sharpen/epochs_trained"] = float(len(module.history.get("train/loss", [])))
+        if reached < 1.0:
+            ctx.info["sharpen_warning"] = (f"training ended at sharpness {reached:.3f} < 1; the network was "
+                                           "set to step functions for inference (raise epochs)")
+        ctx.step_metrics.update({f"sharpen/{k}": v for k, v in module.history.items()})
+        ctx.step_metrics.update({f"sharpen/sharpness/{n}": v for n, v in sharpener.history.items()})
+        model = module.model.eval()
+        set_sharpness(model, [1.0] * len(sharpener.names))
+        return model
+
+    @torch.no_grad()
+    def evaluate(self, ctx, model, params, split="test"):
+        from spikingjelly.activation_based import functional, neuron
+        from tqdm.auto import tqdm
+
+        device = ctx.device
+        snn = to_spiking(model).to(device).eval()
+        first = next(n for n, m in snn.named_modules() if isinstance(m, SYNAPTIC_TYPES))
+        analog_input = params.encoding == "current"
+        meters = Meters(timesteps=1)
+        agree = total = 0
+        with meters.attach(snn, neuron_types=(neuron.IFNode,), spiking_neurons=True,
+                           spike_inputs=lambda name, x: not (analog_input and name == first)):
+            for x, y in tqdm(ctx.loader(split), desc="evaluate sharpened SNN", disable=not ctx.progress,
+                             leave=False):
+                x, y = x.to(device), y.to(device)
+                logits = snn(x)
+                functional.reset_net(snn)
+                meters.record_batch(logits, y)
+                agree += int((logits.argmax(-1) == model.to(device)(x).argmax(-1)).sum())
+                total += len(y)
+        metrics, layers = meters.summary()
+        # the one-step IF network must decide exactly as the sharpened network does
+        metrics["sharpen/snn_agreement"] = agree / max(total, 1)
+        return Evaluation(metrics, layers)

@@ -1,0 +1,165 @@
+"""sharpen (Whetstone): activations, schedules, the N-hot code, encodings and the binary SNN."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from harness.errors import ConfigError
+from harness.methods.sharpen import (
+    InputEncoding, NHotDecode, SharpenableActivation, Sharpener, SharpenParams, build_sharpenable,
+    layer_sharpness, set_sharpness, to_spiking,
+)
+from harness.runner import run
+
+
+@pytest.mark.parametrize("s", [0.0, 0.3, 0.9, 0.999])
+def test_brelu_is_whetstones_formula(s):
+    act = SharpenableActivation("brelu")
+    act.sharpness.fill_(s)
+    x = torch.linspace(-1, 2, 301)
+    s = float(act.sharpness)  # as stored (float32)
+    expected = torch.clamp((x - 0.5) / (1 - s + 0.001) + 0.5, 0, 1)
+    assert torch.allclose(act(x), expected)
+    assert float(act(torch.tensor(0.5))) == pytest.approx(0.5)  # always through (0.5, 0.5)
+
+
+def test_sigmoid_sharpens_to_a_step_at_zero():
+    act = SharpenableActivation("sigmoid")
+    x = torch.tensor([-0.2, -0.01, 0.0, 0.01, 0.2])
+    act.sharpness.fill_(0.0)
+    assert torch.allclose(act(x), torch.sigmoid(x * 4 * math.log(2 + math.sqrt(3)) / 1.001))
+    act.sharpness.fill_(1.0)
+    assert act(x).tolist() == [0.0, 0.0, 1.0, 1.0, 1.0]
+
+
+def test_fully_sharpened_brelu_is_a_step():
+    act = SharpenableActivation("brelu")
+    act.sharpness.fill_(1.0)
+    assert act(torch.tensor([0.49, 0.5, 0.51, 3.0, -3.0])).tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
+
+
+def test_layer_sharpness_bottom_up_and_uniform():
+    assert layer_sharpness(0.5, 3, True) == pytest.approx([1.0, 0.5, 0.0])
+    assert layer_sharpness(0.0, 3, True) == [0.0, 0.0, 0.0]
+    assert layer_sharpness(1.0, 3, True) == [1.0, 1.0, 1.0]
+    assert layer_sharpness(0.25, 2, True) == pytest.approx([0.5, 0.0])
+    assert layer_sharpness(0.4, 3, False) == [0.4, 0.4, 0.4]
+
+
+def _net(activation="brelu", n_hot=4, encoding="binary"):
+    torch.manual_seed(0)
+    arch = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
+    return build_sharpenable(arch, 3, SharpenParams(activation=activation, n_hot=n_hot, encoding=encoding))
+
+
+@pytest.mark.parametrize("schedule,sets,done_after", [
+    ("scheduled", dict(start_epoch=2, duration=3), 5),
+    ("fixed", dict(start_epoch=1, rate=0.5), 3),
+])
+def test_schedules_reach_full_sharpness_on_time(schedule, sets, done_after):
+    p = SharpenParams(schedule=schedule, epochs=10, **sets)
+    model = _net()
+    sh = Sharpener(model, p)
+    for epoch in range(10):
+        for b in range(4):
+            sh.on_batch(epoch, b, 4)
+        sh.on_epoch_end(epoch, 1.0)
+        if sh.done:
+            break
+    assert epoch + 1 == done_after
+    hist = sh.history["spike_out"]
+    assert hist[-1] == 1.0 and all(v == 0.0 for v in hist[:-2])  # the readout sharpens last (bottom-up)
+    first = sh.history[sh.names[0]]
+    assert all(a <= b for a, b in zip(first, first[1:]))
+    assert all(float(m.sharpness) == 1.0 for m in model.modules() if isinstance(m, SharpenableActivation))
+
+
+def test_adaptive_waits_for_a_plateau_and_pauses_when_loss_jumps():
+    p = SharpenParams(schedule="adaptive", start_epoch=2, patience=1, sig_change=0.15, rate=0.5, epochs=50)
+    sh = Sharpener(_net(), p)
+    losses = [2.0, 1.0, 0.5, 0.49, 0.48, 0.48]  # improves, then plateaus
+    for epoch, loss in enumerate(losses):
+        for b in range(2):
+            sh.on_batch(epoch, b, 2)
+        sh.on_epoch_end(epoch, loss)
+    # warm-up and improvement: nothing; plateau for more than `patience` epochs after epoch 4: sharpen
+    assert sh.history[sh.names[0]] == pytest.approx([0, 0, 0, 0, 0, 0.5]) and sh.sharpening
+    before = list(sh.values)
+    for b in range(2):
+        sh.on_batch(len(losses), b, 2)
+    assert sh.values[0] > before[0]
+    sh.on_epoch_end(len(losses), 5.0)  # loss jumps: sharpening pauses
+    assert not sh.sharpening
+    frozen = list(sh.values)
+    sh.on_batch(len(losses) + 1, 0, 2)
+    assert sh.values == frozen
+
+
+def test_n_hot_decode_picks_the_class_whose_outputs_fire():
+    dec = NHotDecode(3, 4)
+    y = torch.zeros(2, 12)
+    y[0, 4:8] = 1  # class 1
+    y[1, 8:11] = 1  # 3 of class 2's 4 outputs, plus one of class 0's
+    y[1, 0] = 1
+    assert dec(y).argmax(-1).tolist() == [1, 2]
+
+
+def test_contours_outline_a_square():
+    x = torch.zeros(1, 1, 8, 8)
+    x[..., 2:6, 2:6] = 1.0
+    edges = InputEncoding("contours", contour_threshold=1.0)(x)[0, 0]
+    assert edges[3:5, 3:5].sum() == 0  # inside: flat
+    assert edges[2, 2:6].sum() == 4 and edges[5, 2:6].sum() == 4  # the border
+    assert set(edges.unique().tolist()) <= {0.0, 1.0}
+    assert InputEncoding("binary")(torch.tensor([0.2, 0.5, 0.9])).tolist() == [0.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("activation", ["brelu", "sigmoid"])
+def test_one_step_if_network_equals_the_sharpened_network(activation):
+    model = _net(activation).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.normal_(0, 1)
+    set_sharpness(model, [1.0] * 3)
+    snn = to_spiking(model).eval()
+    x = torch.rand(64, 1, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(snn(x), model(x))
+
+
+def test_sharpen_run_on_digits(quick):
+    res = run(quick(method="sharpen", model="stpu-dnn", sets=("epochs=6", "start_epoch=2", "duration=3")))
+    m, steps = res.metrics, res.step_metrics
+    assert m["sharpen/sharpness_reached"] == 1.0 and m["sharpen/epochs_trained"] == 5
+    assert m["sharpen/snn_agreement"] == 1.0
+    assert m["timesteps"] == 1 and m["macs"] == 0 and m["synops"] > 0  # binary input: no MACs
+    assert m["test/accuracy"] > 0.5
+    assert steps["sharpen/sharpness/relu_fc1"][-1] == 1.0 and len(steps["sharpen/train/loss"]) == 5
+    layers = {r["layer"]: r for r in res.layers}
+    assert layers["spike_out"]["neurons"] == 100  # 10 classes × n_hot 10
+    cur = run(quick(method="sharpen", model="stpu-dnn",
+                    sets=("epochs=6", "start_epoch=2", "duration=3", "encoding=current")))
+    assert cur.metrics["macs"] == cur.metrics["layer/fc1/macs"] > 0  # analog input: first layer only
+    assert cur.metrics["layer/fc1/synops"] == 0 and cur.metrics["layer/fc2/synops"] > 0
+
+
+@pytest.mark.parametrize("sets,needle", [
+    (("start_epoch=10", "duration=10", "epochs=15"), "start_epoch \\+ duration"),
+    (("schedule=fixed", "rate=0.1", "epochs=8"), "ceil\\(1/rate\\)"),
+    (("rate=0",), "rate"),
+    (("n_hot=0",), "n_hot"),
+])
+def test_bad_schedules_are_refused(quick, sets, needle):
+    with pytest.raises(ConfigError, match=needle):
+        run(quick(method="sharpen", sets=sets))
+
+
+def test_average_pooling_is_refused_before_training(quick, monkeypatch):
+    import harness.ann_cache as cache
+
+    monkeypatch.setattr(cache, "train_ann", lambda ctx: pytest.fail("trained before checking"))
+    with pytest.raises(ConfigError, match="AvgPool2d.*max-pooling models"):
+        run(quick(method="sharpen", model="cnn7"))

@@ -1,0 +1,145 @@
+"""surrogate: the width/height surrogate, the LIF twin of a network, its meters and its errors."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from harness.errors import ConfigError, DivergedError, HarnessError
+from harness.methods.surrogate import FAMILIES, SpikingNet, SurrogateParams, WidthHeightSurrogate, surrogate_shape
+from harness.meters import Meters
+from harness.runner import run
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shape_peaks_at_one_and_decays(family):
+    z = torch.linspace(-3, 3, 601)
+    phi = surrogate_shape(family, z)
+    assert float(surrogate_shape(family, torch.tensor(0.0))) == pytest.approx(1.0)
+    assert torch.allclose(phi, phi.flip(0), atol=1e-6)  # symmetric
+    right = phi[300:]
+    assert bool((right[1:] <= right[:-1] + 1e-7).all())  # non-increasing away from threshold
+    assert float(phi[-1]) < 0.2
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("width,height", [(0.5, 2.0), (2.0, 0.3)])
+def test_forward_is_heaviside_backward_is_height_times_shape(family, width, height):
+    fn = WidthHeightSurrogate(family, width, height)
+    x = torch.linspace(-2, 2, 41, requires_grad=True)
+    y = fn(x)
+    assert torch.equal(y.detach(), (x.detach() >= 0).float())
+    y.sum().backward()
+    expected = height * surrogate_shape(family, x.detach() / width)
+    assert torch.allclose(x.grad, expected, atol=1e-6)
+
+
+def test_width_and_height_are_independent():
+    """Doubling β doubles the gradient everywhere; widening γ keeps the peak and spreads it."""
+    x = torch.tensor([0.0, 0.75], requires_grad=True)
+    grads = {}
+    for w, h in [(1.0, 1.0), (1.0, 2.0), (2.0, 1.0)]:
+        x.grad = None
+        WidthHeightSurrogate("triangle", w, h)(x).sum().backward()
+        grads[(w, h)] = x.grad.clone()
+    assert torch.allclose(grads[(1.0, 2.0)], 2 * grads[(1.0, 1.0)])
+    assert grads[(2.0, 1.0)][0] == grads[(1.0, 1.0)][0] == 1.0
+    assert grads[(2.0, 1.0)][1] == pytest.approx(0.625) and grads[(1.0, 1.0)][1] == pytest.approx(0.25)
+
+
+def _tiny(pool: bool) -> nn.Sequential:
+    torch.manual_seed(0)
+    if pool:
+        net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
+                            nn.Linear(8, 3))
+    else:
+        net = nn.Sequential(nn.Flatten(), nn.Linear(16, 6), nn.ReLU(), nn.Linear(6, 3))
+    with torch.no_grad():
+        net[0 if pool else 1].weight.abs_()  # excitatory first layer: the hidden layer spikes
+    return net
+
+
+@pytest.mark.parametrize("pool", [False, True])
+@pytest.mark.parametrize("encoding", ["direct", "poisson"])
+def test_meters_count_every_spike_times_its_fanout(pool, encoding):
+    """SynOps of the readout = hidden spikes × 3 outputs, also through average pooling (each spike
+    before the pool reaches the same 3 weights); direct input costs MACs once, Poisson input SynOps."""
+    p = SurrogateParams(timesteps=5, threshold=0.3, batch_norm=False, encoding=encoding)
+    net = SpikingNet(_tiny(pool), p).eval()
+    seen = []
+    net.neurons[0].register_forward_hook(lambda m, i, out: seen.append(out.detach()))
+    meters = Meters(timesteps=5)
+    net.meters = meters
+    x = torch.rand(7, 1, 4, 4)
+    with torch.no_grad():
+        meters.record_batch(net(x), torch.zeros(7, dtype=torch.long))
+    metrics, _ = meters.summary()
+    hidden_spikes = float(seen[0].sum())
+    assert hidden_spikes > 0
+    first = "0" if pool else "1"
+    readout = "4" if pool else "3"
+    assert metrics[f"layer/{readout}/synops"] == pytest.approx(hidden_spikes * 3 / 7)
+    if encoding == "direct":
+        dense = (2 * 16 * 9 if pool else 16 * 6)  # one pass of the first layer per image
+        assert metrics[f"layer/{first}/macs"] == dense
+        assert metrics[f"layer/{first}/synops"] == 0
+    else:
+        assert metrics[f"layer/{first}/macs"] == 0 and metrics[f"layer/{first}/synops"] > 0
+    assert metrics["spikes"] == pytest.approx(hidden_spikes / 7)
+    assert metrics["timesteps"] == 5
+
+
+def test_gradients_reach_the_first_layer_through_lif_and_batch_norm():
+    net = SpikingNet(_tiny(True), SurrogateParams(timesteps=3, surrogate="arctan", width=0.5, height=2.0))
+    loss = nn.functional.cross_entropy(net(torch.rand(4, 1, 4, 4)), torch.tensor([0, 1, 2, 0]))
+    loss.backward()
+    assert float(net.layers[0].weight.grad.abs().sum()) > 0
+    assert isinstance(net.norms[0][0], nn.BatchNorm2d)  # folded over time and batch
+
+
+@pytest.mark.parametrize("readout", ["mean", "membrane", "spikes"])
+def test_readouts_train_on_digits(quick, readout):
+    res = run(quick(method="surrogate", model="dnn5",
+                    sets=("epochs=2", "timesteps=3", "lr=3e-3", f"readout={readout}")))
+    m, steps = res.metrics, res.step_metrics
+    assert m["test/accuracy"] > 0.3  # chance: 0.1 (two short epochs)
+    assert len(steps["test/accuracy_at_t"]) == 3
+    assert steps["test/accuracy_at_t"][-1] == pytest.approx(m["test/accuracy"])
+    assert len(steps["surrogate/train/loss"]) == 2
+    assert len(steps["surrogate/grad_norm/fc1"]) == 2
+    assert m["macs"] > 0 and m["synops"] > 0  # direct input: MACs for fc1, SynOps after it
+
+
+@pytest.mark.parametrize("sets,needle", [
+    (("timesteps=0",), "timesteps"), (("width=0",), "width"), (("height=-1",), "height"),
+    (("tau=1",), "tau"), (("surrogate=box",), "surrogate"),
+])
+def test_bad_parameters_are_named(quick, sets, needle):
+    with pytest.raises(HarnessError, match=needle):
+        run(quick(method="surrogate", sets=sets))
+
+
+def test_non_finite_loss_stops_with_a_clear_message(quick, monkeypatch):
+    import harness.methods.surrogate as sur
+
+    original = sur.SpikingNet._readout
+    monkeypatch.setattr(sur.SpikingNet, "_readout", lambda self, n, cur: original(self, n, cur) * float("inf"))
+    with pytest.raises(DivergedError, match="loss became nan.*lower the learning rate"):
+        run(quick(method="surrogate", model="dnn5", sets=("epochs=1", "timesteps=2")))
+
+
+def test_unsupported_layer_is_named_before_training(quick, monkeypatch):
+    import harness.ann_cache as cache
+
+    monkeypatch.setattr(cache, "train_ann", lambda ctx: pytest.fail("trained before checking"))
+
+    def bad(shape, classes):
+        return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(shape), 8), nn.Tanh(), nn.Linear(8, classes))
+
+    from harness.models import MODELS
+
+    monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))
+    MODELS.register("tanh-net", "test")(bad)
+    with pytest.raises(ConfigError, match="Tanh"):
+        run(quick(method="surrogate", model="tanh-net"))
