@@ -45,6 +45,7 @@ class RunContext:
     info: dict[str, Any] = field(default_factory=dict)  # provenance notes (cache hits, ...)
     metrics: dict[str, float] = field(default_factory=dict)  # from transforms (e.g. prune/...)
     step_metrics: dict[str, list[float]] = field(default_factory=dict)  # curves from transforms
+    fit_callbacks: list = field(default_factory=list)  # extra Lightning callbacks for methods that train
 
     @property
     def seed(self) -> int:
@@ -53,6 +54,8 @@ class RunContext:
     def loader(self, split: str, *, batch_size: int | None = None, shuffle: bool = False,
                limit: int | None = None):
         bs = batch_size or (self.train.batch_size if shuffle else self.config.eval_batch_size)
+        if split == "test" and self.config.eval_limit:
+            limit = min(limit or self.config.eval_limit, self.config.eval_limit)
         return self.dataset.loader(split, bs, shuffle=shuffle, seed=self.seed, limit=limit)
 
     def artifact(self, name: str) -> Path:

@@ -1,4 +1,4 @@
-"""The ``harness`` command line: ``run`` and ``ls`` (more verbs arrive with their issues).
+"""The ``harness`` command line: ``run``, ``study``, ``report`` and ``ls``.
 
 Start-up stays light: argparse plus the registries' description tables. torch, Lightning and
 MLflow are imported only by the verbs that need them.
@@ -29,20 +29,7 @@ def _registry(kind: str):
     return ENERGY_MODELS
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="harness",
-        description="Accuracy / sparsity / energy benchmark of spiking neural networks.",
-        epilog="Examples:\n  harness run --method ttfs\n  harness run --method ann --dataset digits "
-               "--output-json r.json\n  harness ls methods",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--version", action="version", version=f"snn-harness {__version__}")
-    sub = p.add_subparsers(dest="verb", metavar="{run,ls}")
-    sub.required = True
-
-    r = sub.add_parser("run", help="run one method on one data set and model",
-                       description="Train (or load the cached) ANN, apply a method, meter it, log to MLflow.")
+def _add_run_flags(r: argparse.ArgumentParser) -> None:
     r.add_argument("--method", "-m", help="method key; compose transforms with '+', e.g. prune+ttfs (default: ann)")
     r.add_argument("--dataset", "-d", help="data set key (default: mnist-5k)")
     r.add_argument("--model", help="model key (default: the method's choice)")
@@ -54,13 +41,63 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto")
     r.add_argument("--set", "-s", action="append", dest="sets", metavar="KEY=VALUE",
                    help="method parameter (repeatable); 'harness ls params --method M' lists them")
-    r.add_argument("--output-json", "-o", dest="output_json", metavar="FILE", help="write the result record")
     r.add_argument("--config", metavar="FILE.yaml", help="YAML file of run settings (flags override it)")
     r.add_argument("--data-dir", dest="data_dir", help="where data files are found / downloaded")
     r.add_argument("--cache-dir", dest="cache_dir", help="ANN cache directory")
     r.add_argument("--experiment", help="MLflow experiment (default from mlflow.yaml)")
-    r.add_argument("--no-track", dest="track", action="store_const", const=False, help="do not log to MLflow")
     r.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="harness",
+        description="Accuracy / sparsity / energy benchmark of spiking neural networks.",
+        epilog="Examples:\n  harness run --method ttfs\n  harness run --method ann --dataset digits "
+               "--output-json r.json\n  harness ls methods",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"snn-harness {__version__}")
+    sub = p.add_subparsers(dest="verb", metavar="{run,study,report,ls}")
+    sub.required = True
+
+    r = sub.add_parser("run", help="run one method on one data set and model",
+                       description="Train (or load the cached) ANN, apply a method, meter it, log to MLflow.")
+    _add_run_flags(r)
+    r.add_argument("--output-json", "-o", dest="output_json", metavar="FILE", help="write the result record")
+    r.add_argument("--no-track", dest="track", action="store_const", const=False, help="do not log to MLflow")
+
+    st = sub.add_parser(
+        "study", help="Optuna search over a method's parameters (one MLflow child run per trial)",
+        description="Search a method's parameters with Optuna; re-running the same command resumes the study.",
+        epilog="Examples:\n  harness study --method ttfs --trials 20 --objective test/accuracy:max "
+               "--objective spikes_per_neuron:min\n  harness study --method rate --model cnn7 --sampler grid "
+               "--grid synapse=0.001,0.005,0.01 --grid scale_firing_rates=1,10,100",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_run_flags(st)
+    st.add_argument("--trials", "-n", type=int, default=20, help="finished trials wanted (default: 20)")
+    st.add_argument("--objective", action="append", dest="objectives", metavar="METRIC:max|min",
+                    help="repeatable; several make the study multi-objective (default: test/accuracy:max)")
+    st.add_argument("--sampler", default=None, help="tpe, nsga2, random or grid (default: tpe; "
+                    "grid when --grid is given)")
+    st.add_argument("--grid", action="append", metavar="KEY=V1,V2,...", help="grid axis (repeatable)")
+    st.add_argument("--storage", help="Optuna storage: an RDB URL or journal:FILE "
+                    "(default: sqlite optuna.db beside the MLflow store)")
+    st.add_argument("--study-name", dest="study_name", help="default: METHOD-MODEL-DATASET")
+    st.add_argument("--n-jobs", dest="n_jobs", type=int, default=1, help="parallel trials (threads)")
+    st.add_argument("--eval-limit", dest="eval_limit", type=int,
+                    help="evaluate trials on the first N test images (best trials are re-evaluated on all)")
+    st.add_argument("--reevaluate", type=int, default=3,
+                    help="best trials re-evaluated on the full test set when --eval-limit is set (default: 3)")
+    st.add_argument("--output-json", "-o", dest="output_json", metavar="FILE", help="write the study summary")
+
+    rp = sub.add_parser("report", help="leaderboard and figures from the MLflow runs (HTML, Markdown, CSV)",
+                        description="Read an experiment's runs from MLflow and write report.html, report.md, "
+                                    "leaderboard.csv, runs.csv and the figures (PNG) into --out.")
+    rp.add_argument("--experiment", help="MLflow experiment (default from mlflow.yaml)")
+    rp.add_argument("--out", default="report", help="output directory (default: ./report)")
+    rp.add_argument("--tracking-uri", dest="tracking_uri", help="MLflow store (default from mlflow.yaml / env)")
+    rp.add_argument("--energy-model", dest="energy_model", default="cmos45-fp32",
+                    help="energy model of the leaderboard and figures (default: cmos45-fp32)")
 
     ls = sub.add_parser("ls", help="list methods, datasets, models, energy models or a method's params")
     ls.add_argument("kind", choices=LS_KINDS)
@@ -90,16 +127,24 @@ def cmd_ls(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
-    from .config import RunConfig
-    from .runner import run
+RUN_FIELDS = ("method", "dataset", "model", "seed", "epochs", "batch_size", "lr", "act_l1", "device",
+              "data_dir", "cache_dir", "experiment", "progress")
 
-    fields = ("method", "dataset", "model", "seed", "epochs", "batch_size", "lr", "act_l1", "device",
-              "output_json", "data_dir", "cache_dir", "experiment", "track", "progress")
-    overrides = {f: getattr(args, f) for f in fields}
+
+def _run_config(args, **extra):
+    from .config import RunConfig
+
+    overrides = {f: getattr(args, f) for f in RUN_FIELDS}
+    overrides.update(extra)
     if args.sets:
         overrides["sets"] = tuple(args.sets)
-    cfg = RunConfig.build(args.config, **overrides)
+    return RunConfig.build(args.config, **overrides)
+
+
+def cmd_run(args) -> int:
+    from .runner import run
+
+    cfg = _run_config(args, output_json=args.output_json, track=args.track)
     result = run(cfg)
     m = result.metrics
     print(f"{result.method} on {result.dataset['name']} / {result.model} (seed {result.seed})")
@@ -116,10 +161,56 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from .study import Objective, StudyConfig, parse_grid, run_study
+
+    cfg = _run_config(args, eval_limit=args.eval_limit)
+    grid = parse_grid(args.grid)
+    scfg = StudyConfig(
+        run=cfg, trials=args.trials,
+        objectives=tuple(Objective.parse(o) for o in (args.objectives or ["test/accuracy:max"])),
+        sampler=args.sampler or ("grid" if grid else "tpe"), grid=grid, storage=args.storage,
+        study_name=args.study_name, n_jobs=args.n_jobs, reevaluate=args.reevaluate,
+        output_json=args.output_json, progress=cfg.progress)
+    summary = run_study(scfg)
+    states: dict[str, int] = {}
+    for t in summary.trials:
+        states[t["state"]] = states.get(t["state"], 0) + 1
+    print(f"study {summary.study_name} ({summary.storage}): "
+          + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) + f"; {summary.wall_s:.1f} s")
+    if summary.recovered:
+        print(f"  re-queued trials of a stopped process: {summary.recovered}")
+    label = "Pareto front" if len(summary.objectives) > 1 else "best trial"
+    print(f"  {label} ({', '.join(summary.objectives)}):")
+    for t in summary.best:
+        vals = ", ".join(f"{v:.4g}" for v in t["values"] or [])
+        print(f"    #{t['number']:<4} [{vals}]  {t['sets']}")
+    for r in summary.reevaluated:
+        print(f"    #{r['trial']:<4} on the full test set: {r['metrics']}")
+    print(f"  MLflow parent run {summary.parent_run_id}; open the UI with: "
+          f"mlflow ui --backend-store-uri {summary.tracking_uri}")
+    if args.output_json:
+        print(f"  study summary: {args.output_json}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .analysis.report import build_report
+
+    out = build_report(experiment=args.experiment, out_dir=args.out, tracking_uri=args.tracking_uri,
+                       energy_model=args.energy_model)
+    print(f"report of {out.runs} runs ({out.experiment}) in {out.out_dir}:")
+    for path in out.files:
+        print(f"  {path}")
+    for note in out.missing:
+        print(f"  not drawn: {note}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "ls": cmd_ls}[args.verb](args)
+        return {"run": cmd_run, "ls": cmd_ls, "study": cmd_study, "report": cmd_report}[args.verb](args)
     except HarnessError as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return exc.exit_code

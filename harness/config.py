@@ -231,6 +231,8 @@ class RunConfig(Params):
     lr: float = param(1e-3, "learning rate", low=0, low_open=True)
     act_l1: float = param(0.0, "activation-L1 penalty while training the ANN", low=0)
     eval_batch_size: int = param(500, "evaluation batch size", low=1)
+    eval_limit: int = param(0, "evaluate on the first N test images (0 = all); studies use it for speed",
+                            low=0)
     data_dir: str | None = param(None, "where to look for / download data files")
     cache_dir: str | None = param(None, "ANN cache (default $HARNESS_CACHE_DIR or ~/.cache/snn-harness)")
     output_json: str | None = param(None, "write the result record here")

@@ -99,8 +99,13 @@ def ann_baseline_metrics(ann_metrics: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None) -> RunResult:
-    """Execute one run described by ``cfg`` and return its :class:`RunResult`."""
+def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None, fit_callbacks: list | None = None,
+        tags: dict[str, str] | None = None) -> RunResult:
+    """Execute one run described by ``cfg`` and return its :class:`RunResult`.
+
+    ``parent_run_id`` nests the MLflow run (a study's trial), ``tags`` are added to it, and
+    ``fit_callbacks`` join the Lightning callbacks of methods that train (not the ANN's training).
+    """
     from .methods import resolve
 
     started = time.time()
@@ -138,6 +143,7 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None) -> Ru
         for m, p in zip(methods, params):
             m.check(ctx, p)
         ann, history = train_ann(ctx)
+        ctx.fit_callbacks = list(fit_callbacks or [])
         ann_metrics, _ = meter_ann(ann, ctx.loader("test"), device, progress=cfg.progress, desc="evaluate ANN")
         model = ann
         for m, p in zip(methods, params):
@@ -169,7 +175,8 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None) -> Ru
         )
         if tracker is not None:
             _write_json_atomic(result.to_record(), ctx.artifact("result.json"))
-            run_id = tracker.log(result, artifacts + [ctx.artifact("result.json")], dataset, parent_run_id)
+            run_id = tracker.log(result, artifacts + [ctx.artifact("result.json")], dataset, parent_run_id,
+                                 tags=tags)
             result.tracking = dict(run_id=run_id, tracking_uri=tracker.settings.tracking_uri,
                                    experiment=tracker.settings.experiment)
         if out_json is not None:

@@ -81,7 +81,8 @@ class Tracker:
         except Exception as exc:  # noqa: BLE001 - any failure to reach the store
             raise TrackingError(f"cannot open MLflow store {uri}: {exc}") from None
 
-    def log(self, result, artifacts: list[Path], dataset=None, parent_run_id: str | None = None) -> str:
+    def log(self, result, artifacts: list[Path], dataset=None, parent_run_id: str | None = None,
+            tags: dict[str, str] | None = None) -> str:
         """Write ``result`` (a :class:`~harness.api.RunResult`) as one run; returns the run id."""
         import mlflow
         from mlflow.entities import Metric, Param, RunTag
@@ -91,7 +92,10 @@ class Tracker:
             self.check()
         client = MlflowClient(self.settings.tracking_uri)
         name = f"{result.method}-{result.model}-{result.dataset['name']}-s{result.seed}"
-        tags = {"mlflow.runName": name, **{k: str(v) for k, v in provenance_tags(result).items()}}
+        extra = tags or {}
+        name = str(extra.get("mlflow.runName", name))
+        tags = {"mlflow.runName": name, **{k: str(v) for k, v in provenance_tags(result).items()},
+                **{k: str(v) for k, v in extra.items()}}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         run = client.create_run(self.experiment_id, tags=tags, run_name=name)

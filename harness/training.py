@@ -117,7 +117,7 @@ def make_trainer(ctx, max_epochs: int, callbacks: list | None = None, **kwargs: 
 def fit(ctx, module: Classifier, max_epochs: int, callbacks: list | None = None, **kwargs: Any) -> Classifier:
     """Train ``module`` on the train split, validating on val each epoch."""
     pl.seed_everything(ctx.seed, workers=True, verbose=False)
-    trainer = make_trainer(ctx, max_epochs, callbacks, **kwargs)
+    trainer = make_trainer(ctx, max_epochs, [*(callbacks or []), *getattr(ctx, "fit_callbacks", [])], **kwargs)
     trainer.fit(module, ctx.loader("train", shuffle=True), ctx.loader("val"))
     if trainer.interrupted:
         raise KeyboardInterrupt

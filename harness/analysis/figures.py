@@ -1,0 +1,282 @@
+"""The report's seaborn figures, each drawn from the runs that support it.
+
+Every function takes a :class:`~harness.analysis.runs.RunTable`, an output directory and the energy
+model, and returns a :class:`Figure`, or raises :class:`Missing` saying which runs would draw it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from .runs import RunTable  # noqa: E402
+
+sns.set_theme(style="whitegrid", context="notebook")
+
+
+class Missing(Exception):
+    """A figure the runs cannot support; the message says what would."""
+
+
+@dataclass
+class Figure:
+    key: str
+    title: str
+    path: Path
+    caption: str
+
+
+def pareto_mask(points: np.ndarray, maximize: tuple[bool, ...]) -> np.ndarray:
+    """Rows not dominated by any other row (``maximize`` per column)."""
+    signs = np.where(np.array(maximize), -1.0, 1.0)
+    p = points * signs  # now minimise every column
+    ok = np.isfinite(p).all(axis=1)
+    mask = np.zeros(len(p), dtype=bool)
+    for i in np.flatnonzero(ok):
+        others = p[ok]
+        dominated = np.any(np.all(others <= p[i], axis=1) & np.any(others < p[i], axis=1))
+        mask[i] = not dominated
+    return mask
+
+
+def _save(fig, out: Path, key: str) -> Path:
+    path = out / f"{key}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _labelled(df: pd.DataFrame) -> pd.Series:
+    return df["method"] + " / " + df["model"].fillna("?")
+
+
+def accuracy_vs_cost(runs: RunTable, out: Path, energy_model: str, cost: str) -> Figure:
+    """Accuracy against energy (or SynOps) for every run, ANN baselines included, Pareto front drawn."""
+    df = runs.df[runs.df["test/accuracy"].notna()].copy()
+    if cost == "energy":
+        key, ann_key = f"energy/{energy_model}/joules", f"ann/energy/{energy_model}/joules"
+        xlabel, fig_key = f"energy per inference on {energy_model} (J, log scale)", "accuracy_vs_energy"
+    else:
+        key, ann_key, xlabel, fig_key = "synops", None, "synaptic operations per inference (log scale)", "accuracy_vs_synops"
+    if key not in df or df[key].notna().sum() == 0:
+        raise Missing(f"no run has the metric {key}")
+    df = df[df[key] > 0]
+    if df.empty:
+        raise Missing(f"no run has {key} > 0")
+    pts = df[[key, "test/accuracy"]].copy()
+    pts["series"] = _labelled(df)
+    if ann_key and ann_key in df:
+        ann = df.drop_duplicates(["model", "dataset"])[[ann_key, "ann/test/accuracy", "model"]].dropna()
+        ann = ann.rename(columns={ann_key: key, "ann/test/accuracy": "test/accuracy"})
+        ann["series"] = "ann / " + ann["model"]
+        pts = pd.concat([pts, ann[[key, "test/accuracy", "series"]]], ignore_index=True)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    sns.scatterplot(data=pts, x=key, y="test/accuracy", hue="series", style="series", s=60, ax=ax)
+    front = pts[pareto_mask(pts[[key, "test/accuracy"]].to_numpy(float), (False, True))].sort_values(key)
+    ax.plot(front[key], front["test/accuracy"], "k--", lw=1, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (fraction)")
+    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    title = f"Accuracy vs {'energy' if cost == 'energy' else 'SynOps'}"
+    return Figure(fig_key, title, _save(fig, out, fig_key),
+                  f"{len(pts)} points; dashed: the Pareto front (no point is both more accurate and cheaper).")
+
+
+def accuracy_vs_time(runs: RunTable, out: Path, energy_model: str) -> Figure:
+    """Accuracy at every time step (rate, surrogate) and accuracy vs t_max (ttfs)."""
+    curves = []
+    for _, r in runs.of("rate", "surrogate").iterrows():
+        acc = runs.history(r.run_id, "test/accuracy_at_t")
+        label = f"{r.method} / {r.model}" + (f" T={r.get('p.timesteps')}" if r.method.endswith("surrogate") else "")
+        curves += [dict(x=t + 1, acc=a, series=label, panel="rate / surrogate: accuracy vs time step")
+                   for t, a in enumerate(acc)]
+    for _, r in runs.of("ttfs").iterrows():
+        acc = runs.history(r.run_id, "ttfs/test/accuracy_vs_t_max")
+        sweep = [int(v) for v in str(r.get("p.t_max_sweep") or "").replace("(", "").replace(")", "").split(",")
+                 if v.strip().isdigit()]
+        if acc and len(sweep) == len(acc):
+            curves += [dict(x=t, acc=a, series=f"ttfs / {r.model}", panel="ttfs: accuracy vs t_max")
+                       for t, a in zip(sweep, acc)]
+    if not curves:
+        raise Missing("no rate/surrogate run with test/accuracy_at_t and no ttfs run with a t_max sweep")
+    df = pd.DataFrame(curves).groupby(["panel", "series", "x"], as_index=False)["acc"].mean()
+    panels = sorted(df["panel"].unique())
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        sub = df[df["panel"] == panel]
+        sns.lineplot(data=sub, x="x", y="acc", hue="series", marker="o", ax=ax)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("time steps T (log₂)" if "step" in panel else "t_max (time steps per stage, log₂)")
+        ax.set_ylabel("test accuracy (fraction)")
+        ax.set_title(panel, fontsize=10)
+        ax.legend(fontsize=7)
+    return Figure("accuracy_vs_time", "Accuracy vs latency", _save(fig, out, "accuracy_vs_time"),
+                  "Rate and surrogate runs decode at every step; ttfs runs sweep t_max (mean over runs).")
+
+
+def _heatmap(df: pd.DataFrame, row: str, col: str, value: str, out: Path, key: str, title: str,
+             xlabel: str, ylabel: str, caption: str, fmt: str = ".3f") -> Figure:
+    table = df.pivot_table(index=row, columns=col, values=value, aggfunc="mean")
+    table = table.sort_index().sort_index(axis=1)
+    fig, ax = plt.subplots(figsize=(1.2 * table.shape[1] + 3, 0.7 * table.shape[0] + 2.5))
+    sns.heatmap(table, annot=True, fmt=fmt, cmap="viridis", ax=ax, cbar_kws={"label": "test accuracy (fraction)"})
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    return Figure(key, title, _save(fig, out, key), caption)
+
+
+def _numeric(df: pd.DataFrame, *cols: str) -> pd.DataFrame:
+    df = df.copy()
+    for c in cols:
+        df[c] = pd.to_numeric(df[c].replace({"None": np.nan, "none": np.nan}), errors="coerce")
+    return df
+
+
+def synapse_scale_heatmap(runs: RunTable, out: Path, energy_model: str) -> Figure:
+    df = runs.of("rate")
+    if df.empty or "p.synapse" not in df or "p.scale_firing_rates" not in df:
+        raise Missing("no rate runs (a grid study: --grid synapse=... --grid scale_firing_rates=...)")
+    df = df.assign(**{"p.synapse": df["p.synapse"].replace({"None": "0", "none": "0"})})  # no filter = τ 0
+    df = _numeric(df, "p.synapse", "p.scale_firing_rates").dropna(subset=["p.synapse", "p.scale_firing_rates"])
+    if df["p.synapse"].nunique() < 2 or df["p.scale_firing_rates"].nunique() < 2:
+        raise Missing("rate runs cover fewer than 2 synapse × 2 scale_firing_rates values")
+    return _heatmap(df, "p.synapse", "p.scale_firing_rates", "test/accuracy", out, "synapse_scale_heatmap",
+                    "rate: accuracy over synapse × scale_firing_rates (deutsch-*, 2-D optimisation)",
+                    "scale_firing_rates (factor)", "synapse τ (s; 0 = no filter)",
+                    f"{len(df)} rate runs; mean accuracy per cell.")
+
+
+def layer_scaling_gains(runs: RunTable, out: Path, energy_model: str) -> Figure:
+    rows = []
+    for _, r in runs.of("layer-scaling").iterrows():
+        path = runs.artifact(r.run_id, "layer_scaling.csv")
+        if path is None:
+            continue
+        t = pd.read_csv(path)
+        t = t[t["layers"] != "base"]
+        t["network"] = f"{r.model} (T={r.get('p.timesteps')}, s={r.get('p.scale_firing_rates')}, boost {r.get('p.boost')})"
+        rows.append(t)
+    if not rows:
+        raise Missing("no layer-scaling run with a layer_scaling.csv artifact")
+    df = pd.concat(rows, ignore_index=True)
+    df = df[~df["layers"].str.contains(":")]  # single layers; pairs are in the CSV
+    nets = list(df["network"].unique())
+    fig, axes = plt.subplots(len(nets), 2, figsize=(11, 3.2 * len(nets)), squeeze=False)
+    for (ax1, ax2), net in zip(axes, nets):
+        sub = df[df["network"] == net]
+        sns.barplot(data=sub, x="layers", y="accuracy_gain", ax=ax1, color="tab:blue")
+        ax1.set_ylabel("accuracy gain (fraction)")
+        ax1.set_xlabel("boosted layer")
+        ax1.set_title(net, fontsize=9)
+        sns.barplot(data=sub, x="layers", y="gain_per_extra_spike", ax=ax2, color="tab:orange")
+        ax2.set_ylabel("gain per extra spike (1/spike)")
+        ax2.set_xlabel("boosted layer")
+    return Figure("layer_scaling_gains", "Per-layer scaling gains (deutsch-*)", _save(fig, out, "layer_scaling_gains"),
+                  "Boosting one layer's firing-rate scale at a time: accuracy gained, and gained per extra spike.")
+
+
+def firing_rate_distributions(runs: RunTable, out: Path, energy_model: str) -> Figure:
+    from scipy import stats
+
+    cand = runs.of("rate", "layer-scaling")
+    for _, r in cand.sort_values("start_time", ascending=False).iterrows():
+        raw = runs.artifact(r.run_id, "firing_rates.npz")
+        summ = runs.artifact(r.run_id, "firing_rates_summary.csv")
+        if raw is None or summ is None:
+            continue
+        arrays = dict(np.load(raw))
+        fits = pd.read_csv(summ).set_index("layer")
+        layers = list(arrays)
+        long = pd.concat([pd.DataFrame({"layer": k, "rate": v}) for k, v in arrays.items()], ignore_index=True)
+        fig, axes = plt.subplots(1, 1 + len(layers), figsize=(4 * (1 + len(layers)), 4))
+        sns.boxplot(data=long, x="layer", y="rate", ax=axes[0], showfliers=False)
+        axes[0].set_ylabel("firing rate (Hz)")
+        axes[0].set_xlabel("layer")
+        axes[0].set_title("per-neuron rates", fontsize=10)
+        for ax, name in zip(axes[1:], layers):
+            v = arrays[name]
+            active = v[v > 0]
+            sns.histplot(active, bins=40, stat="density", ax=ax, color="tab:blue")
+            fit = fits.loc[name] if name in fits.index else None
+            if fit is not None and isinstance(fit.get("fit_params"), str) and fit["fit"] not in ("none", ""):
+                params = [float(p) for p in fit["fit_params"].split()]
+                xs = np.linspace(active.min(), active.max(), 200) if len(active) else np.array([])
+                if len(xs):
+                    ax.plot(xs, getattr(stats, fit["fit"]).pdf(xs, *params), "r-", lw=1.5,
+                            label=f"{fit['fit']} fit (KS {float(fit['fit_ks']):.3f})")
+                    ax.legend(fontsize=7)
+            ax.set_xlabel("firing rate of active neurons (Hz)")
+            ax.set_ylabel("density (1/Hz)")
+            ax.set_title(f"{name}: {100 * float((v == 0).mean()):.0f}% silent", fontsize=10)
+        return Figure("firing_rates", f"Firing-rate statistics ({r.method} / {r.model}, run {r.run_id[:8]})",
+                      _save(fig, out, "firing_rates"),
+                      "Box plots of every neuron's rate per layer; histograms of active neurons with the best "
+                      "of normal/exponential/gamma/log-normal fits (deutsch-*, Firing Rate Statistics).")
+    raise Missing("no rate/layer-scaling run with firing_rates.npz")
+
+
+def pruning_curve(runs: RunTable, out: Path, energy_model: str) -> Figure:
+    df = runs.df[runs.df["method"].fillna("").str.startswith("prune") & runs.df["test/accuracy"].notna()].copy()
+    if df.empty:
+        raise Missing("no prune runs")
+    df["series"] = df["method"] + " / " + df["model"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sns.lineplot(data=df.sort_values("connection_sparsity"), x="connection_sparsity", y="test/accuracy",
+                 hue="series", marker="o", ax=ax)
+    ax.set_xlabel("connection sparsity (fraction of weights removed)")
+    ax.set_ylabel("test accuracy (fraction)")
+    return Figure("pruning", "Pruning: sparsity vs accuracy (deutsch-*)", _save(fig, out, "pruning"),
+                  f"{len(df)} runs; the seed's CNN stops recovering at about 80 % sparsity.")
+
+
+def ttfs_fig2(runs: RunTable, out: Path, energy_model: str) -> Figure:
+    for _, r in runs.of("ttfs").sort_values("start_time", ascending=False).iterrows():
+        path = runs.artifact(r.run_id, "ttfs_fig2_rmse.csv")
+        if path is None:
+            continue
+        df = pd.read_csv(path)
+        fig = _heatmap(df, "u_th_fraction", "t_max", "rmse", out, "ttfs_fig2",
+                       f"TTFS layer RMSE over t_max × u_th ({r.model}, run {r.run_id[:8]})",
+                       "t_max (time steps)", "u_th / u_max", "RMSE of the first layer's output against the "
+                       "ANN (lopez-randulfe-*, Fig. 2); lower is better.")
+        return fig
+    raise Missing("no ttfs run with ttfs_fig2_rmse.csv (fig2=true)")
+
+
+def surrogate_grid(runs: RunTable, out: Path, energy_model: str) -> Figure:
+    df = runs.of("surrogate")
+    if df.empty or "p.width" not in df:
+        raise Missing("no surrogate runs")
+    df = _numeric(df, "p.width", "p.height", "p.timesteps")
+    T = df["p.timesteps"].mode().iloc[0]
+    df = df[df["p.timesteps"] == T]
+    if df["p.width"].nunique() < 2 or df["p.height"].nunique() < 2:
+        raise Missing("surrogate runs cover fewer than 2 widths γ × 2 heights β at one T")
+    return _heatmap(df, "p.height", "p.width", "test/accuracy", out, "surrogate_grid",
+                    f"surrogate: accuracy over width γ × height β (T={int(T)}; escudero-*)",
+                    "surrogate width γ (membrane-potential units)", "surrogate height β",
+                    f"{len(df)} surrogate runs at T = {int(T)}; mean accuracy per cell.")
+
+
+FIGURES = (
+    ("accuracy_vs_energy", lambda r, o, e: accuracy_vs_cost(r, o, e, "energy")),
+    ("accuracy_vs_synops", lambda r, o, e: accuracy_vs_cost(r, o, e, "synops")),
+    ("accuracy_vs_time", accuracy_vs_time),
+    ("synapse_scale_heatmap", synapse_scale_heatmap),
+    ("layer_scaling_gains", layer_scaling_gains),
+    ("firing_rates", firing_rate_distributions),
+    ("pruning", pruning_curve),
+    ("ttfs_fig2", ttfs_fig2),
+    ("surrogate_grid", surrogate_grid),
+)

@@ -1,0 +1,295 @@
+"""``harness report``: leaderboard, reproduction tables and figures from an MLflow experiment.
+
+Writes into ``--out``: ``report.html`` (self-contained: figures embedded, every string from runs
+HTML-escaped, sortable leaderboard), ``report.md`` (tables + PNG links), ``leaderboard.csv``,
+``runs.csv`` and one PNG per figure. Reads MLflow only; never imports the methods.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .runs import RunTable, load_runs
+
+# Leaderboard columns: (column, metric key or None, direction: "max"/"min"/"", label with unit).
+LEADERBOARD_DIRECTIONS = {
+    "accuracy": "max", "drop": "min", "spikes_per_neuron": "min", "synops": "min", "macs": "min",
+    "latency_steps": "min",
+}
+ENERGY_COLUMN = "energy[{}] (J)"
+
+# Figures the seeds report (paper data sets named), next to which the harness's own are shown.
+PAPER = {
+    "lopez-randulfe (ttfs)": dict(data="MNIST 60k, the paper's CNN", ann_accuracy=0.9956, accuracy=0.9944,
+                                  spikes_per_neuron=0.142, synops=1_015_015, ann_flops=14_316_496),
+    "sandia (sharpen)": {  # original / spiking accuracy, MNIST 60k
+        "stpu-dnn": (0.973, 0.973), "stpu-cnn": (0.971, 0.949), "cnn-restricted": (0.985, 0.973),
+        "cnn-unrestricted": (0.991, 0.985)},
+    "escudero (surrogate)": dict(data="MNIST 60k (Ledinauskas et al.)", accuracy=0.9940),
+    "deutsch (rate, prune)": dict(data="MNIST, the poster's DNN and CNN", prune_recovers_up_to=0.80,
+                                  best_layer_dnn="last dense layer", best_layer_cnn="first conv layer"),
+}
+
+
+@dataclass
+class ReportOutput:
+    out_dir: Path
+    experiment: str
+    runs: int
+    files: list[Path] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+def _fmt(v, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    if isinstance(v, float):
+        if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+            return f"{v:.3e}"
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def leaderboard(runs: RunTable, energy_models: list[str], energy_model: str) -> pd.DataFrame:
+    """One row per method × model × data set: its most accurate run (ties: the cheaper one).
+
+    Trials evaluated on a test subset (``eval_limit``) are left out: rows compare full test sets.
+    """
+    df = runs.df[runs.df["test/accuracy"].notna() & (runs.df["eval_limit"] == 0)].copy()
+    if df.empty:
+        return pd.DataFrame()
+    ekey = f"energy/{energy_model}/joules"
+    df["_cost"] = df[ekey] if ekey in df else 0.0
+    df = df.sort_values(["test/accuracy", "_cost"], ascending=[False, True])
+    rows = []
+    for (method, model, dataset), g in df.groupby(["method", "model", "dataset"], sort=False):
+        best = g.iloc[0]
+        row = dict(method=method, model=model, dataset=dataset, runs=len(g),
+                   accuracy=best["test/accuracy"], ann_accuracy=best.get("ann/test/accuracy"),
+                   drop=best.get("test/accuracy_drop"), spikes_per_neuron=best.get("spikes_per_neuron"),
+                   synops=best.get("synops"), macs=best.get("macs"), latency_steps=best.get("timesteps"))
+        for em in energy_models:
+            row[ENERGY_COLUMN.format(em)] = best.get(f"energy/{em}/joules")
+        row["run_id"] = best["run_id"]
+        rows.append(row)
+    lb = pd.DataFrame(rows)
+    from .figures import pareto_mask
+
+    ecol = ENERGY_COLUMN.format(energy_model)
+    cols = ["accuracy", ecol] if ecol in lb else ["accuracy"]
+    mark = pd.Series("", index=lb.index)
+    for _, g in lb.groupby("dataset"):  # Pareto within a data set: only like compares with like
+        m = pareto_mask(g[cols].to_numpy(float), (True, False)[:len(cols)])
+        mark[g.index[m]] = "★"
+    lb.insert(0, "pareto", mark)
+    return lb.sort_values("accuracy", ascending=False).reset_index(drop=True)
+
+
+def whetstone_table(runs: RunTable) -> pd.DataFrame:
+    df = runs.of("sharpen")
+    df = df[df["eval_limit"] == 0]
+    if df.empty:
+        return pd.DataFrame()
+    rows = []
+    for (model, dataset), g in df.sort_values("test/accuracy", ascending=False).groupby(["model", "dataset"]):
+        b = g.iloc[0]
+        paper = PAPER["sandia (sharpen)"].get(model)
+        rows.append({"network": model, "data": dataset, "ANN accuracy": b.get("ann/test/accuracy"),
+                     "sharpened (1 step) accuracy": b["test/accuracy"],
+                     "spikes/neuron": b.get("spikes_per_neuron"), "SynOps": b.get("synops"),
+                     "paper original (MNIST 60k)": paper[0] if paper else None,
+                     "paper spiking (MNIST 60k)": paper[1] if paper else None})
+    return pd.DataFrame(rows)
+
+
+def reproduction(runs: RunTable) -> pd.DataFrame:
+    """The seeds' figures next to the harness's best runs on its own data."""
+    rows = []
+
+    def best(method: str):
+        df = runs.of(method)
+        df = df[df["eval_limit"] == 0]
+        return None if df.empty else df.sort_values("test/accuracy", ascending=False).iloc[0]
+
+    p = PAPER["lopez-randulfe (ttfs)"]
+    b = best("ttfs")
+    here = f"{b['dataset']} / {b['model']}" if b is not None else "no ttfs run"
+    for q, key, pv in (("ANN accuracy", "ann/test/accuracy", p["ann_accuracy"]), ("SNN accuracy", "test/accuracy", p["accuracy"]),
+                       ("spikes per neuron", "spikes_per_neuron", p["spikes_per_neuron"]),
+                       ("SNN synaptic operations", "synops", p["synops"]), ("ANN MACs (paper: FLOPs)", "ann/macs", p["ann_flops"])):
+        rows.append(dict(seed="lopez-randulfe (ttfs)", quantity=q, paper=pv, paper_data=p["data"],
+                         harness=None if b is None else b.get(key), harness_data=here))
+    p = PAPER["escudero (surrogate)"]
+    b = best("surrogate")
+    rows.append(dict(seed="escudero (surrogate)", quantity="SNN accuracy (backprop)", paper=p["accuracy"],
+                     paper_data=p["data"], harness=None if b is None else b["test/accuracy"],
+                     harness_data="no surrogate run" if b is None else
+                     f"{b['dataset']} / {b['model']}, T={b.get('p.timesteps')}"))
+    for model, (orig, spk) in PAPER["sandia (sharpen)"].items():
+        df = runs.of("sharpen")
+        df = df[(df["model"] == model) & (df["eval_limit"] == 0)]
+        b = None if df.empty else df.sort_values("test/accuracy", ascending=False).iloc[0]
+        rows.append(dict(seed="sandia (sharpen)", quantity=f"{model}: original → spiking accuracy",
+                         paper=f"{orig:.3f} → {spk:.3f}", paper_data="MNIST 60k",
+                         harness=None if b is None else f"{b['ann/test/accuracy']:.3f} → {b['test/accuracy']:.3f}",
+                         harness_data="no run" if b is None else b["dataset"]))
+    p = PAPER["deutsch (rate, prune)"]
+    pr = runs.df[runs.df["method"].fillna("") == "prune"]
+    pr = pr[pr["test/accuracy"].notna()]
+    recover = None
+    if not pr.empty:
+        ok = pr[pr["test/accuracy"] >= pr["ann/test/accuracy"] - 0.01]
+        recover = float(ok["connection_sparsity"].max()) if not ok.empty else 0.0
+    rows.append(dict(seed="deutsch (prune)", quantity="largest sparsity that recovers (within 1 pt of the ANN)",
+                     paper=p["prune_recovers_up_to"], paper_data=p["data"] + " (training accuracy)", harness=recover,
+                     harness_data="no prune run" if pr.empty else ", ".join(sorted(set(pr["dataset"] + " / " + pr["model"])))))
+    for _, r in runs.of("layer-scaling").iterrows():
+        path = runs.artifact(r.run_id, "layer_scaling.csv")
+        if path is None:
+            continue
+        t = pd.read_csv(path)
+        t = t[(t["layers"] != "base") & ~t["layers"].str.contains(":")]
+        if t.empty:
+            continue
+        top = t.sort_values("gain_per_extra_spike", ascending=False).iloc[0]["layers"]
+        paper = p["best_layer_dnn"] if "dnn" in str(r.model) else p["best_layer_cnn"]
+        rows.append(dict(seed="deutsch (layer-scaling)", quantity=f"layer whose boost buys most accuracy per spike ({r.model})",
+                         paper=paper, paper_data=p["data"], harness=top,
+                         harness_data=f"{r.dataset} / {r.model}, T={r.get('p.timesteps')}"))
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# writers
+
+
+def _table_html(df: pd.DataFrame, table_id: str, sortable: bool = False, directions: dict | None = None) -> str:
+    if df.empty:
+        return "<p><em>no runs</em></p>"
+    heads = []
+    for i, c in enumerate(df.columns):
+        d = (directions or {}).get(c, "")
+        arrow = " ↑" if d == "max" else (" ↓" if d == "min" else "")
+        title = f' title="better: {"higher" if d == "max" else "lower"}"' if d else ""
+        onclick = f' onclick="sortTable(\'{table_id}\',{i})"' if sortable else ""
+        heads.append(f"<th{title}{onclick}>{html.escape(str(c))}{arrow}</th>")
+    body = []
+    for _, row in df.iterrows():
+        cells = []
+        for c in df.columns:
+            v = row[c]
+            sort_key = v if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)) else ""
+            cells.append(f'<td data-v="{html.escape(str(sort_key))}">{html.escape(_fmt(v))}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<table id="{table_id}"><thead><tr>{"".join(heads)}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table>')
+
+
+def _table_md(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "_no runs_\n"
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(esc(c) for c in df.columns) + " |", "|" + "---|" * len(df.columns)]
+    for _, row in df.iterrows():
+        lines.append("| " + " | ".join(esc(_fmt(row[c])) for c in df.columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_SORT_JS = """
+function sortTable(id, col) {
+  const t = document.getElementById(id), b = t.tBodies[0];
+  const asc = t.dataset.col == col ? t.dataset.asc != 'true' : false;
+  const rows = Array.from(b.rows);
+  rows.sort((r1, r2) => {
+    const a = r1.cells[col].dataset.v, c = r2.cells[col].dataset.v;
+    const x = a === '' ? r1.cells[col].textContent : parseFloat(a), y = c === '' ? r2.cells[col].textContent : parseFloat(c);
+    return (x < y ? -1 : x > y ? 1 : 0) * (asc ? 1 : -1);
+  });
+  rows.forEach(r => b.appendChild(r));
+  t.dataset.col = col; t.dataset.asc = asc;
+}
+"""
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:1em 0}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#f0f0f0;cursor:pointer}td:first-child,th:first-child{text-align:center}
+figure{margin:1.5em 0}figcaption{font-size:13px;color:#555}img{max-width:100%}
+.missing{color:#a33}
+"""
+
+
+def build_report(experiment: str | None = None, out_dir: str | Path = "report", tracking_uri: str | None = None,
+                 energy_model: str = "cmos45-fp32") -> ReportOutput:
+    from ..energy import ENERGY_MODELS
+    from ..errors import UnknownNameError
+    from .figures import FIGURES, Missing
+
+    if energy_model not in ENERGY_MODELS:
+        raise UnknownNameError("energy model", energy_model, list(ENERGY_MODELS))
+    runs = load_runs(tracking_uri, experiment)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    res = ReportOutput(out, runs.experiment, len(runs.df))
+    energy_models = [m for m in ENERGY_MODELS if f"energy/{m}/joules" in runs.df]
+    lb = leaderboard(runs, energy_models, energy_model)
+    wt = whetstone_table(runs)
+    rep = reproduction(runs)
+    figures = []
+    for key, fn in FIGURES:
+        try:
+            figures.append(fn(runs, out, energy_model))
+        except Missing as exc:
+            res.missing.append(f"{key}: {exc}")
+    needed = ["test/accuracy", "spikes_per_neuron", "synops", f"energy/{energy_model}/joules"]
+    absent = [k for k in needed if k not in runs.df or runs.df[k].isna().all()]
+    if absent:
+        res.missing.append("metrics absent from every run: " + ", ".join(absent))
+    if lb.empty:
+        res.missing.append("leaderboard: no finished run evaluated on the full test set")
+
+    runs_csv = out / "runs.csv"
+    runs.df.drop(columns=["kind"], errors="ignore").to_csv(runs_csv, index=False)
+    lb_csv = out / "leaderboard.csv"
+    lb.to_csv(lb_csv, index=False)
+    directions = dict(LEADERBOARD_DIRECTIONS, **{ENERGY_COLUMN.format(m): "min" for m in energy_models})
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    intro = (f"experiment <b>{html.escape(runs.experiment)}</b> in <code>{html.escape(runs.tracking_uri)}</code>; "
+             f"{len(runs.df)} runs; generated {stamp}; energy model for the Pareto mark: "
+             f"{html.escape(energy_model)} (estimates from per-operation costs, not measurements).")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>snn-harness report: "
+             f"{html.escape(runs.experiment)}</title><style>{_CSS}</style><script>{_SORT_JS}</script></head><body>",
+             "<h1>snn-harness report</h1>", f"<p>{intro}</p>",
+             "<h2>Leaderboard</h2><p>Best run per method × model × data set (full test sets only). "
+             "★ = Pareto-optimal in accuracy and energy within its data set. ↑/↓: better direction; click a header to sort.</p>",
+             _table_html(lb, "leaderboard", sortable=True, directions=directions),
+             "<h2>Reproduction tables</h2><p>Each seed's reported figure beside the harness's own, with both "
+             "data sets named.</p>", _table_html(rep, "reproduction"),
+             "<h2>Whetstone table (sandia-*)</h2>", _table_html(wt, "whetstone"), "<h2>Figures</h2>"]
+    md = [f"# snn-harness report\n\nexperiment `{runs.experiment}` in `{runs.tracking_uri}`; {len(runs.df)} runs; "
+          f"generated {stamp}; Pareto mark on accuracy vs energy ({energy_model}).\n",
+          "## Leaderboard\n", _table_md(lb), "\n## Reproduction tables\n", _table_md(rep),
+          "\n## Whetstone table (sandia-*)\n", _table_md(wt), "\n## Figures\n"]
+    for f in figures:
+        data = base64.b64encode(f.path.read_bytes()).decode()
+        parts.append(f"<figure><h3>{html.escape(f.title)}</h3><img alt='{html.escape(f.title)}' "
+                     f"src='data:image/png;base64,{data}'><figcaption>{html.escape(f.caption)}</figcaption></figure>")
+        md.append(f"### {f.title}\n\n![{f.title}]({f.path.name})\n\n{f.caption}\n")
+        res.files.append(f.path)
+    if res.missing:
+        parts.append("<h2>Not drawn</h2><ul>" + "".join(f"<li class='missing'>{html.escape(m)}</li>"
+                                                          for m in res.missing) + "</ul>")
+        md.append("## Not drawn\n\n" + "\n".join(f"- {m}" for m in res.missing) + "\n")
+    parts.append("</body></html>")
+    html_path, md_path = out / "report.html", out / "report.md"
+    html_path.write_text("\n".join(parts))
+    md_path.write_text("\n".join(md))
+    res.files = [html_path, md_path, lb_csv, runs_csv, *res.files]
+    return res

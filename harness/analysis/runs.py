@@ -1,0 +1,110 @@
+"""Read an experiment's runs from MLflow into a DataFrame (the analysis package reads results only).
+
+Columns: ``run_id``, ``method``, ``model``, ``dataset``, ``seed``, ``study``, ``trial``, ``state``,
+``start_time``; every metric under its own key (``test/accuracy``, ``energy/loihi/joules`` ...);
+every method parameter as ``p.<key>`` (``p.timesteps``, ``p.prune.final_sparsity``).
+Step metrics and artifacts are fetched on demand and cached.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import os
+
+from ..errors import HarnessError
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+class ReportError(HarnessError):
+    """The report cannot be made (no store, no experiment, no runs)."""
+
+
+@dataclass
+class RunTable:
+    df: Any  # pandas.DataFrame
+    experiment: str
+    tracking_uri: str
+    client: Any = None
+    _histories: dict = field(default_factory=dict)
+    _tmp: Any = None
+
+    def history(self, run_id: str, key: str) -> list[float]:
+        """A step metric's values in step order ([] if the run has none)."""
+        k = (run_id, key)
+        if k not in self._histories:
+            try:
+                hist = self.client.get_metric_history(run_id, key)
+            except Exception:  # noqa: BLE001 - a missing metric is an empty curve
+                hist = []
+            self._histories[k] = [m.value for m in sorted(hist, key=lambda m: m.step)]
+        return self._histories[k]
+
+    def artifact(self, run_id: str, name: str) -> Path | None:
+        """Download one artifact of a run (None if the run has no such file)."""
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="harness-report-")
+        dst = Path(self._tmp.name) / run_id
+        dst.mkdir(exist_ok=True)
+        try:
+            return Path(self.client.download_artifacts(run_id, name, str(dst)))
+        except Exception:  # noqa: BLE001 - older runs may lack the artifact
+            return None
+
+    def of(self, *methods: str):
+        """Finished runs with results whose method (or the last member of a chain) is one of ``methods``."""
+        df = self.df
+        last = df["method"].str.split("+").str[-1]
+        return df[last.isin(methods) & df["test/accuracy"].notna()]
+
+
+def load_runs(tracking_uri: str | None = None, experiment: str | None = None) -> RunTable:
+    import mlflow
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from ..tracking import TrackingSettings
+
+    settings = TrackingSettings.load(experiment=experiment)
+    uri = tracking_uri or settings.tracking_uri
+    name = settings.experiment
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise ReportError(f"no MLflow store at {uri}; run something first (harness run ...) or pass "
+                          "--tracking-uri")
+    try:
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(name)
+    except Exception as exc:  # noqa: BLE001
+        raise ReportError(f"cannot open MLflow store {uri}: {exc}") from None
+    if exp is None:
+        names = [e.name for e in client.search_experiments()]
+        from ..errors import UnknownNameError
+
+        raise UnknownNameError(f"MLflow experiment in {uri}", name, names)
+    mlflow.set_tracking_uri(uri)
+    raw = mlflow.search_runs(experiment_ids=[exp.experiment_id], max_results=50_000)
+    if raw.empty:
+        raise ReportError(f"experiment {name!r} in {uri} has no runs")
+    df = pd.DataFrame({"run_id": raw["run_id"], "state": raw["status"], "start_time": raw["start_time"]})
+    tag = lambda k: raw.get(f"tags.{k}", pd.Series([None] * len(raw)))  # noqa: E731
+    par = lambda k: raw.get(f"params.{k}", pd.Series([None] * len(raw)))  # noqa: E731
+    df["kind"] = tag("harness.kind")
+    df["method"] = par("method").fillna(tag("method"))
+    df["model"], df["dataset"], df["seed"] = par("model"), par("dataset"), par("seed")
+    df["study"], df["trial"] = tag("harness.study"), tag("optuna.trial_number")
+    df["trial_state"], df["reevaluated_trial"] = tag("optuna.trial_state"), tag("harness.reevaluated_trial")
+    df["eval_limit"] = pd.to_numeric(par("run.eval_limit"), errors="coerce").fillna(0)
+    metrics = {c[len("metrics."):]: pd.to_numeric(raw[c], errors="coerce") for c in raw.columns
+               if c.startswith("metrics.")}
+    params = {f"p.{c[len('params.method.'):]}": raw[c] for c in raw.columns if c.startswith("params.method.")}
+    df = pd.concat([df, pd.DataFrame(metrics), pd.DataFrame(params)], axis=1)
+    if "test/accuracy" not in df:
+        df["test/accuracy"] = float("nan")
+    df = df[df["kind"] != "study"].reset_index(drop=True)
+    if df.empty:
+        raise ReportError(f"experiment {name!r} in {uri} has only study parent runs")
+    return RunTable(df=df, experiment=name, tracking_uri=uri, client=client)

@@ -1,0 +1,127 @@
+"""harness report: leaderboard, figures, escaping, missing metrics, bad input; MLflow server round trip."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from harness.analysis.report import build_report
+from harness.analysis.runs import ReportError
+from harness.errors import UnknownNameError
+from harness.runner import run
+
+
+def test_report_from_real_runs(quick, tmp_path):
+    for synapse in ("none", "0.005"):
+        for scale in ("1", "4"):
+            run(quick(method="rate", model="cnn7", track=True,
+                      sets=("timesteps=8", f"synapse={synapse}", f"scale_firing_rates={scale}")))
+    run(quick(method="ttfs", track=True, sets=("t_max=16", "t_max_sweep=8,16", "fig2_t_max=8,16",
+                                               "fig2_fractions=0.5,1")))
+    run(quick(method="ann", model="cnn7", track=True))
+    out = build_report(out_dir=tmp_path / "rep")
+    names = {p.name for p in out.files}
+    assert {"report.html", "report.md", "leaderboard.csv", "runs.csv"} <= names
+    assert {"accuracy_vs_energy.png", "accuracy_vs_synops.png", "accuracy_vs_time.png",
+            "synapse_scale_heatmap.png", "ttfs_fig2.png", "firing_rates.png"} <= names
+    import pandas as pd
+
+    lb = pd.read_csv(tmp_path / "rep" / "leaderboard.csv")
+    assert set(lb["method"]) == {"rate", "ttfs", "ann"} and len(lb) == 3
+    assert list(lb["accuracy"]) == sorted(lb["accuracy"], reverse=True)
+    assert (lb["pareto"] == "★").sum() >= 1
+    assert lb.loc[lb["method"] == "rate", "runs"].item() == 4
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == sum(n.endswith(".png") for n in names)
+    assert "lopez-randulfe (ttfs)" in html and "MNIST 60k" in html
+    assert any("surrogate_grid" in m for m in out.missing)  # no surrogate runs: said, not drawn
+
+
+def test_text_from_runs_is_escaped_and_missing_metrics_are_named(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    exp = client.create_experiment("snn-harness")
+    r = client.create_run(exp)
+    client.log_param(r.info.run_id, "method", "<script>alert(1)</script>")
+    client.log_param(r.info.run_id, "model", "m&m")
+    client.log_param(r.info.run_id, "dataset", "digits")
+    client.log_param(r.info.run_id, "run.eval_limit", "0")
+    client.log_metric(r.info.run_id, "test/accuracy", 0.5)
+    out = build_report(out_dir=tmp_path / "rep")
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "m&amp;m" in html
+    assert any("spikes_per_neuron" in m and "synops" in m for m in out.missing)
+    assert "Not drawn" in html
+
+
+def test_bad_report_input(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    with pytest.raises(ReportError, match="no MLflow store"):
+        build_report(out_dir=tmp_path / "r")
+    MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).create_experiment("snn-harness")
+    with pytest.raises(ReportError, match="has no runs"):
+        build_report(out_dir=tmp_path / "r")
+    with pytest.raises(UnknownNameError, match="Did you mean 'snn-harness'"):
+        build_report(experiment="snn-harnes", out_dir=tmp_path / "r")
+    with pytest.raises(UnknownNameError, match="energy model"):
+        build_report(out_dir=tmp_path / "r", energy_model="lohi")
+
+
+def test_analysis_never_imports_methods():
+    code = ("import sys, harness.analysis.report, harness.analysis.figures, harness.analysis.runs;"
+            "bad = [m for m in sys.modules if m.startswith('harness.methods') or m == 'harness.runner'];"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_run_logged_to_a_real_mlflow_server(quick, tmp_path, monkeypatch):
+    """Start ``mlflow server`` on 127.0.0.1, log a run through the harness, read it back."""
+    from mlflow.tracking import MlflowClient
+
+    port = _free_port()
+    exe = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    proc = subprocess.Popen(
+        [exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise AssertionError(f"mlflow server did not start: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.5)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        (tmp_path / "mlflow.yaml").write_text("experiment: served\nartifact_location: null\n")
+        res = run(quick(method="ann", track=True))
+        client = MlflowClient(uri)
+        got = client.get_run(res.tracking["run_id"])
+        assert got.info.status == "FINISHED"
+        assert got.data.metrics["test/accuracy"] == pytest.approx(res.metrics["test/accuracy"])
+        assert got.data.params["dataset"] == "digits"
+        assert {a.path for a in client.list_artifacts(got.info.run_id)} >= {"layers.csv", "result.json"}
+        out = build_report(out_dir=tmp_path / "rep", tracking_uri=uri, experiment="served")
+        assert out.runs == 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

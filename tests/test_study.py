@@ -1,0 +1,159 @@
+"""harness study: objectives, grids, storage, MLflow parent/child runs, resume after a kill, pruning."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from harness.errors import ConfigError, HarnessError, UnknownNameError
+from harness.study import (
+    Objective, StudyConfig, StudyError, check_metric_key, default_storage, open_storage, parse_grid, run_study,
+)
+
+
+def test_objective_parsing():
+    assert Objective.parse("test/accuracy:max") == Objective("test/accuracy", "maximize")
+    assert Objective.parse("energy/loihi/joules:min").direction == "minimize"
+    with pytest.raises(ConfigError, match="METRIC:max"):
+        Objective.parse("test/accuracy")
+    with pytest.raises(UnknownNameError, match="max"):
+        Objective.parse("test/accuracy:up")
+
+
+def test_unknown_metric_gets_did_you_mean():
+    check_metric_key("spikes_per_neuron", ["ttfs"])
+    check_metric_key("layer/conv1/synops", ["ttfs"])
+    check_metric_key("ttfs/test/accuracy_vs_t_max", ["ttfs"])
+    with pytest.raises(UnknownNameError, match="Did you mean 'spikes_per_neuron'"):
+        check_metric_key("spike_per_neuron", ["ttfs"])
+    with pytest.raises(UnknownNameError, match="loihi"):
+        check_metric_key("energy/lohi/joules", ["ttfs"])
+
+
+def _scfg(quick, **kw):
+    run_kw = kw.pop("run", {})
+    base = dict(method="rate", model="cnn7", track=True, sets=("timesteps=8",), **run_kw)
+    return StudyConfig(run=quick(**base), progress=False, **kw)
+
+
+def test_bad_grid_values_and_storage_are_refused_before_any_trial(quick, tmp_path):
+    from harness.methods import resolve
+
+    classes = resolve("rate")
+    with pytest.raises(ConfigError, match="synapse='fast': expected float"):
+        _scfg(quick, sampler="grid", grid=parse_grid(["synapse=0.01,fast"])).validate(classes)
+    with pytest.raises(ConfigError, match="out of range"):
+        _scfg(quick, sampler="grid", grid=parse_grid(["scale_firing_rates=1,-2"])).validate(classes)
+    with pytest.raises(ConfigError, match="KEY=V1,V2"):
+        parse_grid(["synapse"])
+    with pytest.raises(StudyError, match="does not exist"):
+        open_storage(f"sqlite:///{tmp_path}/no/such/dir/optuna.db")
+    with pytest.raises(StudyError, match="cannot open Optuna storage"):
+        open_storage("nosuchdb://user@host/db")
+    assert default_storage(f"sqlite:///{tmp_path}/mlruns.db") == f"sqlite:///{tmp_path}/optuna.db"
+
+
+def test_grid_study_logs_parent_and_children_and_resumes(quick, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    grid = parse_grid(["synapse=none,0.005", "scale_firing_rates=1,4"])
+    scfg = _scfg(quick, trials=10, sampler="grid", grid=grid, storage=f"sqlite:///{tmp_path}/s.db",
+                 study_name="g")
+    summary = run_study(scfg)
+    assert [t["state"] for t in summary.trials] == ["COMPLETE"] * 4  # capped at the grid's size
+    combos = {(t["params"]["synapse"], t["params"]["scale_firing_rates"]) for t in summary.trials}
+    assert combos == {("none", "1"), ("none", "4"), ("0.005", "1"), ("0.005", "4")}
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    children = client.search_runs(
+        [client.get_experiment_by_name("snn-harness").experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{summary.parent_run_id}'")
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == [0, 1, 2, 3]
+    assert all(r.data.params["method.timesteps"] == "8" for r in children)
+    assert {r.data.params["method.synapse"] for r in children} == {"None", "0.005"}
+    assert client.get_run(summary.parent_run_id).info.status == "FINISHED"
+    again = run_study(scfg)  # same command again: nothing left to do, nothing repeated
+    assert len(again.trials) == 4 and again.parent_run_id == summary.parent_run_id
+
+
+def test_killed_trials_are_retried_not_lost_or_repeated(quick, tmp_path):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path}/s.db"
+    scfg = _scfg(quick, trials=3, sampler="random", storage=storage, study_name="k",
+                 run=dict(eval_limit=100))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    study = optuna.create_study(study_name="k", storage=storage, direction="maximize")
+    stale = study.ask({"scale_firing_rates": optuna.distributions.FloatDistribution(1, 1000, log=True)})
+    import socket
+
+    stale.set_user_attr("harness.owner", f"{socket.gethostname()}:{dead.pid}")
+    summary = run_study(scfg)
+    assert summary.recovered == [0]
+    states = [t["state"] for t in summary.trials]
+    assert states.count("COMPLETE") == 3 and states[0] == "FAIL"
+    retried = summary.trials[1]["params"]["scale_firing_rates"]
+    assert retried == summary.trials[0]["params"]["scale_firing_rates"]  # re-queued with its parameters
+    # evaluated on 100 test images; the best trial re-run on the full test set (359 digits)
+    assert len(summary.reevaluated) == 1 and summary.reevaluated[0]["trial"] == summary.best[0]["number"]
+
+
+def test_multi_objective_study_has_a_pareto_front(quick, tmp_path):
+    scfg = StudyConfig(run=quick(method="ttfs", track=True, eval_limit=120), trials=3, sampler="nsga2",
+                       objectives=(Objective("test/accuracy", "maximize"), Objective("spikes_per_neuron", "minimize")),
+                       storage=f"journal:{tmp_path}/journal.log", study_name="m", progress=False, reevaluate=0)
+    summary = run_study(scfg)
+    assert sum(t["state"] == "COMPLETE" for t in summary.trials) == 3
+    assert summary.best and all(len(t["values"]) == 2 for t in summary.best)
+    assert (tmp_path / "journal.log").stat().st_size > 0
+
+
+def test_pruning_callback_prunes_when_optuna_says_so():
+    import optuna
+
+    from harness.study import _make_pruning_callback
+
+    class Trial:
+        reported = []
+
+        def report(self, value, step):
+            self.reported.append((step, value))
+
+        def should_prune(self):
+            return len(self.reported) >= 2
+
+    class Trainer:
+        sanity_checking = False
+        callback_metrics = {"val/accuracy": 0.25}
+
+    class Module:
+        current_epoch = 0
+
+    cb = _make_pruning_callback(Trial())
+    cb.on_validation_end(Trainer(), Module())
+    Module.current_epoch = 1
+    with pytest.raises(optuna.TrialPruned, match="epoch 1"):
+        cb.on_validation_end(Trainer(), Module())
+
+
+def test_diverging_trial_is_pruned(quick, tmp_path, monkeypatch):
+    from harness.errors import DivergedError
+    import harness.runner
+
+    def diverge(cfg, **kw):
+        raise DivergedError("train loss became nan at epoch 0")
+
+    monkeypatch.setattr(harness.runner, "run", diverge)
+    summary = run_study(StudyConfig(run=quick(method="surrogate", track=True), trials=2, sampler="random",
+                                    storage=f"sqlite:///{tmp_path}/d.db", progress=False))
+    assert [t["state"] for t in summary.trials] == ["PRUNED", "PRUNED"]
+
+
+def test_cli_study_errors_are_clear(tmp_path):
+    from harness.cli import main
+
+    assert main(["study", "--method", "rate", "--objective", "acuracy:max", "--trials", "1"]) == 2
+    with pytest.raises(HarnessError):
+        run_study(StudyConfig(run=__import__("harness.config", fromlist=["RunConfig"]).RunConfig.build(
+            method="rate", dataset="digits"), sampler="grid", progress=False))
