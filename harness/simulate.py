@@ -97,7 +97,7 @@ class SpikingLayer:
     neuron: NeuronPool | None = None
 
 
-def _fold(x: torch.Tensor, fn) -> torch.Tensor:
+def fold(x: torch.Tensor, fn) -> torch.Tensor:
     """Apply a stateless op to ``[T, B, ...]`` by folding time into the batch."""
     T, B = x.shape[:2]
     y = fn(x.reshape(T * B, *x.shape[2:]))
@@ -212,7 +212,7 @@ class Simulator:
                     if meters is not None:
                         counts = event_counts(h.sum(0), sl.pre)
                         meters.record_synapse(sl.name, sl.layer, counts, spikes=True, rows=tc * h.shape[1])
-                    h = _fold(self.filter(sl.name, h), lambda z, sl=sl: sl.layer(_apply(z, sl.pre)))
+                    h = fold(self.filter(sl.name, h), lambda z, sl=sl: sl.layer(_apply(z, sl.pre)))
                 if sl.neuron is None:
                     break
                 h = sl.neuron(current0, steps=tc) if i == 0 else sl.neuron(h)

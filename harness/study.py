@@ -147,7 +147,9 @@ class StudyConfig:
             raise ConfigError("--sampler grid needs --grid KEY=V1,V2,... (one or more)")
         if self.grid and self.sampler != "grid":
             raise ConfigError(f"--grid is for --sampler grid (got --sampler {self.sampler})")
-        # every grid value must parse as its parameter's type and lie in its range
+        # the fixed --set values, and every grid value with them, must parse and lie in range
+        for cls, sets in zip(classes, split_sets(self.run.method_sets, classes)):
+            cls.Params.from_strings(sets, owner=cls.name)
         for key, values in self.grid.items():
             for v in values:
                 per = split_sets({**self.run.method_sets, key: v}, classes)
@@ -189,7 +191,7 @@ def open_storage(spec: str):
         raise StudyError(f"cannot open Optuna storage {spec!r}: {type(exc).__name__}: {exc}") from None
 
 
-def _sampler(name: str, seed: int, grid: dict[str, list[str]], multi: bool):
+def _sampler(name: str, seed: int, grid: dict[str, list[str]]):
     import optuna
 
     if name == "grid":
@@ -292,9 +294,7 @@ def _trial_sets(trial, classes: list, grid: dict[str, list[str]], fixed: dict[st
         for key, values in grid.items():
             sets[key] = trial.suggest_categorical(key, values)
     else:
-        for i, cls in enumerate(classes):
-            if cls is not classes[-1] and not cls.is_transform:
-                continue
+        for cls in classes:  # all but the last are transforms (methods.resolve); each samples its own space
             prefix = "" if cls is classes[-1] else f"{cls.name}."
             sampled = cls.search_space(trial)
             default = cls.Params()
@@ -317,7 +317,6 @@ def run_study(scfg: StudyConfig) -> StudySummary:
     from .methods import resolve
     from .models import MODELS
     from .datasets import DATASETS
-    from .runner import split_sets
 
     started = time.time()
     base = scfg.run
@@ -326,8 +325,6 @@ def run_study(scfg: StudyConfig) -> StudySummary:
     model = MODELS.check(base.model or classes[-1].default_model)
     scfg.validate(classes)
     fixed = base.method_sets
-    for cls, sets in zip(classes, split_sets(fixed, classes)):
-        cls.Params.from_strings(sets, owner=cls.name)
 
     from .tracking import Tracker, TrackingSettings
 
@@ -347,7 +344,7 @@ def run_study(scfg: StudyConfig) -> StudySummary:
     try:
         study = optuna.create_study(
             study_name=name, storage=storage, load_if_exists=True, directions=directions,
-            sampler=_sampler(scfg.sampler, base.seed, scfg.grid, multi),
+            sampler=_sampler(scfg.sampler, base.seed, scfg.grid),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
     except ValueError as exc:
         raise StudyError(f"study {name!r} in {storage_spec}: {exc}") from None

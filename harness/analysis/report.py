@@ -18,7 +18,7 @@ import pandas as pd
 
 from .runs import RunTable, load_runs
 
-# Leaderboard columns: (column, metric key or None, direction: "max"/"min"/"", label with unit).
+# Better direction of each leaderboard column (energy columns, added per energy model, are "min").
 LEADERBOARD_DIRECTIONS = {
     "accuracy": "max", "drop": "min", "spikes_per_neuron": "min", "synops": "min", "macs": "min",
     "latency_steps": "min",
@@ -113,9 +113,9 @@ def reproduction(runs: RunTable) -> pd.DataFrame:
     """The seeds' figures next to the harness's best runs on its own data."""
     rows = []
 
-    def best(method: str):
+    def best(method: str, model: str | None = None):
         df = runs.of(method)
-        df = df[df["eval_limit"] == 0]
+        df = df[(df["eval_limit"] == 0) & ((df["model"] == model) if model else True)]
         return None if df.empty else df.sort_values("test/accuracy", ascending=False).iloc[0]
 
     p = PAPER["lopez-randulfe (ttfs)"]
@@ -133,9 +133,7 @@ def reproduction(runs: RunTable) -> pd.DataFrame:
                      harness_data="no surrogate run" if b is None else
                      f"{b['dataset']} / {b['model']}, T={b.get('p.timesteps')}"))
     for model, (orig, spk) in PAPER["sandia (sharpen)"].items():
-        df = runs.of("sharpen")
-        df = df[(df["model"] == model) & (df["eval_limit"] == 0)]
-        b = None if df.empty else df.sort_values("test/accuracy", ascending=False).iloc[0]
+        b = best("sharpen", model)
         rows.append(dict(seed="sandia (sharpen)", quantity=f"{model}: original → spiking accuracy",
                          paper=f"{orig:.3f} → {spk:.3f}", paper_data="MNIST 60k",
                          harness=None if b is None else f"{b['ann/test/accuracy']:.3f} → {b['test/accuracy']:.3f}",

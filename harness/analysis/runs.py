@@ -8,12 +8,11 @@ Step metrics and artifacts are fetched on demand and cached.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import os
 
 from ..errors import HarnessError
 

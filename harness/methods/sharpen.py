@@ -356,7 +356,8 @@ class Sharpen(Method):
         from tqdm.auto import tqdm
 
         device = ctx.device
-        snn = to_spiking(model).to(device).eval()
+        model = model.to(device).eval()
+        snn = to_spiking(model).eval()
         first = next(n for n, m in snn.named_modules() if isinstance(m, SYNAPTIC_TYPES))
         analog_input = params.encoding == "current"
         meters = Meters(timesteps=1)
@@ -369,7 +370,7 @@ class Sharpen(Method):
                 logits = snn(x)
                 functional.reset_net(snn)
                 meters.record_batch(logits, y)
-                agree += int((logits.argmax(-1) == model.to(device)(x).argmax(-1)).sum())
+                agree += int((logits.argmax(-1) == model(x).argmax(-1)).sum())
                 total += len(y)
         metrics, layers = meters.summary()
         # the one-step IF network must decide exactly as the sharpened network does

@@ -41,7 +41,7 @@ from ..api import Evaluation, Method
 from ..config import ConfigError, Params, param
 from ..meters import Meters
 from ..netparse import parse_blocks
-from ..simulate import event_counts
+from ..simulate import event_counts, fold
 
 POOLS = (nn.AvgPool2d, nn.MaxPool2d)
 FAMILIES = ("triangle", "fast-sigmoid", "arctan", "sigmoid")
@@ -166,12 +166,6 @@ class SpikingNet(nn.Module):
         self.meters: Meters | None = None
         self.step_outputs: torch.Tensor | None = None  # [T, B, classes], kept for accuracy vs t
 
-    @staticmethod
-    def _fold(fn, x: torch.Tensor) -> torch.Tensor:
-        T, B = x.shape[:2]
-        y = fn(x.reshape(T * B, *x.shape[2:]))
-        return y.reshape(T, B, *y.shape[1:])
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from spikingjelly.activation_based import functional
 
@@ -189,14 +183,14 @@ class SpikingNet(nn.Module):
             else:
                 if i == 0:
                     h = self.encoder(x.unsqueeze(0).repeat(T, *([1] * x.dim())))
-                z = self._fold(pre, h)  # what the synaptic layer receives at each step
+                z = fold(h, pre)  # what the synaptic layer receives at each step
                 if meters is not None:
                     # average pooling scales spikes down; count every pre-pool spike as an event
                     ops = self.pre_ops[i]
                     counts = (event_counts(h.sum(0), ops) if any(isinstance(m, nn.AvgPool2d) for _, m in ops)
                               else z.sum(0))
                     meters.record_synapse(self.names[i], layer, counts, spikes=True, rows=T * h.shape[1])
-                cur = self._fold(layer, z)
+                cur = fold(z, layer)
             cur = norm(cur)
             if i == last:
                 return self._readout(neuron, cur)
