@@ -12,8 +12,8 @@
   their parameters re-queued, so no trial is lost or repeated; the study counts finished
   (complete + pruned) trials against ``--trials``.
 * Pruning: trials of methods that train (``surrogate``, ``sharpen``, ``prune``) report validation
-  accuracy every epoch to Optuna's median pruner and stop early when it says so (single objective);
-  a diverging trial (NaN loss) is pruned.
+  accuracy every epoch to Optuna's median pruner and stop early when it says so (single objective,
+  not in a grid study, whose every cell is wanted); a diverging trial (NaN loss) is pruned.
 * MLflow: the study is a parent run; every trial is a child run (params, metrics, trial number,
   state), pruned trials included, so the MLflow UI's compare view lines them up.
 * ``--eval-limit N`` evaluates trials on the first N test images; the best trials are then
@@ -341,10 +341,21 @@ def run_study(scfg: StudyConfig) -> StudySummary:
     name = scfg.study_name or f"{base.method}-{model}-{base.dataset}"
     directions = [o.direction for o in scfg.objectives]
     multi = len(directions) > 1
+    # A sampler seeded alike in every process would replay the trials a resumed study already ran
+    # (Optuna's samplers keep their random state in memory only), so the seed moves on by the
+    # number of trials stored: a fresh study is reproducible, a resumed one asks new questions.
+    # Not for the grid: GridSampler's seed shuffles the grid and its first trials take their cell
+    # by trial number, so every process must shuffle alike (it skips visited cells by itself).
+    stored_trials = 0
+    if scfg.sampler != "grid":
+        try:
+            stored_trials = len(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
+        except KeyError:
+            pass
     try:
         study = optuna.create_study(
             study_name=name, storage=storage, load_if_exists=True, directions=directions,
-            sampler=_sampler(scfg.sampler, base.seed, scfg.grid),
+            sampler=_sampler(scfg.sampler, base.seed + stored_trials, scfg.grid),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
     except ValueError as exc:
         raise StudyError(f"study {name!r} in {storage_spec}: {exc}") from None
@@ -368,7 +379,9 @@ def run_study(scfg: StudyConfig) -> StudySummary:
     target = scfg.trials
     if scfg.sampler == "grid":
         target = min(target, math.prod(len(v) for v in scfg.grid.values()))
-    prune_ok = (not multi and _trains(classes) and scfg.objectives[0].direction == "maximize"
+    # A grid is a map to be filled: pruning a cell would leave a hole in it.
+    prune_ok = (not multi and scfg.sampler != "grid" and _trains(classes)
+                and scfg.objectives[0].direction == "maximize"
                 and scfg.objectives[0].key.endswith("accuracy"))
     run_cfg = base.replace(model=model, track=True, progress=False, output_json=None)
 

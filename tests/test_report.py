@@ -41,6 +41,34 @@ def test_report_from_real_runs(quick, tmp_path):
     assert any("surrogate_grid" in m for m in out.missing)  # no surrogate runs: said, not drawn
 
 
+def test_heatmaps_take_the_largest_grid_and_leave_search_trials_out():
+    import pandas as pd
+
+    from harness.analysis.figures import _grid_core
+
+    rows = [dict(model="cnn7", T=64, s=s, f=f, acc=0.9) for s in (0, 0.005, 0.01) for f in (1, 10, 100)]
+    rows += [dict(model="cnn7", T=64, s=0.0013 * i, f=0.5 + i, acc=0.5) for i in range(1, 6)]  # TPE trials
+    rows += [dict(model="cnn7", T=128, s=s, f=f, acc=0.1) for s in (0, 1) for f in (1, 2)]  # 2 × 2 at another T
+    rows += [dict(model="cnn7", T=64, s=0.01, f=3.3, acc=0.2)]  # a lone value beside the grid
+    grid = _grid_core(pd.DataFrame(rows), "s", "f", ("model", "T"))
+    assert len(grid) == 9 and set(grid["acc"]) == {0.9} and set(grid["T"]) == {64}
+    assert _grid_core(pd.DataFrame(rows[9:14]), "s", "f", ("model", "T")).empty
+
+
+def test_surrogate_grid_draws_accuracy_and_gradient_ratio(tmp_path):
+    import pandas as pd
+
+    from harness.analysis.figures import surrogate_grid
+    from harness.analysis.runs import RunTable
+
+    rows = [{"run_id": f"r{g}{b}", "method": "surrogate", "model": "cnn7", "dataset": "digits",
+             "p.timesteps": "4", "p.epochs": "2", "p.surrogate": "triangle", "p.width": str(g), "p.height": str(b),
+             "test/accuracy": 0.9, "surrogate/grad_norm_ratio": b ** 3 / g}
+            for g in (0.3, 1, 3) for b in (0.3, 1, 3)]
+    fig = surrogate_grid(RunTable(pd.DataFrame(rows), "e", "sqlite://"), tmp_path, "cmos45-fp32")
+    assert fig.path.stat().st_size > 0 and "gradient" in fig.caption and "9 surrogate runs" in fig.caption
+
+
 def test_text_from_runs_is_escaped_and_missing_metrics_are_named(tmp_path):
     from mlflow.tracking import MlflowClient
 

@@ -146,6 +146,17 @@ def test_sharpen_run_on_digits(quick):
     assert cur.metrics["layer/fc1/synops"] == 0 and cur.metrics["layer/fc2/synops"] > 0
 
 
+def test_adaptive_run_stops_when_the_last_layer_is_sharp_mid_epoch(quick):
+    # rate 0.7 per epoch completes a layer part-way through an epoch; once every layer is a step
+    # function no gradient is left, so training must stop there rather than step on.
+    res = run(quick(method="sharpen", model="stpu-dnn", sets=(
+        "schedule=adaptive", "start_epoch=1", "patience=0", "sig_change=10", "rate=0.7", "cz_rate=0.7",
+        "epochs=30")))
+    m = res.metrics
+    assert m["sharpen/sharpness_reached"] == 1.0 and m["sharpen/epochs_trained"] < 30
+    assert m["sharpen/snn_agreement"] == 1.0
+
+
 @pytest.mark.parametrize("sets,needle", [
     (("start_epoch=10", "duration=10", "epochs=15"), "start_epoch \\+ duration"),
     (("schedule=fixed", "rate=0.1", "epochs=8"), "ceil\\(1/rate\\)"),

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -148,6 +149,43 @@ def test_diverging_trial_is_pruned(quick, tmp_path, monkeypatch):
     summary = run_study(StudyConfig(run=quick(method="surrogate", track=True), trials=2, sampler="random",
                                     storage=f"sqlite:///{tmp_path}/d.db", progress=False))
     assert [t["state"] for t in summary.trials] == ["PRUNED", "PRUNED"]
+
+
+def test_a_resumed_study_does_not_replay_its_sampler(quick, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import harness.runner
+
+    monkeypatch.setattr(harness.runner, "run", lambda cfg, **kw: SimpleNamespace(
+        metrics={"test/accuracy": 0.5}, tracking=None))
+    scfg = _scfg(quick, trials=3, sampler="random", storage=f"sqlite:///{tmp_path}/r.db", study_name="r")
+    run_study(scfg)
+    summary = run_study(replace(scfg, trials=6))  # the same study, resumed by a new call
+    params = [tuple(sorted(t["params"].items())) for t in summary.trials]
+    assert len(params) == 6 and len(set(params)) == 6
+    grid = parse_grid(["synapse=0.001,0.005,0.01", "scale_firing_rates=1,10,100"])
+    gcfg = _scfg(quick, trials=2, sampler="grid", grid=grid, storage=f"sqlite:///{tmp_path}/g.db", study_name="g")
+    run_study(gcfg)
+    summary = run_study(replace(gcfg, trials=9))  # the rest of the grid, each cell once
+    cells = {(t["params"]["synapse"], t["params"]["scale_firing_rates"]) for t in summary.trials}
+    assert len(summary.trials) == 9 and len(cells) == 9
+
+
+def test_training_trials_get_a_pruning_callback_except_in_a_grid(quick, tmp_path, monkeypatch):
+    import harness.runner
+
+    seen = []
+
+    def record(cfg, fit_callbacks=(), **kw):
+        seen.append(len(fit_callbacks))
+        raise HarnessError("stop after recording")
+
+    monkeypatch.setattr(harness.runner, "run", record)
+    for sampler, grid in (("random", {}), ("grid", parse_grid(["width=0.5,1"]))):
+        with pytest.raises(HarnessError, match="stop after recording"):
+            run_study(StudyConfig(run=quick(method="surrogate", track=True), trials=1, sampler=sampler,
+                                  grid=grid, storage=f"sqlite:///{tmp_path}/{sampler}.db", progress=False))
+    assert seen == [1, 0]
 
 
 def test_cli_study_errors_are_clear(tmp_path):

@@ -6,6 +6,7 @@ model, and returns a :class:`Figure`, or raises :class:`Missing` saying which ru
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,20 +93,31 @@ def accuracy_vs_cost(runs: RunTable, out: Path, energy_model: str, cost: str) ->
                   f"{len(pts)} points; dashed: the Pareto front (no point is both more accurate and cheaper).")
 
 
+def _best_of(df: pd.DataFrame, *extra: str) -> pd.DataFrame:
+    """The most accurate run per method × model × data set (× ``extra`` columns present).
+
+    A study leaves dozens of runs of one method at scattered settings; their mean curve would
+    describe no configuration, and the best one is what a reader compares.
+    """
+    keys = ["method", "model", "dataset"] + [c for c in extra if c in df]
+    return df.sort_values("test/accuracy", ascending=False).drop_duplicates(keys)
+
+
 def accuracy_vs_time(runs: RunTable, out: Path, energy_model: str) -> Figure:
     """Accuracy at every time step (rate, surrogate) and accuracy vs t_max (ttfs)."""
     curves = []
-    for _, r in runs.of("rate", "surrogate").iterrows():
+    for _, r in _best_of(runs.of("rate", "surrogate"), "p.timesteps").iterrows():
         acc = runs.history(r.run_id, "test/accuracy_at_t")
-        label = f"{r.method} / {r.model}" + (f" T={r.get('p.timesteps')}" if r.method.endswith("surrogate") else "")
+        label = f"{r.method} / {r.model} / {r.dataset}" + (
+            f" T={r.get('p.timesteps')}" if r.method.endswith("surrogate") else "")
         curves += [dict(x=t + 1, acc=a, series=label, panel="rate / surrogate: accuracy vs time step")
                    for t, a in enumerate(acc)]
-    for _, r in runs.of("ttfs").iterrows():
+    for _, r in _best_of(runs.of("ttfs")).iterrows():
         acc = runs.history(r.run_id, "ttfs/test/accuracy_vs_t_max")
         sweep = [int(v) for v in str(r.get("p.t_max_sweep") or "").replace("(", "").replace(")", "").split(",")
                  if v.strip().isdigit()]
         if acc and len(sweep) == len(acc):
-            curves += [dict(x=t, acc=a, series=f"ttfs / {r.model}", panel="ttfs: accuracy vs t_max")
+            curves += [dict(x=t, acc=a, series=f"ttfs / {r.model} / {r.dataset}", panel="ttfs: accuracy vs t_max")
                        for t, a in zip(sweep, acc)]
     if not curves:
         raise Missing("no rate/surrogate run with test/accuracy_at_t and no ttfs run with a t_max sweep")
@@ -121,19 +133,25 @@ def accuracy_vs_time(runs: RunTable, out: Path, energy_model: str) -> Figure:
         ax.set_title(panel, fontsize=10)
         ax.legend(fontsize=7)
     return Figure("accuracy_vs_time", "Accuracy vs latency", _save(fig, out, "accuracy_vs_time"),
-                  "Rate and surrogate runs decode at every step; ttfs runs sweep t_max (mean over runs).")
+                  "The most accurate run of each method × model × data set (and, for surrogate, each T): "
+                  "rate and surrogate runs decode at every step; ttfs runs sweep t_max.")
 
 
 def _heatmap(df: pd.DataFrame, row: str, col: str, value: str, out: Path, key: str, title: str,
-             xlabel: str, ylabel: str, caption: str, fmt: str = ".3f") -> Figure:
-    table = df.pivot_table(index=row, columns=col, values=value, aggfunc="mean")
-    table = table.sort_index().sort_index(axis=1)
-    fig, ax = plt.subplots(figsize=(1.2 * table.shape[1] + 3, 0.7 * table.shape[0] + 2.5))
-    sns.heatmap(table, annot=True, fmt=fmt, cmap="viridis", ax=ax, cbar_kws={"label": "test accuracy (fraction)"})
+             xlabel: str, ylabel: str, caption: str, fmt: str = ".3f",
+             cbar_label: str = "test accuracy (fraction)") -> Figure:
+    table = _pivot(df, row, col, value)
+    width = 1.2 * table.shape[1] + 3
+    fig, ax = plt.subplots(figsize=(width, 0.7 * table.shape[0] + 2.5))
+    sns.heatmap(table, annot=True, fmt=fmt, cmap="viridis", ax=ax, cbar_kws={"label": cbar_label})
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
+    ax.set_title("\n".join(textwrap.wrap(title, int(width * 11))), fontsize=10)
     return Figure(key, title, _save(fig, out, key), caption)
+
+
+def _pivot(df: pd.DataFrame, row: str, col: str, value: str) -> pd.DataFrame:
+    return df.pivot_table(index=row, columns=col, values=value, aggfunc="mean").sort_index().sort_index(axis=1)
 
 
 def _numeric(df: pd.DataFrame, *cols: str) -> pd.DataFrame:
@@ -143,18 +161,48 @@ def _numeric(df: pd.DataFrame, *cols: str) -> pd.DataFrame:
     return df
 
 
+def _grid_core(df: pd.DataFrame, x: str, y: str, hold: tuple[str, ...]) -> pd.DataFrame:
+    """The largest x × y grid among runs that agree on ``hold``.
+
+    A search mixes grid studies with TPE trials at unrepeated continuous values and with runs of
+    other models or T; averaging them into one heatmap would be misleading. Within each group of
+    runs sharing ``hold``, keep only x values met with at least 2 y values and vice versa (repeat
+    until stable), then return the group with the most filled cells (empty if none reaches 2 × 2).
+    """
+    best, best_cells = df.iloc[0:0], 0
+    hold = [h for h in hold if h in df]
+    groups = df.fillna({h: "" for h in hold}).groupby(hold, sort=False) if hold else [((), df)]
+    for _, g in groups:
+        g = g.dropna(subset=[x, y])
+        while True:
+            xs = g.groupby(x)[y].nunique()
+            ys = g.groupby(y)[x].nunique()
+            core = g[g[x].isin(xs[xs >= 2].index) & g[y].isin(ys[ys >= 2].index)]
+            if len(core) == len(g):
+                break
+            g = core
+        cells = len(g.drop_duplicates([x, y]))
+        if g[x].nunique() >= 2 and g[y].nunique() >= 2 and cells > best_cells:
+            best, best_cells = g, cells
+    return best
+
+
 def synapse_scale_heatmap(runs: RunTable, out: Path, energy_model: str) -> Figure:
     df = runs.of("rate")
     if df.empty or "p.synapse" not in df or "p.scale_firing_rates" not in df:
         raise Missing("no rate runs (a grid study: --grid synapse=... --grid scale_firing_rates=...)")
     df = df.assign(**{"p.synapse": df["p.synapse"].replace({"None": "0", "none": "0"})})  # no filter = τ 0
-    df = _numeric(df, "p.synapse", "p.scale_firing_rates").dropna(subset=["p.synapse", "p.scale_firing_rates"])
-    if df["p.synapse"].nunique() < 2 or df["p.scale_firing_rates"].nunique() < 2:
-        raise Missing("rate runs cover fewer than 2 synapse × 2 scale_firing_rates values")
+    df = _numeric(df, "p.synapse", "p.scale_firing_rates", "p.timesteps")
+    df = _grid_core(df, "p.synapse", "p.scale_firing_rates", ("method", "model", "dataset", "p.timesteps"))
+    if df.empty:
+        raise Missing("rate runs of one model and T cover fewer than 2 synapse × 2 scale_firing_rates values")
+    r = df.iloc[0]
     return _heatmap(df, "p.synapse", "p.scale_firing_rates", "test/accuracy", out, "synapse_scale_heatmap",
-                    "rate: accuracy over synapse × scale_firing_rates (deutsch-*, 2-D optimisation)",
+                    f"{r.method}: accuracy over synapse × scale_firing_rates ({r.model}, {r.dataset}, "
+                    f"T={int(r['p.timesteps'])}; deutsch-*, 2-D optimisation)",
                     "scale_firing_rates (factor)", "synapse τ (s; 0 = no filter)",
-                    f"{len(df)} rate runs; mean accuracy per cell.")
+                    f"{len(df)} {r.method} runs of {r.model} on {r.dataset} at T = {int(r['p.timesteps'])}; "
+                    "mean accuracy per cell.")
 
 
 def layer_scaling_gains(runs: RunTable, out: Path, energy_model: str) -> Figure:
@@ -189,8 +237,8 @@ def layer_scaling_gains(runs: RunTable, out: Path, energy_model: str) -> Figure:
 def firing_rate_distributions(runs: RunTable, out: Path, energy_model: str) -> Figure:
     from scipy import stats
 
-    cand = runs.of("rate", "layer-scaling")
-    for _, r in cand.sort_values("start_time", ascending=False).iterrows():
+    cand = runs.of("rate", "layer-scaling")  # the most accurate run (newest first among equals)
+    for _, r in cand.sort_values(["test/accuracy", "start_time"], ascending=False).iterrows():
         raw = runs.artifact(r.run_id, "firing_rates.npz")
         summ = runs.artifact(r.run_id, "firing_rates_summary.csv")
         if raw is None or summ is None:
@@ -249,7 +297,8 @@ def ttfs_fig2(runs: RunTable, out: Path, energy_model: str) -> Figure:
         fig = _heatmap(df, "u_th_fraction", "t_max", "rmse", out, "ttfs_fig2",
                        f"TTFS layer RMSE over t_max × u_th ({r.model}, run {r.run_id[:8]})",
                        "t_max (time steps)", "u_th / u_max", "RMSE of the first layer's output against the "
-                       "ANN (lopez-randulfe-*, Fig. 2); lower is better.")
+                       "ANN (lopez-randulfe-*, Fig. 2); lower is better.",
+                       cbar_label="RMSE of the first layer's output (ANN activation units)")
         return fig
     raise Missing("no ttfs run with ttfs_fig2_rmse.csv (fig2=true)")
 
@@ -258,15 +307,32 @@ def surrogate_grid(runs: RunTable, out: Path, energy_model: str) -> Figure:
     df = runs.of("surrogate")
     if df.empty or "p.width" not in df:
         raise Missing("no surrogate runs")
-    df = _numeric(df, "p.width", "p.height", "p.timesteps")
-    T = df["p.timesteps"].mode().iloc[0]
-    df = df[df["p.timesteps"] == T]
-    if df["p.width"].nunique() < 2 or df["p.height"].nunique() < 2:
-        raise Missing("surrogate runs cover fewer than 2 widths γ × 2 heights β at one T")
-    return _heatmap(df, "p.height", "p.width", "test/accuracy", out, "surrogate_grid",
-                    f"surrogate: accuracy over width γ × height β (T={int(T)}; escudero-*)",
-                    "surrogate width γ (membrane-potential units)", "surrogate height β",
-                    f"{len(df)} surrogate runs at T = {int(T)}; mean accuracy per cell.")
+    df = _numeric(df, "p.width", "p.height", "p.timesteps", "p.epochs")
+    df = _grid_core(df, "p.width", "p.height",
+                    ("method", "model", "dataset", "p.timesteps", "p.epochs", "p.surrogate"))
+    if df.empty:
+        raise Missing("surrogate runs of one model, T and epoch count cover fewer than 2 widths γ × 2 heights β")
+    r = df.iloc[0]
+    T, epochs = int(r["p.timesteps"]), int(r["p.epochs"])
+    title = (f"surrogate: accuracy and gradient flow over width γ × height β ({r.model}, {r.dataset}, T={T}, "
+             f"{epochs} epochs; escudero-*)")
+    panels = [("test/accuracy", "test accuracy (fraction)", ".3f", "viridis")]
+    ratio = "surrogate/grad_norm_ratio"
+    if ratio in df and df[ratio].gt(0).any():
+        df = df.assign(log_ratio=np.log10(df[ratio].where(df[ratio] > 0)))
+        panels.append(("log_ratio", "log₁₀(first-layer / last-layer weight-gradient norm)", ".1f", "vlag"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    for ax, (value, label, fmt, cmap) in zip(axes[0], panels):
+        sns.heatmap(_pivot(df, "p.height", "p.width", value), annot=True, fmt=fmt, cmap=cmap, ax=ax,
+                    center=0 if value == "log_ratio" else None, cbar_kws={"label": label})
+        ax.set_xlabel("surrogate width γ (membrane-potential units)")
+        ax.set_ylabel("surrogate height β")
+        ax.set_title(label, fontsize=10)
+    fig.suptitle(title, fontsize=10)
+    return Figure("surrogate_grid", title, _save(fig, out, "surrogate_grid"),
+                  f"{len(df)} surrogate runs of {r.model} on {r.dataset} at T = {T}, {epochs} epochs; mean per "
+                  "cell. Right: below 0 the gradient vanishes towards the input, above 0 it grows (the seed's "
+                  "vanishing/exploding gradients).")
 
 
 FIGURES = (

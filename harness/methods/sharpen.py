@@ -277,6 +277,8 @@ class Sharpener:
         class _Callback(pl.Callback):
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
                 outer.on_batch(trainer.current_epoch, batch_idx, max(int(trainer.num_training_batches), 1))
+                if outer.done:  # every layer a step function: no gradient is left to train on
+                    trainer.should_stop = True
 
             def on_train_epoch_end(self, trainer, pl_module):
                 loss = pl_module.history.get("train/loss")
