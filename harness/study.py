@@ -349,7 +349,7 @@ def run_study(scfg: StudyConfig) -> StudySummary:
     stored_trials = 0
     if scfg.sampler != "grid":
         try:
-            stored_trials = len(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
+            stored_trials = storage.get_n_trials(storage.get_study_id_from_name(name))
         except KeyError:
             pass
     try:

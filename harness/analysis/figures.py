@@ -137,16 +137,32 @@ def accuracy_vs_time(runs: RunTable, out: Path, energy_model: str) -> Figure:
                   "rate and surrogate runs decode at every step; ttfs runs sweep t_max.")
 
 
-def _heatmap(df: pd.DataFrame, row: str, col: str, value: str, out: Path, key: str, title: str,
-             xlabel: str, ylabel: str, caption: str, fmt: str = ".3f",
-             cbar_label: str = "test accuracy (fraction)") -> Figure:
-    table = _pivot(df, row, col, value)
-    width = 1.2 * table.shape[1] + 3
-    fig, ax = plt.subplots(figsize=(width, 0.7 * table.shape[0] + 2.5))
-    sns.heatmap(table, annot=True, fmt=fmt, cmap="viridis", ax=ax, cbar_kws={"label": cbar_label})
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title("\n".join(textwrap.wrap(title, int(width * 11))), fontsize=10)
+@dataclass(frozen=True)
+class Panel:
+    """One heatmap of a figure: the value per cell and how it is coloured."""
+
+    value: str = "test/accuracy"
+    label: str = "test accuracy (fraction)"
+    fmt: str = ".3f"
+    cmap: str = "viridis"
+    center: float | None = None
+
+
+def _heatmap(df: pd.DataFrame, row: str, col: str, out: Path, key: str, title: str, xlabel: str,
+             ylabel: str, caption: str, panels: tuple[Panel, ...] = (Panel(),)) -> Figure:
+    """Heatmaps of ``df`` over row × col side by side (mean per cell), one per panel."""
+    tables = [_pivot(df, row, col, p.value) for p in panels]
+    width = 1.2 * tables[0].shape[1] + 3
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 0.7 * tables[0].shape[0] + 2.5),
+                             squeeze=False)
+    wrapped = "\n".join(textwrap.wrap(title, int(width * len(panels) * 11)))
+    for ax, p, table in zip(axes[0], panels, tables):
+        sns.heatmap(table, annot=True, fmt=p.fmt, cmap=p.cmap, center=p.center, ax=ax, cbar_kws={"label": p.label})
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(wrapped if len(panels) == 1 else p.label, fontsize=10)
+    if len(panels) > 1:
+        fig.suptitle(wrapped, fontsize=10)
     return Figure(key, title, _save(fig, out, key), caption)
 
 
@@ -170,9 +186,7 @@ def _grid_core(df: pd.DataFrame, x: str, y: str, hold: tuple[str, ...]) -> pd.Da
     until stable), then return the group with the most filled cells (empty if none reaches 2 × 2).
     """
     best, best_cells = df.iloc[0:0], 0
-    hold = [h for h in hold if h in df]
-    groups = df.fillna({h: "" for h in hold}).groupby(hold, sort=False) if hold else [((), df)]
-    for _, g in groups:
+    for _, g in df.groupby([h for h in hold if h in df], sort=False, dropna=False):
         g = g.dropna(subset=[x, y])
         while True:
             xs = g.groupby(x)[y].nunique()
@@ -197,7 +211,7 @@ def synapse_scale_heatmap(runs: RunTable, out: Path, energy_model: str) -> Figur
     if df.empty:
         raise Missing("rate runs of one model and T cover fewer than 2 synapse × 2 scale_firing_rates values")
     r = df.iloc[0]
-    return _heatmap(df, "p.synapse", "p.scale_firing_rates", "test/accuracy", out, "synapse_scale_heatmap",
+    return _heatmap(df, "p.synapse", "p.scale_firing_rates", out, "synapse_scale_heatmap",
                     f"{r.method}: accuracy over synapse × scale_firing_rates ({r.model}, {r.dataset}, "
                     f"T={int(r['p.timesteps'])}; deutsch-*, 2-D optimisation)",
                     "scale_firing_rates (factor)", "synapse τ (s; 0 = no filter)",
@@ -294,12 +308,11 @@ def ttfs_fig2(runs: RunTable, out: Path, energy_model: str) -> Figure:
         if path is None:
             continue
         df = pd.read_csv(path)
-        fig = _heatmap(df, "u_th_fraction", "t_max", "rmse", out, "ttfs_fig2",
-                       f"TTFS layer RMSE over t_max × u_th ({r.model}, run {r.run_id[:8]})",
-                       "t_max (time steps)", "u_th / u_max", "RMSE of the first layer's output against the "
-                       "ANN (lopez-randulfe-*, Fig. 2); lower is better.",
-                       cbar_label="RMSE of the first layer's output (ANN activation units)")
-        return fig
+        return _heatmap(df, "u_th_fraction", "t_max", out, "ttfs_fig2",
+                        f"TTFS layer RMSE over t_max × u_th ({r.model}, run {r.run_id[:8]})",
+                        "t_max (time steps)", "u_th / u_max", "RMSE of the first layer's output against the "
+                        "ANN (lopez-randulfe-*, Fig. 2); lower is better.",
+                        (Panel("rmse", "RMSE of the first layer's output (ANN activation units)"),))
     raise Missing("no ttfs run with ttfs_fig2_rmse.csv (fig2=true)")
 
 
@@ -316,23 +329,16 @@ def surrogate_grid(runs: RunTable, out: Path, energy_model: str) -> Figure:
     T, epochs = int(r["p.timesteps"]), int(r["p.epochs"])
     title = (f"surrogate: accuracy and gradient flow over width γ × height β ({r.model}, {r.dataset}, T={T}, "
              f"{epochs} epochs; escudero-*)")
-    panels = [("test/accuracy", "test accuracy (fraction)", ".3f", "viridis")]
+    panels = (Panel(),)
+    caption = f"{len(df)} surrogate runs of {r.model} on {r.dataset} at T = {T}, {epochs} epochs; mean per cell."
     ratio = "surrogate/grad_norm_ratio"
     if ratio in df and df[ratio].gt(0).any():
         df = df.assign(log_ratio=np.log10(df[ratio].where(df[ratio] > 0)))
-        panels.append(("log_ratio", "log₁₀(first-layer / last-layer weight-gradient norm)", ".1f", "vlag"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
-    for ax, (value, label, fmt, cmap) in zip(axes[0], panels):
-        sns.heatmap(_pivot(df, "p.height", "p.width", value), annot=True, fmt=fmt, cmap=cmap, ax=ax,
-                    center=0 if value == "log_ratio" else None, cbar_kws={"label": label})
-        ax.set_xlabel("surrogate width γ (membrane-potential units)")
-        ax.set_ylabel("surrogate height β")
-        ax.set_title(label, fontsize=10)
-    fig.suptitle(title, fontsize=10)
-    return Figure("surrogate_grid", title, _save(fig, out, "surrogate_grid"),
-                  f"{len(df)} surrogate runs of {r.model} on {r.dataset} at T = {T}, {epochs} epochs; mean per "
-                  "cell. Right: below 0 the gradient vanishes towards the input, above 0 it grows (the seed's "
-                  "vanishing/exploding gradients).")
+        panels += (Panel("log_ratio", "log₁₀(first-layer / last-layer weight-gradient norm)", ".1f", "vlag", 0),)
+        caption += (" Right: below 0 the gradient vanishes towards the input, above 0 it grows (the seed's "
+                    "vanishing/exploding gradients).")
+    return _heatmap(df, "p.height", "p.width", out, "surrogate_grid", title,
+                    "surrogate width γ (membrane-potential units)", "surrogate height β", caption, panels)
 
 
 FIGURES = (

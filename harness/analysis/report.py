@@ -93,15 +93,13 @@ def leaderboard(runs: RunTable, energy_models: list[str], energy_model: str) -> 
 
 
 def whetstone_table(runs: RunTable) -> pd.DataFrame:
-    df = runs.of("sharpen")
-    df = df[df["eval_limit"] == 0]
+    df = runs.best("sharpen").drop_duplicates(["model", "dataset"])
     if df.empty:
         return pd.DataFrame()
     rows = []
-    for (model, dataset), g in df.sort_values("test/accuracy", ascending=False).groupby(["model", "dataset"]):
-        b = g.iloc[0]
-        paper = PAPER["sandia (sharpen)"].get(model)
-        rows.append({"network": model, "data": dataset, "ANN accuracy": b.get("ann/test/accuracy"),
+    for _, b in df.sort_values(["model", "dataset"]).iterrows():
+        paper = PAPER["sandia (sharpen)"].get(b.model)
+        rows.append({"network": b.model, "data": b.dataset, "ANN accuracy": b.get("ann/test/accuracy"),
                      "sharpened (1 step) accuracy": b["test/accuracy"],
                      "spikes/neuron": b.get("spikes_per_neuron"), "SynOps": b.get("synops"),
                      "paper original (MNIST 60k)": paper[0] if paper else None,
@@ -114,9 +112,9 @@ def reproduction(runs: RunTable) -> pd.DataFrame:
     rows = []
 
     def best(method: str, model: str | None = None):
-        df = runs.of(method)
-        df = df[(df["eval_limit"] == 0) & ((df["model"] == model) if model else True)]
-        return None if df.empty else df.sort_values("test/accuracy", ascending=False).iloc[0]
+        df = runs.best(method)
+        df = df[df["model"] == model] if model else df
+        return None if df.empty else df.iloc[0]
 
     p = PAPER["lopez-randulfe (ttfs)"]
     b = best("ttfs")

@@ -60,6 +60,12 @@ class RunTable:
         last = df["method"].str.split("+").str[-1]
         return df[last.isin(methods) & df["test/accuracy"].notna()]
 
+    def best(self, *methods: str):
+        """``of(methods)`` on full test sets only (no ``eval_limit``), most accurate first, newest
+        first among equals; ``.drop_duplicates(cols)`` then keeps the best run of each group."""
+        df = self.of(*methods)
+        return df[df["eval_limit"] == 0].sort_values(["test/accuracy", "start_time"], ascending=False)
+
 
 def load_runs(tracking_uri: str | None = None, experiment: str | None = None) -> RunTable:
     import mlflow
