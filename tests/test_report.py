@@ -69,6 +69,31 @@ def test_surrogate_grid_draws_accuracy_and_gradient_ratio(tmp_path):
     assert fig.path.stat().st_size > 0 and "gradient" in fig.caption and "9 surrogate runs" in fig.caption
 
 
+def test_latency_curves_come_from_the_best_full_test_run_of_each_series(tmp_path):
+    import pandas as pd
+
+    from harness.analysis.figures import accuracy_vs_time
+    from harness.analysis.runs import RunTable
+
+    def row(run_id, method, acc, T, eval_limit=0, sweep=None):
+        return {"run_id": run_id, "method": method, "model": "m", "dataset": "digits", "test/accuracy": acc,
+                "p.timesteps": T, "p.t_max_sweep": sweep, "eval_limit": eval_limit, "start_time": 0}
+
+    rows = [row("rate-best", "rate", 0.9, "32"), row("rate-other-T", "rate", 0.8, "64"),
+            row("rate-subset", "rate", 0.99, "16", eval_limit=100),
+            row("sur-T2", "surrogate", 0.7, "2"), row("sur-T4", "surrogate", 0.6, "4"),
+            row("ttfs-no-sweep", "ttfs", 0.95, None), row("ttfs-sweep", "ttfs", 0.9, None, sweep="(8, 16)")]
+    fetched = []
+
+    class Runs(RunTable):
+        def history(self, run_id, key):
+            fetched.append(run_id)
+            return [0.5, 0.6]
+
+    fig = accuracy_vs_time(Runs(pd.DataFrame(rows), "e", "sqlite://"), tmp_path, "cmos45-fp32")
+    assert sorted(fetched) == ["rate-best", "sur-T2", "sur-T4", "ttfs-sweep"] and fig.path.exists()
+
+
 def test_text_from_runs_is_escaped_and_missing_metrics_are_named(tmp_path):
     from mlflow.tracking import MlflowClient
 

@@ -93,32 +93,27 @@ def accuracy_vs_cost(runs: RunTable, out: Path, energy_model: str, cost: str) ->
                   f"{len(pts)} points; dashed: the Pareto front (no point is both more accurate and cheaper).")
 
 
-def _best_of(df: pd.DataFrame, *extra: str) -> pd.DataFrame:
-    """The most accurate run per method × model × data set (× ``extra`` columns present).
-
-    A study leaves dozens of runs of one method at scattered settings; their mean curve would
-    describe no configuration, and the best one is what a reader compares.
-    """
-    keys = ["method", "model", "dataset"] + [c for c in extra if c in df]
-    return df.sort_values("test/accuracy", ascending=False).drop_duplicates(keys)
-
-
 def accuracy_vs_time(runs: RunTable, out: Path, energy_model: str) -> Figure:
     """Accuracy at every time step (rate, surrogate) and accuracy vs t_max (ttfs)."""
+    # One curve per series, from its most accurate run: a study leaves dozens of runs at scattered
+    # settings, and a mean over them would describe no configuration.
     curves = []
-    for _, r in _best_of(runs.of("rate", "surrogate"), "p.timesteps").iterrows():
+    df = runs.best("rate", "surrogate")
+    df = df.assign(series=df["method"] + " / " + df["model"] + " / " + df["dataset"] + np.where(
+        df["method"].str.endswith("surrogate"), " T=" + df.get("p.timesteps", pd.Series("?", df.index)).astype(str), ""))
+    for _, r in df.drop_duplicates("series").iterrows():
         acc = runs.history(r.run_id, "test/accuracy_at_t")
-        label = f"{r.method} / {r.model} / {r.dataset}" + (
-            f" T={r.get('p.timesteps')}" if r.method.endswith("surrogate") else "")
-        curves += [dict(x=t + 1, acc=a, series=label, panel="rate / surrogate: accuracy vs time step")
+        curves += [dict(x=t + 1, acc=a, series=r.series, panel="rate / surrogate: accuracy vs time step")
                    for t, a in enumerate(acc)]
-    for _, r in _best_of(runs.of("ttfs")).iterrows():
+    df = runs.best("ttfs")
+    sweeps = df.get("p.t_max_sweep", pd.Series("", df.index)).map(
+        lambda v: [int(t) for t in str(v).strip("()").split(",") if t.strip().isdigit()])
+    df = df.assign(sweep=sweeps, series="ttfs / " + df["model"] + " / " + df["dataset"])
+    for _, r in df[sweeps.map(len) > 0].drop_duplicates("series").iterrows():
         acc = runs.history(r.run_id, "ttfs/test/accuracy_vs_t_max")
-        sweep = [int(v) for v in str(r.get("p.t_max_sweep") or "").replace("(", "").replace(")", "").split(",")
-                 if v.strip().isdigit()]
-        if acc and len(sweep) == len(acc):
-            curves += [dict(x=t, acc=a, series=f"ttfs / {r.model} / {r.dataset}", panel="ttfs: accuracy vs t_max")
-                       for t, a in zip(sweep, acc)]
+        if len(r.sweep) == len(acc):
+            curves += [dict(x=t, acc=a, series=r.series, panel="ttfs: accuracy vs t_max")
+                       for t, a in zip(r.sweep, acc)]
     if not curves:
         raise Missing("no rate/surrogate run with test/accuracy_at_t and no ttfs run with a t_max sweep")
     df = pd.DataFrame(curves).groupby(["panel", "series", "x"], as_index=False)["acc"].mean()
@@ -251,8 +246,7 @@ def layer_scaling_gains(runs: RunTable, out: Path, energy_model: str) -> Figure:
 def firing_rate_distributions(runs: RunTable, out: Path, energy_model: str) -> Figure:
     from scipy import stats
 
-    cand = runs.of("rate", "layer-scaling")  # the most accurate run (newest first among equals)
-    for _, r in cand.sort_values(["test/accuracy", "start_time"], ascending=False).iterrows():
+    for _, r in runs.best("rate", "layer-scaling").iterrows():  # the most accurate run with the artifacts
         raw = runs.artifact(r.run_id, "firing_rates.npz")
         summ = runs.artifact(r.run_id, "firing_rates_summary.csv")
         if raw is None or summ is None:
