@@ -222,8 +222,11 @@ class RunConfig(Params):
     """One run of the harness. ``sets`` holds the method's ``--set key=value`` strings."""
 
     method: str = param("ann", "method (registry key), e.g. ann, ttfs, prune+ttfs")
-    dataset: str = param("mnist-5k", "data set (registry key)")
-    model: str | None = param(None, "model (registry key); default: the method's choice for the data")
+    dataset: str = param("mnist-5k", "data set: registry key, plug-in, or module:factory")
+    model: str | None = param(None, "model: registry key, plug-in, or module:factory / file.py:factory; "
+                                    "default: the method's choice")
+    weights: str | None = param(None, "a trained ANN's state_dict (.pt): no training, no cache")
+    baseline: bool = param(True, "train (or load) and meter the ANN baseline: the ann/* metrics and energy ratios")
     seed: int = param(0, "random seed for data order, initialisation and sampling", low=0)
     device: Device = param("auto", "auto picks cuda when available")
     epochs: int | None = param(None, "training epochs (default: TrainConfig.epochs)", low=0, high=10_000)

@@ -47,6 +47,7 @@ class EnergyModel:
 
 
 ENERGY_MODELS: Registry[EnergyModel] = Registry("energy model")
+ENERGY_MODELS.entry_points("snn_harness.energy")
 
 
 def _add(model: EnergyModel) -> None:
@@ -67,16 +68,20 @@ _add(EnergyModel("truenorth", 26 * PJ, 26 * PJ, 0.0, "Merolla et al., Science 20
                  "IBM TrueNorth: 26 pJ per synaptic event"))
 
 
-def energy_metrics(snn: dict[str, float], ann: dict[str, float], *, spiking: bool) -> dict[str, float]:
+def energy_metrics(snn: dict[str, float], ann: dict[str, float] | None, *, spiking: bool) -> dict[str, float]:
     """``energy/<model>/joules|ratio|break_even_spikes_per_neuron`` and ``ann/energy/<model>/joules``.
 
     ``snn`` holds the method's metrics; ``spiking=False`` (the ``ann`` method) charges it as an ANN.
+    Without an ANN baseline (``ann`` None) only the method's own joules are computed.
     """
     out: dict[str, float] = {}
     for name in ENERGY_MODELS:
         em = ENERGY_MODELS.get(name)
-        ann_j = em.ann_joules(ann)
         j = em.snn_joules(snn) if spiking else em.ann_joules(snn)
+        if ann is None:
+            out[f"energy/{name}/joules"] = j
+            continue
+        ann_j = em.ann_joules(ann)
         out[f"ann/energy/{name}/joules"] = ann_j
         out[f"energy/{name}/joules"] = j
         out[f"energy/{name}/ratio"] = j / ann_j if ann_j else float("nan")

@@ -43,3 +43,23 @@ class TrackingError(HarnessError):
 
 class DivergedError(HarnessError):
     """Training produced a non-finite loss."""
+
+
+class StudyError(HarnessError):
+    """A study that cannot start or continue (bad storage, objective or grid)."""
+
+
+class ReportError(HarnessError):
+    """The report cannot be made (no store, no experiment, no runs)."""
+
+
+class InvariantError(HarnessError):
+    """A run broke a law every correct evaluation obeys (e.g. more SynOps than the network's
+    capacity): a bug in the method or in the harness, never a number to report."""
+
+    exit_code = 3
+
+    def __init__(self, what: str, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__(f"{what} broke {len(problems)} invariant{'s' if len(problems) > 1 else ''} (a bug in "
+                         "the method or the harness; nothing was logged): " + "; ".join(problems[:6]))

@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
-import csv
+import logging
 
 import numpy as np
+
+from .io import write_csv
+
+log = logging.getLogger(__name__)
 
 CANDIDATES = ("norm", "expon", "gamma", "lognorm")
 
@@ -25,7 +29,8 @@ def fit_distribution(rates: np.ndarray, max_points: int = 20_000, seed: int = 0)
         dist = getattr(stats, name)
         try:
             params = dist.fit(r, floc=0) if name in ("expon", "gamma", "lognorm") else dist.fit(r)
-        except Exception:  # noqa: BLE001 - a family that does not fit is skipped
+        except (ValueError, RuntimeError, FloatingPointError, OverflowError) as exc:
+            log.info("firing-rate fit %s skipped: %s", name, exc)  # a family that does not fit
             continue
         ks = stats.kstest(r, name, args=params).statistic
         if best is None or ks < best[2]:
@@ -51,9 +56,4 @@ def firing_rate_artifacts(ctx, rates: dict, prefix: str = "firing_rates") -> lis
     raw = ctx.artifact(f"{prefix}.npz")
     np.savez_compressed(raw, **arrays)
     rows = [summarize(name, a) for name, a in arrays.items()]
-    table = ctx.artifact(f"{prefix}_summary.csv")
-    with open(table, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return [raw, table]
+    return [raw, write_csv(rows, ctx.artifact(f"{prefix}_summary.csv"))]

@@ -18,21 +18,28 @@ Two kinds of layers are metered:
   activations), zeros and entries over every time step and sample.
 
 Totals are divided by the number of samples, so every figure is *per inference*. NeuroBench's
-definitions are followed for activation and connection sparsity; SpikingJelly's ``op_counter``
-counts SynOps against all weights (zeros included) — the tests cross-check both on dense models.
+definitions are followed for activation and connection sparsity. Dense MACs count every kernel tap
+of every output, zero-padding taps included, as SpikingJelly's ``op_counter`` counts them;
+NeuroBench's ``SynapticOperations`` leaves padding taps out of its ``Dense`` count, which is
+``macs_dense_nopad`` here. SpikingJelly counts SynOps against all weights (zeros included), the
+harness against non-zero weights only; ``tests/test_meters.py`` and ``tests/test_neurobench.py``
+cross-check both libraries on the networks the harness converts.
+
+The meters only accumulate what the evaluator records; which spikes reach which synaptic layer
+(through pooling, adds and concatenations) is the graph's business (``harness.graph.event_counts``),
+and the harness checks the totals against the traced network's bounds after every evaluation
+(``harness.evaluation``).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-SYNAPTIC_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
+from .graph import SYNAPTIC_TYPES
 
 
 def _in_dims(layer: nn.Module) -> int:
@@ -68,8 +75,8 @@ def fanout_map(layer: nn.Module, in_shape: tuple[int, ...], *, nonzero: bool = T
 
 
 def dense_macs_per_pass(layer: nn.Module, in_shape: tuple[int, ...]) -> int:
-    """MACs of one dense pass: output elements × weights per output (padding taps included, as
-    SpikingJelly's and NeuroBench's counters count them)."""
+    """MACs of one dense pass: output elements × weights per output (zero-padding taps included,
+    as SpikingJelly's ``op_counter`` counts them; see ``macs_dense_nopad`` for NeuroBench's)."""
     w = _effective_weight(layer)
     return _fanout_and_outputs(layer, in_shape, False)[1] * int(w[0].numel())
 
@@ -107,6 +114,9 @@ class SynapseStats:
     effective_ops: float = 0.0
     input_spikes: float = 0.0
     capacity: float = 0.0  # Σ_i fanout_i: synops of one pass in which every input spikes once
+    dense_nopad_ops: float = 0.0  # dense MACs without zero-padding taps (NeuroBench's Dense)
+    max_fanout: float = 0.0  # the largest number of non-zero weights one input element reaches
+    reads_input: bool | None = None  # fed by the network's input (None: the first layer recorded)
 
 
 @dataclass
@@ -140,16 +150,17 @@ class Meters:
         self.samples += int(labels.shape[0])
         self.correct += int((predictions == labels).sum())
 
-    def _fanouts_for(self, name: str, layer: nn.Module, in_shape: tuple[int, ...]):
+    def fanouts(self, name: str, layer: nn.Module, in_shape: tuple[int, ...]):
         key = (name, in_shape)
         if key not in self._fanouts:
             self._fanouts[key] = (fanout_map(layer, in_shape, nonzero=True).float(),
-                                  float(dense_macs_per_pass(layer, in_shape)))
+                                  float(dense_macs_per_pass(layer, in_shape)),
+                                  float(fanout_map(layer, in_shape, nonzero=False).sum()))
         return self._fanouts[key]
 
     @torch.no_grad()
     def record_synapse(self, name: str, layer: nn.Module, x: torch.Tensor, *, spikes: bool,
-                       rows: float | None = None) -> None:
+                       rows: float | None = None, reads_input: bool | None = None) -> None:
         """Count one call of ``layer`` on input ``x`` (any leading dims: T, B, or T·B).
 
         With ``spikes=True`` the input is binary spikes, or spike *counts* summed over time; in the
@@ -158,20 +169,23 @@ class Meters:
         d = _in_dims(layer)
         in_shape = tuple(x.shape[-d:])
         flat = x.detach().reshape(-1, *in_shape)
-        fan_nz, dense_per_row = self._fanouts_for(name, layer, in_shape)
+        fan_nz, dense_per_row, nopad_per_row = self.fanouts(name, layer, in_shape)
         st = self.synapses.get(name)
         if st is None:
             w = _effective_weight(layer)
             st = self.synapses[name] = SynapseStats(name, type(layer).__name__, w.numel(), int((w == 0).sum()))
             st.capacity = float(fan_nz.sum())
+            st.max_fanout = float(fan_nz.max()) if fan_nz.numel() else 0.0
+            st.reads_input = reads_input
         st.spike_input = spikes
         n_rows = float(flat.shape[0]) if rows is None else float(rows)
         st.rows += n_rows
         st.dense_ops += n_rows * dense_per_row
+        st.dense_nopad_ops += n_rows * nopad_per_row
         fan = fan_nz.to(flat.device)
         if spikes:
             counts = flat.float().sum(0)
-            st.input_spikes += float(counts.sum())
+            st.input_spikes += float(counts.sum(dtype=torch.float64))
             st.effective_ops += float((counts * fan).sum())
         else:
             nz = (flat != 0).float().sum(0)
@@ -189,7 +203,7 @@ class Meters:
         nonzero = out != 0
         st.zeros += float(out.numel() - int(nonzero.sum()))
         events = out.float() if spiking else nonzero.float()
-        st.spikes += float(events.sum())
+        st.spikes += float(events.sum(dtype=torch.float64))
         if self.keep_per_neuron:
             per = events.reshape(-1, *out.shape[-self._neuron_dims(out):]).sum(0).cpu()
             st.per_neuron = per if st.per_neuron is None else st.per_neuron + per
@@ -209,32 +223,6 @@ class Meters:
     def _neuron_dims(self, out: torch.Tensor) -> int:
         return 3 if out.dim() >= 4 else 1
 
-    # ---- hooks -------------------------------------------------------------------------------
-    @contextmanager
-    def attach(self, model: nn.Module, *, neuron_types: tuple[type[nn.Module], ...],
-               spike_inputs: bool | Callable[[str, torch.Tensor], bool], spiking_neurons: bool) -> Iterator["Meters"]:
-        """Hook every synaptic layer and every neuron layer of ``model`` while in the block.
-
-        ``spike_inputs``: whether synaptic inputs are spikes, or a predicate (name, x) -> bool.
-        """
-        handles = []
-        for name, m in model.named_modules():
-            if isinstance(m, SYNAPTIC_TYPES):
-                def pre(mod, args, _name=name):
-                    x = args[0]
-                    is_spk = spike_inputs(_name, x) if callable(spike_inputs) else spike_inputs
-                    self.record_synapse(_name, mod, x, spikes=bool(is_spk))
-                handles.append(m.register_forward_pre_hook(pre))
-            elif isinstance(m, neuron_types):
-                def post(mod, args, out, _name=name):
-                    self.record_neurons(_name, out, kind=type(mod).__name__, spiking=spiking_neurons)
-                handles.append(m.register_forward_hook(post))
-        try:
-            yield self
-        finally:
-            for h in handles:
-                h.remove()
-
     # ---- results -----------------------------------------------------------------------------
     def summary(self) -> tuple[dict[str, float], list[dict]]:
         """(flat metrics, per-layer rows). Every count is per inference (÷ samples)."""
@@ -242,7 +230,7 @@ class Meters:
         T = self.timesteps
         metrics: dict[str, float] = {}
         rows: list[dict] = []
-        macs = macs_dense_all = macs_eff = synops = 0.0
+        macs = macs_dense_all = macs_eff = synops = macs_nopad = 0.0
         capacity_spiking = hidden_ops = input_layer_macs = 0.0
         for i, st in enumerate(self.synapses.values()):
             dense, eff = st.dense_ops / n, st.effective_ops / n
@@ -251,19 +239,22 @@ class Meters:
                        input="spikes" if st.spike_input else "analog",
                        dense_macs=dense, synops=eff if st.spike_input else 0.0,
                        macs=0.0 if st.spike_input else dense,
-                       macs_effective=0.0 if st.spike_input else eff)
+                       macs_effective=0.0 if st.spike_input else eff,
+                       macs_dense_nopad=0.0 if st.spike_input else st.dense_nopad_ops / n)
             rows.append(row)
             macs_dense_all += dense
-            if i > 0:  # every layer but the one that reads the network's input
-                hidden_ops += eff
+            reads_input = st.reads_input if st.reads_input is not None else i == 0
+            if reads_input:  # the layer(s) reading the network's input
+                input_layer_macs += dense
             else:
-                input_layer_macs = dense
+                hidden_ops += eff
             if st.spike_input:
                 synops += eff
                 capacity_spiking += st.capacity
             else:
                 macs += dense
                 macs_eff += eff
+                macs_nopad += row["macs_dense_nopad"]
             p = f"layer/{st.name}/"
             metrics[p + "synops"] = row["synops"]
             metrics[p + "macs"] = row["macs"]
@@ -293,6 +284,7 @@ class Meters:
             "macs": macs,
             "macs_dense_equivalent": macs_dense_all,
             "macs_effective": macs_eff,
+            "macs_dense_nopad": macs_nopad,
             "synops": synops,
             "spikes": spikes,
             "neurons": neurons_total,
@@ -311,23 +303,3 @@ class Meters:
         n = max(self.samples, 1)
         return {name: st.per_neuron.flatten() / (n * self.timesteps * self.dt)
                 for name, st in self.neurons.items() if st.per_neuron is not None}
-
-
-ANN_NEURON_TYPES: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Sigmoid, nn.Tanh,
-                                                 nn.Hardtanh)
-
-
-@torch.no_grad()
-def meter_ann(model: nn.Module, loader, device: str = "cpu", *, progress: bool = False,
-              desc: str = "evaluate ANN") -> tuple[dict[str, float], list[dict]]:
-    """Accuracy and op counts of a non-spiking network: analog inputs everywhere (MACs), and
-    non-zero activations counted where an SNN would count spikes."""
-    from tqdm.auto import tqdm
-
-    model = model.to(device).eval()
-    meters = Meters(timesteps=1)
-    with meters.attach(model, neuron_types=ANN_NEURON_TYPES, spike_inputs=False, spiking_neurons=False):
-        for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
-            x, y = x.to(device), y.to(device)
-            meters.record_batch(model(x), y)
-    return meters.summary()

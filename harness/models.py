@@ -1,10 +1,14 @@
-"""The seeds' network architectures, registered by name, each adapting to the input shape.
+"""Network architectures, registered by name, each adapting to the input shape, and the
+resolution of a ``--model`` value (a registered name, a plug-in, or a ``module:factory`` path).
 
-Every builder returns an ``nn.Sequential`` with named layers (``conv1``, ``relu1``, ``fc1`` ...):
-the names become the per-layer metric keys (``layer/conv1/synops``). Kernel sizes larger than the
-input (e.g. the Sandia networks on 8x8 ``digits``) shrink to the input size; pooling is skipped
-where a feature map has shrunk to 1x1. torch is imported inside the builders, so listing models
-stays cheap.
+A model factory is called as ``factory(input_shape, num_classes)`` and returns an ``nn.Module``
+whose ``forward()`` traces with ``torch.fx`` (see :mod:`harness.graph`). The seeds' networks are
+``nn.Sequential`` with named layers (``conv1``, ``relu1``, ``fc1`` ...); ``vgg-small`` and
+``resnet-small`` are the field's usual shapes written as classes with their own ``forward()``
+(BatchNorm, residual adds, projection shortcuts). Op names become the per-layer metric keys
+(``layer/conv1/synops``, ``layer/layer1.0.conv1/synops``). Kernel sizes larger than the input
+(e.g. the Sandia networks on 8x8 ``digits``) shrink to the input size; pooling is skipped where a
+feature map has shrunk to 1x1. torch is imported inside the builders, so listing models stays cheap.
 """
 
 from __future__ import annotations
@@ -27,6 +31,11 @@ MODELS.lazy("cnn-restricted", "harness.models:cnn_restricted",
             "conv 8x3x3, conv 8x3x3, dense 100, dense 100, output (sandia-whetstone-*)")
 MODELS.lazy("cnn-unrestricted", "harness.models:cnn_unrestricted",
             "conv 32x10x10, conv 32x10x10, dense 100, dense 100, output (sandia-whetstone-*)")
+MODELS.lazy("vgg-small", "harness.models:vgg_small",
+            "VGG-style: 2 x (conv-BN-ReLU, conv-BN-ReLU, max-pool), dense 128, output")
+MODELS.lazy("resnet-small", "harness.models:resnet_small",
+            "ResNet-20-style basic blocks with BN: stem + 3 stages (16/32/64 ch, projection shortcuts), global avg-pool")
+MODELS.entry_points("snn_harness.models")
 
 Shape = tuple[int, int, int]
 
@@ -45,7 +54,9 @@ def _finish(layers: list[tuple[str, Any]], input_shape: Shape, num_classes: int,
     with torch.no_grad():
         n = body(torch.zeros(1, *input_shape)).flatten(1).shape[1]
     if n == 0:
-        raise ValueError(f"input shape {input_shape} is too small for this model")
+        from .errors import ConfigError
+
+        raise ConfigError(f"input shape {input_shape} is too small for this model")
     layers.append((readout, nn.Linear(n, num_classes)))
     return nn.Sequential(OrderedDict(layers))
 
@@ -132,3 +143,157 @@ def cnn_restricted(input_shape: Shape, num_classes: int):
 
 def cnn_unrestricted(input_shape: Shape, num_classes: int):
     return _sandia_cnn(input_shape, num_classes, 32, 10)
+
+
+def vgg_small(input_shape: Shape, num_classes: int, channels: tuple[int, int] = (16, 32), hidden: int = 128):
+    """Two VGG stages of (conv 3x3-BN-ReLU) x 2 + max-pool, then dense ``hidden`` and the readout."""
+    import torch
+    from torch import nn
+
+    c, h, w = input_shape
+    layers: list = []
+    for i, ch in enumerate(channels, start=1):
+        for j in (1, 2):
+            layers += [(f"conv{i}_{j}", nn.Conv2d(c, ch, 3, padding=1, bias=False)), (f"bn{i}_{j}", nn.BatchNorm2d(ch)),
+                       (f"relu{i}_{j}", nn.ReLU())]
+            c = ch
+        if min(h, w) >= 2:
+            layers.append((f"pool{i}", nn.MaxPool2d(2)))
+            h, w = h // 2, w // 2
+    layers += [("flatten", nn.Flatten()), ("fc1", nn.Linear(c * h * w, hidden)), ("relu_fc1", nn.ReLU()),
+               ("drop", nn.Dropout(0.2)), ("fc_out", nn.Linear(hidden, num_classes))]
+    model = nn.Sequential(OrderedDict(layers))
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, *input_shape))  # fails here if the input is too small
+    return model.train()
+
+
+def _basic_block():
+    from torch import nn
+
+    class BasicBlock(nn.Module):
+        """ResNet's basic block: conv-BN-ReLU, conv-BN, + shortcut (1x1 conv-BN projection when the
+        shape changes), ReLU — one ReLU module called twice, as torchvision writes it."""
+
+        def __init__(self, c_in: int, c_out: int, stride: int):
+            super().__init__()
+            self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(c_out)
+            self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+            self.bn2 = nn.BatchNorm2d(c_out)
+            self.relu = nn.ReLU()
+            self.shortcut = nn.Identity()
+            if stride != 1 or c_in != c_out:
+                self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
+                                              nn.BatchNorm2d(c_out))
+
+        def forward(self, x):
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            return self.relu(out + self.shortcut(x))
+
+    return BasicBlock
+
+
+def resnet_small(input_shape: Shape, num_classes: int, widths: tuple[int, int, int] = (16, 32, 64),
+                 blocks: int = 1):
+    """A ResNet-20-style network (He et al. 2016, CIFAR variant) cut to ``blocks`` basic block(s) per
+    stage: stem conv-BN-ReLU, three stages (the 2nd and 3rd halve the resolution through a
+    projection shortcut), global average pooling, linear readout."""
+    import torch
+    from torch import nn
+
+    block = _basic_block()
+
+    class ResNetSmall(nn.Module):
+        def __init__(self):
+            super().__init__()
+            c = input_shape[0]
+            self.conv1 = nn.Conv2d(c, widths[0], 3, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(widths[0])
+            c = widths[0]
+            stages = []
+            for i, wd in enumerate(widths):
+                stride = 1 if i == 0 else 2
+                stage = []
+                for b in range(blocks):
+                    stage.append(block(c, wd, stride if b == 0 else 1))
+                    c = wd
+                stages.append(nn.Sequential(*stage))
+            self.layer1, self.layer2, self.layer3 = stages
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(c, num_classes)
+
+        def forward(self, x):
+            x = nn.functional.relu(self.bn1(self.conv1(x)))
+            x = self.layer3(self.layer2(self.layer1(x)))
+            return self.fc(torch.flatten(self.pool(x), 1))
+
+    return ResNetSmall()
+
+
+# -------------------------------------------------------------------------------------------------
+# --model values
+
+
+def resolve_model(spec: Any) -> tuple[str, Any]:
+    """(name, factory) for a registered name, a plug-in, ``module:factory`` / ``file.py:factory``,
+    a callable or an ``nn.Module`` instance (Python API). Errors name the path and the import error."""
+    import copy
+
+    if isinstance(spec, str):
+        if spec in MODELS or ":" not in spec:
+            MODELS.check(spec)
+            return spec, MODELS.get(spec)
+        return spec, import_object(spec, "model factory")
+    try:
+        from torch import nn
+    except ImportError:  # pragma: no cover - torch is a dependency
+        nn = None
+    if nn is not None and isinstance(spec, nn.Module):
+        instance = spec
+        return type(spec).__name__, lambda input_shape, num_classes: copy.deepcopy(instance)
+    if callable(spec):
+        return getattr(spec, "__name__", type(spec).__name__), spec
+    from .errors import ConfigError
+
+    raise ConfigError(f"model {spec!r}: expected a registered name, 'module:factory', a callable or an nn.Module")
+
+
+def import_object(path: str, what: str) -> Any:
+    """``pkg.module:attr`` (importable from the working directory) or ``path/to/file.py:attr``."""
+    import importlib
+    import importlib.util
+    import os
+    import sys
+    from pathlib import Path
+
+    from .errors import ConfigError
+
+    module_part, _, attr = path.rpartition(":")
+    if not module_part or not attr:
+        raise ConfigError(f"{what} {path!r}: expected 'module:name' or 'file.py:name'")
+    try:
+        if module_part.endswith(".py") or os.sep in module_part or "/" in module_part:
+            file = Path(module_part).expanduser()
+            if not file.is_file():
+                raise ConfigError(f"{what} {path!r}: file {file} not found")
+            name = f"harness_user_{abs(hash(str(file.resolve())))}"
+            spec = importlib.util.spec_from_file_location(name, file)
+            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+            sys.modules[name] = module
+            spec.loader.exec_module(module)  # type: ignore[union-attr]
+        else:
+            if os.getcwd() not in sys.path and "" not in sys.path:
+                sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(module_part)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any import failure is the user's to see, with the path
+        raise ConfigError(f"{what} {path!r}: importing {module_part} failed: {type(exc).__name__}: {exc}") from None
+    if not hasattr(module, attr):
+        names = [n for n in dir(module) if not n.startswith("_")]
+        from .errors import UnknownNameError
+
+        raise UnknownNameError(f"name in {module_part} for {what} {path!r}", attr, names)
+    return getattr(module, attr)

@@ -1,21 +1,30 @@
 """One generic registry for methods, models, datasets and energy models.
 
-Entries are either registered objects (``@REG.register("name")``) or *lazy* ``"module:attr"``
-strings, resolved on first :meth:`Registry.get`. Lazy entries let ``harness ls`` list everything
-with a one-line description without importing torch. Each thing is registered in exactly one
-place: built-in entries in their package's table, plug-ins with the decorator.
+Entries are registered objects (``@REG.register("name")``), *lazy* ``"module:attr"`` strings
+resolved on first :meth:`Registry.get`, or plug-ins: entry points of an installed package in the
+registry's group (``snn_harness.methods``, ``snn_harness.models``, ``snn_harness.datasets``,
+``snn_harness.energy``), discovered on first use and loaded only when used. Lazy entries let
+``harness ls`` list everything without importing torch. Each entry records where it comes from
+(``origin``: ``snn-harness`` or the plug-in's distribution).
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from .errors import UnknownNameError
+from .errors import HarnessError, UnknownNameError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+BUILTIN = "snn-harness"
+
+
+class RegistryError(HarnessError):
+    """Two entries claim one name, or a plug-in cannot be loaded."""
 
 
 @dataclass
@@ -24,36 +33,60 @@ class Entry:
     description: str
     target: Any = None  # the object, once loaded
     path: str | None = None  # "module:attr" for lazy entries
+    origin: str = BUILTIN  # the distribution that provides it
 
 
 class Registry(Generic[T]):
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, Entry] = {}
+        self._group: str | None = None
+        self._scanned = False
 
     def _add(self, entry: Entry) -> None:
-        if entry.name in self._entries:
-            raise ValueError(f"{self.kind} {entry.name!r} is registered twice")
+        old = self._entries.get(entry.name)
+        if old is not None:
+            raise RegistryError(f"{self.kind} {entry.name!r} is registered twice ({old.origin} and {entry.origin})")
         self._entries[entry.name] = entry
 
-    def lazy(self, name: str, path: str, description: str) -> None:
+    def lazy(self, name: str, path: str, description: str, origin: str = BUILTIN) -> None:
         """Register ``path`` ("package.module:attr"), imported only when first used."""
         if ":" not in path:
-            raise ValueError(f"lazy entry {path!r} must look like 'module:attr'")
-        self._add(Entry(name, description, path=path))
+            raise RegistryError(f"lazy entry {path!r} must look like 'module:attr'")
+        self._add(Entry(name, description, path=path, origin=origin))
 
     def register(self, name: str, description: str = "") -> Callable[[T], T]:
         """Decorator: ``@REGISTRY.register("name", "one line")``."""
 
         def deco(obj: T) -> T:
             doc = description or (getattr(obj, "__doc__", None) or "").strip().split("\n")[0]
-            self._add(Entry(name, doc, target=obj))
+            self._add(Entry(name, doc, target=obj, origin=getattr(obj, "__module__", BUILTIN) or BUILTIN))
             return obj
 
         return deco
 
+    def entry_points(self, group: str) -> None:
+        """Also offer the entry points of ``group`` (scanned on first use, loaded when used)."""
+        self._group = group
+
+    def _scan(self) -> None:
+        if self._scanned or self._group is None:
+            return
+        self._scanned = True
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=self._group):
+            dist = getattr(ep, "dist", None)
+            origin = f"{dist.name} {dist.version}" if dist is not None else "plug-in"
+            if ep.name in self._entries:
+                log.warning("%s %r from %s ignored: the name is taken by %s", self.kind, ep.name, origin,
+                            self._entries[ep.name].origin)
+                continue
+            self._entries[ep.name] = Entry(ep.name, f"plug-in {ep.value}", path=ep.value, origin=origin)
+
     def check(self, name: str) -> str:
         """Raise :class:`UnknownNameError` (with did-you-mean) unless ``name`` is registered."""
+        self._scan()
         if name not in self._entries:
             raise UnknownNameError(self.kind, name, self._entries)
         return name
@@ -62,25 +95,46 @@ class Registry(Generic[T]):
         entry = self._entries[self.check(name)]
         if entry.target is None:
             module, attr = entry.path.split(":")  # type: ignore[union-attr]
-            entry.target = getattr(importlib.import_module(module), attr)
+            try:
+                obj: Any = importlib.import_module(module)
+                for part in attr.split("."):
+                    obj = getattr(obj, part)
+            except (ImportError, AttributeError) as exc:
+                if entry.origin == BUILTIN:
+                    raise
+                raise RegistryError(f"{self.kind} {name!r} from {entry.origin} cannot be loaded from "
+                                    f"{entry.path}: {type(exc).__name__}: {exc}") from None
+            entry.target = obj
         return entry.target
 
     def describe(self, name: str) -> str:
         return self._entries[self.check(name)].description
 
+    def origin(self, name: str) -> str:
+        return self._entries[self.check(name)].origin
+
     def names(self) -> list[str]:
+        self._scan()
         return list(self._entries)
 
     def items(self) -> Iterator[tuple[str, str]]:
         """(name, description) pairs, without importing anything."""
+        self._scan()
         for e in self._entries.values():
             yield e.name, e.description
 
+    def entries(self) -> Iterator[Entry]:
+        self._scan()
+        yield from self._entries.values()
+
     def __contains__(self, name: object) -> bool:
+        self._scan()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
+        self._scan()
         return iter(self._entries)
 
     def __len__(self) -> int:
+        self._scan()
         return len(self._entries)

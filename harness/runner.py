@@ -1,13 +1,16 @@
-"""One run: data → ANN (cached) → method → evaluate → meters → energy → tracking → JSON.
+"""One run: data → network (traced) → ANN (cached or given) → method → the harness's evaluation →
+energy → tracking → JSON.
 
 Everything that can be checked cheaply is checked before any work starts: names (with
-did-you-mean), method parameters, the device, the output path and the tracking store.
+did-you-mean), method parameters, the device, the output path, the tracking store, and — once the
+network is traced — whether every method of the chain can take it. The method supplies the
+network; the harness evaluates it (:mod:`harness.evaluation`), checks its invariants and validates
+every metric against the schema (:mod:`harness.metrics`) before anything is logged.
 """
 
 from __future__ import annotations
 
-import csv
-import json
+import hashlib
 import os
 import platform
 import tempfile
@@ -17,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .api import RunContext, RunResult
+from .api import Extras, Preparation, RunContext, RunResult
 from .config import ConfigError, RunConfig
-from .datasets import DATASETS, load_dataset
-from .models import MODELS
+from .errors import InvariantError
+from .io import write_csv, write_json_atomic
 
 PACKAGES = ("torch", "pytorch-lightning", "spikingjelly", "optuna", "mlflow", "numpy")
+ANN_BASELINE_KEYS = ("test/accuracy", "macs", "macs_effective", "macs_dense_nopad", "activation_sparsity",
+                     "connection_sparsity", "neurons", "spikes_per_neuron")
 
 
 def default_cache_dir(cfg: RunConfig) -> Path:
@@ -46,7 +51,7 @@ def split_sets(sets: dict[str, str], classes: list) -> list[dict[str, str]]:
     """``--set`` keys go to the last method; ``name.key`` addresses a method in a chain."""
     from .errors import UnknownNameError
 
-    per = [dict() for _ in classes]
+    per: list[dict[str, str]] = [dict() for _ in classes]
     names = [c.name for c in classes]
     for key, value in sets.items():
         owner, dot, sub = key.partition(".")
@@ -69,118 +74,160 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def _write_json_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def _write_layers_csv(rows: list[dict], path: Path) -> None:
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-
-
 def ann_baseline_metrics(ann_metrics: dict[str, float]) -> dict[str, float]:
-    keys = ("test/accuracy", "macs", "macs_effective", "activation_sparsity", "connection_sparsity",
-            "neurons", "spikes_per_neuron")
-    out = {f"ann/{k}": ann_metrics[k] for k in keys}
+    out = {f"ann/{k}": ann_metrics[k] for k in ANN_BASELINE_KEYS}
     out["ann/activation_density"] = 1.0 - ann_metrics["activation_sparsity"]
     return out
 
 
+def _merge(into: dict, new: dict, source: str, what: str) -> None:
+    clash = sorted(set(into) & set(new))
+    if clash:
+        raise InvariantError(what, [f"{source} wrote {k!r}, which is already set" for k in clash[:5]])
+    into.update(new)
+
+
+def _architecture(factory, input_shape, num_classes, name: str):
+    def build():
+        from torch import nn
+
+        try:
+            model = factory(tuple(input_shape), num_classes)
+        except ConfigError:
+            raise
+        except TypeError as exc:
+            raise ConfigError(f"model {name!r}: the factory must accept (input_shape, num_classes): {exc}") from None
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model {name!r}: the factory returned {type(model).__name__}, not an nn.Module")
+        return model
+    return build
+
+
 def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None, fit_callbacks: list | None = None,
-        tags: dict[str, str] | None = None) -> RunResult:
+        tags: dict[str, str] | None = None, model: Any = None, dataset: Any = None) -> RunResult:
     """Execute one run described by ``cfg`` and return its :class:`RunResult`.
 
-    ``parent_run_id`` nests the MLflow run (a study's trial), ``tags`` are added to it, and
-    ``fit_callbacks`` join the Lightning callbacks of methods that train (not the ANN's training).
+    ``model``/``dataset`` (Python API) replace ``cfg.model``/``cfg.dataset`` with objects: an
+    ``nn.Module``, a factory, or the data splits. ``parent_run_id`` nests the MLflow run (a study's
+    trial), ``tags`` are added to it, and ``fit_callbacks`` join the Lightning callbacks of methods
+    that train (not the ANN's training).
     """
+    from .datasets import check_dataset, load_dataset
     from .methods import resolve
+    from .metrics import method_schema
+    from .models import resolve_model
 
     started = time.time()
     # ---- validate everything cheap first -----------------------------------------------------
     classes = resolve(cfg.method)
-    DATASETS.check(cfg.dataset)
     main_cls = classes[-1]
-    model_name = MODELS.check(cfg.model or main_cls.default_model)
+    if dataset is None:
+        check_dataset(cfg.dataset)
+    model_name, factory = resolve_model(model if model is not None else (cfg.model or main_cls.default_model))
     per_sets = split_sets(cfg.method_sets, classes)
     params = [cls.Params.from_strings(s, owner=cls.name) for cls, s in zip(classes, per_sets)]
     train_cfg = cfg.train_config()
     device = resolve_device(cfg.device)
+    weights_sha = None
+    if cfg.weights:
+        wpath = Path(cfg.weights).expanduser()
+        if not wpath.is_file():
+            raise ConfigError(f"--weights {wpath}: no such file")
+        weights_sha = hashlib.sha256(wpath.read_bytes()).hexdigest()
     out_json = Path(cfg.output_json) if cfg.output_json else None
     if out_json is not None:
         out_json.parent.mkdir(parents=True, exist_ok=True)
-        if not os.access(out_json.parent, os.W_OK):
-            raise ConfigError(f"--output-json: cannot write to {out_json.parent}")
+        if not os.access(out_json.parent, os.W_OK) or out_json.is_dir():
+            raise ConfigError(f"--output-json: cannot write {out_json}")
     if cfg.track and tracker is None:
         from .tracking import Tracker, TrackingSettings
 
         tracker = Tracker(TrackingSettings.load(experiment=cfg.experiment))
     if tracker is not None:
         tracker.check()
+    schema = method_schema(classes)
 
-    # ---- work --------------------------------------------------------------------------------
+    # ---- the network and its data ------------------------------------------------------------
+    from .ann_cache import load_weights, train_ann
     from .energy import energy_metrics
-    from .meters import meter_ann
-    from .ann_cache import train_ann
+    from .graph import trace
 
-    dataset = load_dataset(cfg.dataset, cfg.data_dir)
+    ds = load_dataset(dataset if dataset is not None else cfg.dataset, cfg.data_dir)
+    architecture = _architecture(factory, ds.input_shape, ds.num_classes, model_name)
+    graph = trace(architecture(), ds.input_shape, name=model_name)
     with tempfile.TemporaryDirectory(prefix="harness-run-") as art_dir:
-        ctx = RunContext(cfg, dataset, model_name, device, train_cfg, default_cache_dir(cfg),
-                         Path(art_dir), progress=cfg.progress)
+        ctx = RunContext(cfg, ds, model_name, device, train_cfg, default_cache_dir(cfg), Path(art_dir),
+                         architecture=architecture, graph=graph, schema=schema, progress=cfg.progress)
         methods = [cls() for cls in classes]
         for m, p in zip(methods, params):
             m.check(ctx, p)
-        ann, history = train_ann(ctx)
+        ann, history = None, {}
+        needs_ann = cfg.baseline or any(c.needs_trained_ann or c.is_transform for c in classes)
+        if cfg.weights:
+            ann = load_weights(ctx, cfg.weights)
+            ctx.info["weights_sha256"] = weights_sha
+            ctx.info["ann_cache"] = "bypassed (--weights)"
+        elif needs_ann:
+            ann, history = train_ann(ctx)
+        ann_metrics = None
+        if cfg.baseline and ann is not None:
+            ann_metrics = ctx.evaluate(ann, desc="evaluate ANN", what="the ANN baseline").metrics
         ctx.fit_callbacks = list(fit_callbacks or [])
-        ann_metrics, _ = meter_ann(ann, ctx.loader("test"), device, progress=cfg.progress, desc="evaluate ANN")
-        model = ann
+
+        # ---- the method: it prepares, the harness evaluates ----------------------------------
+        prep_metrics: dict[str, float] = {}
+        steps: dict[str, list[float]] = {f"ann/{k}": v for k, v in history.items()}
+        info: dict[str, Any] = {}
+        artifacts: list[Path] = []
+        current: Any = ann
+        prep: Preparation | None = None
         for m, p in zip(methods, params):
-            model = m.prepare(ctx, model if (m.needs_trained_ann or m.is_transform) else None, p)
-        evaluation = methods[-1].evaluate(ctx, model, params[-1])
+            given = current if (m.needs_trained_ann or m.is_transform) else None
+            prep = m.prepare(ctx, given, p)
+            _merge(prep_metrics, prep.metrics, m.name, f"method {m.name}")
+            _merge(steps, prep.step_metrics, m.name, f"method {m.name}")
+            info.update(prep.info)
+            artifacts += prep.artifacts
+            current = prep.model
+        assert prep is not None
+        evaluation = ctx.evaluate(current, desc=f"evaluate {cfg.method}", what=f"the {cfg.method} network")
+        extras = methods[-1].analyse(ctx, prep, evaluation, params[-1]) or Extras()
 
         metrics = dict(evaluation.metrics)
-        metrics.update(ctx.metrics)
-        metrics.update(ann_baseline_metrics(ann_metrics))
-        metrics["test/accuracy_drop"] = metrics["ann/test/accuracy"] - metrics["test/accuracy"]
-        metrics.update(energy_metrics(evaluation.metrics, ann_metrics, spiking=main_cls.spiking))
-        step_metrics = {f"ann/{k}": v for k, v in history.items()}
-        step_metrics.update(ctx.step_metrics)
-        step_metrics.update(evaluation.step_metrics)
+        what = f"the {cfg.method} run"
+        _merge(metrics, prep_metrics, "the method's preparation", what)
+        _merge(metrics, extras.metrics, "the method's analysis", what)
+        _merge(steps, evaluation.step_metrics, "the evaluation", what)
+        _merge(steps, extras.step_metrics, "the method's analysis", what)
+        if ann_metrics is not None:
+            _merge(metrics, ann_baseline_metrics(ann_metrics), "the ANN baseline", what)
+            metrics["test/accuracy_drop"] = metrics["ann/test/accuracy"] - metrics["test/accuracy"]
+        _merge(metrics, energy_metrics(evaluation.metrics, ann_metrics, spiking=main_cls.spiking), "energy", what)
+        problems = schema.problems(metrics) + schema.problems(steps, curves=True)
+        if problems:
+            raise InvariantError(what, problems)
 
-        layers_csv = ctx.artifact("layers.csv")
-        _write_layers_csv(evaluation.layers, layers_csv)
-        artifacts = [layers_csv, *evaluation.artifacts]
+        layers_csv = write_csv(evaluation.layers, ctx.artifact("layers.csv"))
+        artifacts = [layers_csv, *artifacts, *extras.artifacts]
         param_dict: dict[str, Any] = {}
         for m, p in zip(methods, params):
             prefix = "" if m is methods[-1] else f"{m.name}."
             param_dict.update({prefix + k: v for k, v in p.as_dict().items()})
+        ctx.info["architecture"] = graph.fingerprint()
         result = RunResult(
-            method=cfg.method, dataset=dataset.describe(), model=model_name, seed=cfg.seed,
-            params=param_dict, config={**cfg.as_dict(), "train": train_cfg.as_dict()},
-            metrics=metrics, layers=evaluation.layers, step_metrics=step_metrics,
-            provenance=provenance(device, started, ctx.info),
+            method=cfg.method, dataset=ds.describe(), model=model_name, seed=cfg.seed,
+            params=param_dict, config={**cfg.as_dict(), "model": model_name, "train": train_cfg.as_dict()},
+            metrics=metrics, layers=evaluation.layers, step_metrics=steps,
+            provenance=provenance(device, started, {**ctx.info, **info}),
             artifacts=[p.name for p in artifacts],
         )
         if tracker is not None:
-            _write_json_atomic(result.to_record(), ctx.artifact("result.json"))
-            run_id = tracker.log(result, artifacts + [ctx.artifact("result.json")], dataset, parent_run_id,
-                                 tags=tags)
+            write_json_atomic(result.to_record(), ctx.artifact("result.json"))
+            run_id = tracker.log(result, artifacts + [ctx.artifact("result.json")], ds, parent_run_id, tags=tags)
             result.tracking = dict(run_id=run_id, tracking_uri=tracker.settings.tracking_uri,
                                    experiment=tracker.settings.experiment)
         if out_json is not None:
-            _write_json_atomic(result.to_record(), out_json)
+            write_json_atomic(result.to_record(), out_json)
     return result
 
 

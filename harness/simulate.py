@@ -1,27 +1,31 @@
-"""Multistep simulation of rate-coded converted networks, with streaming meters.
+"""Multistep simulation of rate-coded converted networks on the traced graph, with streaming meters.
 
-The converted network is an explicit list of :class:`SpikingLayer` blocks (pre-ops, synaptic
-layer, integrate-and-fire neurons with soft reset), so the simulator can
+The converted network (:class:`RateNetwork`) is the folded ANN graph plus, per synaptic op, a copy
+of its layer with the normalisation folded into the weights, per neuron op a pool of
+integrate-and-fire neurons, and constant gains where spike trains of different scales meet. The
+simulator (:class:`Simulator`)
 
-* fold time into the batch for every stateless op (``[T·B, ...]`` through one conv call),
-* compute the first layer once: the input is a constant current (direct-current input),
-* run in chunks over time and batch so memory stays bounded at large T (neuron and filter state
+* computes every op that depends on the input alone once per inference (the input is a constant
+  current: the first layers count their MACs once),
+* folds time into the batch for every other stateless or synaptic op (``[T·B, ...]`` through one
+  conv call) and steps only the neurons,
+* runs in chunks over time and batch so memory stays bounded at large T (neuron and filter state
   carry across time chunks; the chunk length adapts to ``memory_mb``),
-* meter as it goes: SynOps from spike counts summed over the chunk *before* pooling and filtering
-  (a spike is a synaptic event whatever the receiving side does with it), spikes per neuron and
-  per-neuron counts for firing-rate distributions — no T×N spike tensor is kept,
-* decode every time step, so one simulation yields the accuracy-vs-latency curve.
+* meters as it goes: spikes per neuron and per-neuron counts, and the SynOps of every spike-fed
+  layer from the spikes that reach it (:func:`harness.graph.event_counts`: summed over the chunk
+  when the path is linear, step by step through max pooling) — no T×N spike tensor is kept,
+* decodes every time step, so one simulation yields the accuracy-vs-latency curve.
 
 Neurons. The dynamics are SpikingJelly's ``IFNode`` / ``LIFNode`` (``decay_input=False``) with soft
 reset (``v_reset=None``); :class:`NeuronPool` runs them either through SpikingJelly itself
 (``backend="spikingjelly"``) or through an in-place, allocation-free loop (``backend="inplace"``,
 the default). The in-place loop exists because SpikingJelly's CPU operator allocates every step
 and was measured 4× slower on the same tensors for inference; ``tests/test_rate.py`` checks that
-both backends give identical spikes.
+both backends give identical spikes, membranes exactly at threshold included.
 
-SpikingJelly's ``ann2snn`` converter is not used to build the structure because NengoDL's
-semantics need the per-layer input gain and output amplitude folded into the weights and a
-synaptic filter between layers, and the meters must see spikes before pooling.
+SpikingJelly's ``ann2snn`` converter builds the same kind of network (IF neurons between voltage
+scalers) but its multistep network recomputes every layer at every step and cannot meter spikes
+before pooling; ``benchmarks/bench_simulate.py`` runs both side by side on the same weights.
 """
 
 from __future__ import annotations
@@ -33,16 +37,18 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .graph import Graph, Kind, Op, apply_op, event_counts
 from .meters import Meters
 
 logging.getLogger("torch._library.triton").setLevel(logging.ERROR)
 
 
-class NeuronPool:
+class NeuronPool(nn.Module):
     """IF (``tau=None``) or LIF (membrane time constant ``tau`` in steps) neurons, threshold 1, soft
     reset: v ← v·(1 − 1/τ) + x;  s = [v ≥ 1];  v ← v − s."""
 
     def __init__(self, tau: float | None = None, backend: str = "inplace"):
+        super().__init__()
         self.tau, self.backend = tau, backend
         self.v: torch.Tensor | None = None
         self._sj = None
@@ -63,7 +69,7 @@ class NeuronPool:
 
             functional.reset_net(self._sj)
 
-    def __call__(self, x: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """``x``: ``[T, B, ...]`` currents, or ``[B, ...]`` constant over ``steps`` steps."""
         constant = steps is not None
         T = steps if constant else x.shape[0]
@@ -84,42 +90,6 @@ class NeuronPool:
             torch.ge(v, 1.0, out=s)
             v.sub_(s)
         return out
-
-
-@dataclass
-class SpikingLayer:
-    """``pre`` ops (pooling, flatten) → ``layer`` → neurons (absent for the readout)."""
-
-    name: str
-    layer: nn.Module  # weights and bias already scaled for unit thresholds
-    pre: list[tuple[str, nn.Module]] = field(default_factory=list)
-    neuron_name: str | None = None
-    neuron: NeuronPool | None = None
-
-
-def fold(x: torch.Tensor, fn) -> torch.Tensor:
-    """Apply a stateless op to ``[T, B, ...]`` by folding time into the batch."""
-    T, B = x.shape[:2]
-    y = fn(x.reshape(T * B, *x.shape[2:]))
-    return y.reshape(T, B, *y.shape[1:])
-
-
-def _apply(x: torch.Tensor, pre: list[tuple[str, nn.Module]]) -> torch.Tensor:
-    for _, m in pre:
-        x = m(x)
-    return x
-
-
-def event_counts(counts: torch.Tensor, pre: list[tuple[str, nn.Module]]) -> torch.Tensor:
-    """Spike counts as the synaptic layer sees them: average pooling becomes sum pooling, so every
-    pre-pool spike is counted once (each reaches the same weights through the pooling)."""
-    for _, m in pre:
-        if isinstance(m, nn.AvgPool2d):
-            k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size, m.kernel_size)
-            counts = m(counts) * (k[0] * k[1])
-        else:
-            counts = m(counts)
-    return counts
 
 
 class Lowpass:
@@ -147,24 +117,51 @@ class Lowpass:
         return out
 
 
-class Simulator:
-    """Run a list of :class:`SpikingLayer` for ``T`` steps on static inputs (direct current)."""
+@dataclass
+class RateNetwork:
+    """A converted network on the folded graph ``graph``: scaled synaptic layers, neuron pools and
+    input gains ``gains[(op, k)]`` (a constant on the k-th input of ``op``)."""
 
-    def __init__(self, layers: list[SpikingLayer], *, synapse: float | None = None, dt: float = 1e-3,
+    graph: Graph
+    layers: dict[str, nn.Module]
+    neurons: dict[str, NeuronPool]
+    gains: dict[tuple[str, int], float] = field(default_factory=dict)
+
+    def neuron_kind(self, name: str) -> str:
+        return self.neurons[name].kind
+
+
+def fold(x: torch.Tensor, fn) -> torch.Tensor:
+    """Apply a stateless op to ``[T, B, ...]`` by folding time into the batch."""
+    T, B = x.shape[:2]
+    y = fn(x.reshape(T * B, *x.shape[2:]))
+    return y.reshape(T, B, *y.shape[1:])
+
+
+class Simulator:
+    """Run a :class:`RateNetwork` for ``T`` steps on static inputs (direct current)."""
+
+    def __init__(self, net: RateNetwork, *, synapse: float | None = None, dt: float = 1e-3,
                  decode: str = "membrane", time_chunk: int = 64, batch_chunk: int = 1000,
                  memory_mb: float = 0.0):
-        self.layers = layers
+        self.net, self.g = net, net.graph
         self.filter = Lowpass(synapse, dt)
         self.dt, self.decode = dt, decode
         self.time_chunk, self.batch_chunk, self.memory_mb = time_chunk, batch_chunk, memory_mb
-        backend = next((sl.neuron.backend for sl in layers if sl.neuron is not None), "inplace")
+        backend = next((n.backend for n in net.neurons.values()), "inplace")
         self.out_neuron = NeuronPool(None, backend) if decode == "spikes" else None
-        self.readout_name = layers[-1].name
+        g = self.g
+        self.static = g.static_ops()
+        work = [op for op in g if op.kind not in (Kind.INPUT, Kind.OUTPUT, Kind.SHAPE)]
+        self.static_plan = [op for op in work if op.name in self.static]
+        self.dynamic_plan = [op for op in work if op.name not in self.static]
+        self.paths = {op.name: g.event_path(op.name) for op in self.dynamic_plan if op.kind == Kind.SYNAPSE}
+        self.readout = g.output.inputs[0]
+        self.widest = max((op.size for op in g.synapses), default=1)
 
     def reset(self) -> None:
-        for sl in self.layers:
-            if sl.neuron is not None:
-                sl.neuron.reset()
+        for n in self.net.neurons.values():
+            n.reset()
         if self.out_neuron is not None:
             self.out_neuron.reset()
         self.filter.reset()
@@ -177,13 +174,7 @@ class Simulator:
         images, T = 64 took 1.76 s with 13-step chunks and 0.99 s with 1-step chunks).
         """
         budget = self.memory_mb or (2048.0 if x.device.type == "cuda" else 32.0)
-        widest = 0
-        with torch.no_grad():
-            h = x[:1]
-            for sl in self.layers:
-                h = sl.layer(_apply(h, sl.pre))
-                widest = max(widest, h[0].numel())
-        per_step = widest * x.shape[0] * x.element_size() * 3  # spikes, next currents, temporaries
+        per_step = self.widest * x.shape[0] * x.element_size() * 3  # spikes, next currents, temporaries
         return max(1, min(self.time_chunk, T, int(budget * 2**20 // max(per_step, 1))))
 
     @torch.no_grad()
@@ -194,32 +185,77 @@ class Simulator:
             preds.append(self._run_batch(x[b0:b0 + self.batch_chunk], T, meters))
         return torch.cat(preds, dim=1)
 
+    def _inputs(self, op: Op, env: dict[str, torch.Tensor], tc: int, B: int, expand: bool) -> list[torch.Tensor]:
+        """The op's input values (gains applied); static values are broadcast over the chunk's
+        steps when ``expand`` (the op mixes them with time-varying ones)."""
+        out = []
+        for k, name in enumerate(op.inputs):
+            v = env[name]
+            if expand and name in self.static:
+                v = v.unsqueeze(0).expand(tc, *v.shape).reshape(tc * B, *v.shape[1:])
+            gain = self.net.gains.get((op.name, k))
+            out.append(v if gain is None else v * gain)
+        return out
+
     def _run_batch(self, x: torch.Tensor, T: int, meters: Meters | None) -> torch.Tensor:
         self.reset()
-        first = self.layers[0]
-        static = _apply(x, first.pre)
-        current0 = first.layer(static)  # constant input current: the first layer runs once
-        if meters is not None:
-            meters.record_synapse(first.name, first.layer, static, spikes=False)
+        B = x.shape[0]
+        env: dict[str, torch.Tensor] = {self.g.input.name: x}
+        for op in self.static_plan:  # the input is constant: these run once
+            args = self._inputs(op, env, 1, B, expand=False)
+            if op.kind == Kind.SYNAPSE:
+                layer = self.net.layers[op.name]
+                if meters is not None:
+                    meters.record_synapse(op.name, layer, args[0], spikes=False, reads_input=True)
+                env[op.name] = layer(args[0])
+            else:
+                env[op.name] = apply_op(op, args)
         chunk = self._chunk(x, T)
         acc = None  # decoded output accumulated over time
         out_preds = []
+        static_env = dict(env)
         for t0 in range(0, T, chunk):
             tc = min(chunk, T - t0)
-            h = None
-            for i, sl in enumerate(self.layers):
-                if i > 0:
+            env = dict(static_env)
+            raw: dict[str, torch.Tensor] = {}  # this chunk's spikes, [tc·B, ...]
+            summed: dict[str, torch.Tensor] = {}  # ... summed over the chunk, [B, ...]
+            for op in self.dynamic_plan:
+                if op.kind == Kind.NEURON:
+                    (inp,) = self._inputs(op, env, tc, B, expand=False)
+                    pool = self.net.neurons[op.name]
+                    if op.inputs[0] in self.static:
+                        s = pool(inp, steps=tc)
+                    else:
+                        s = pool(inp.reshape(tc, B, *inp.shape[1:]))
                     if meters is not None:
-                        counts = event_counts(h.sum(0), sl.pre)
-                        meters.record_synapse(sl.name, sl.layer, counts, spikes=True, rows=tc * h.shape[1])
-                    h = fold(self.filter(sl.name, h), lambda z, sl=sl: sl.layer(_apply(z, sl.pre)))
-                if sl.neuron is None:
-                    break
-                h = sl.neuron(current0, steps=tc) if i == 0 else sl.neuron(h)
-                if meters is not None:
-                    self._record_neurons(meters, sl, h)
-            if i == 0:  # a readout-only network: its current is the constant first-layer output
-                h = current0.unsqueeze(0).expand(tc, *current0.shape)
+                        counts = s.sum(0)
+                        summed[op.name] = counts
+                        _record_neurons(meters, op.name, pool.kind, s, counts)
+                    raw[op.name] = s.reshape(tc * B, *s.shape[2:])
+                    env[op.name] = self.filter(op.name, s).reshape(tc * B, *s.shape[2:])
+                    continue
+                args = self._inputs(op, env, tc, B, expand=True)
+                if op.kind == Kind.SYNAPSE:
+                    layer = self.net.layers[op.name]
+                    if meters is not None:
+                        path = self.paths[op.name]
+                        if path.per_step:
+                            ev = event_counts(self.g, path, {s: raw[s] for s in path.sources})
+                            counts = ev.reshape(tc, B, *ev.shape[1:]).sum(0)
+                        else:
+                            counts = event_counts(self.g, path, {s: summed[s] for s in path.sources})
+                        meters.record_synapse(op.name, layer, counts, spikes=True, rows=tc * B, reads_input=False)
+                    env[op.name] = layer(args[0])
+                else:
+                    env[op.name] = apply_op(op, args)
+            h = env[self.readout]
+            if self.readout in self.static:  # a readout-only network: a constant current
+                h = h.unsqueeze(0).expand(tc, *h.shape)
+            else:
+                h = h.reshape(tc, B, *h.shape[1:])
+            gain = self.net.gains.get((self.g.output.name, 0))
+            if gain is not None:
+                h = h * gain
             steps = self._decode(h).cumsum(0)
             if acc is not None:
                 steps += acc
@@ -227,42 +263,17 @@ class Simulator:
             out_preds.append(steps.argmax(-1))
         return torch.cat(out_preds, dim=0)
 
-    @staticmethod
-    def _record_neurons(meters: Meters, sl: SpikingLayer, spikes: torch.Tensor) -> None:
-        per_neuron = spikes.sum((0, 1))
-        total = float(per_neuron.sum())
-        entries = float(spikes.numel())
-        meters.record_neuron_counts(sl.neuron_name, spikes=total, entries=entries, zeros=entries - total,
-                                    kind=sl.neuron.kind, per_neuron=per_neuron)
-
     def _decode(self, current: torch.Tensor) -> torch.Tensor:
         if self.out_neuron is not None:
             return self.out_neuron(current)
         if self.decode == "filtered":
-            return self.filter(self.readout_name + "/out", current)
+            return self.filter(self.readout + "/out", current)
         return current  # "membrane": a non-leaky integrator of the readout current
 
 
-@torch.no_grad()
-def reference_loop(layers: list[SpikingLayer], x: torch.Tensor, T: int, *, synapse: float | None = None,
-                   dt: float = 1e-3, decode: str = "membrane") -> torch.Tensor:
-    """The plain step-by-step loop — one time step through the whole network at a time, every
-    layer recomputed each step — for testing the simulator: predictions ``[T, B]``."""
-    sim = Simulator(layers, synapse=synapse, dt=dt, decode=decode, time_chunk=1, batch_chunk=x.shape[0])
-    sim.reset()
-    acc = None
-    preds = []
-    for _ in range(T):
-        h = None
-        for i, sl in enumerate(layers):
-            if i == 0:
-                h = sl.layer(_apply(x, sl.pre))
-            else:
-                h = sl.layer(_apply(sim.filter(sl.name, h.unsqueeze(0))[0], sl.pre))
-            if sl.neuron is None:
-                break
-            h = sl.neuron(h.unsqueeze(0))[0]
-        out = sim._decode(h.unsqueeze(0))[0]
-        acc = out if acc is None else acc + out
-        preds.append(acc.argmax(-1))
-    return torch.stack(preds)
+def _record_neurons(meters: Meters, name: str, kind: str, spikes: torch.Tensor, counts: torch.Tensor) -> None:
+    per_neuron = counts.sum(0)
+    total = float(per_neuron.sum())
+    entries = float(spikes.numel())
+    meters.record_neuron_counts(name, spikes=total, entries=entries, zeros=entries - total, kind=kind,
+                                per_neuron=per_neuron)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, RunConfig
-from .errors import DivergedError, HarnessError, TrackingError, UnknownNameError
+from .errors import DivergedError, StudyError, TrackingError, UnknownNameError
 
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
 DIRECTIONS = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}
@@ -47,10 +47,6 @@ KNOWN_METRICS = (
     "ann/connection_sparsity",
 )
 METRIC_PREFIXES = ("layer/", "energy/", "ann/energy/")
-
-
-class StudyError(HarnessError):
-    """A study that cannot start or continue (bad storage, objective or grid)."""
 
 
 @dataclass(frozen=True)
@@ -244,7 +240,7 @@ def recover_stale_trials(study) -> list[int]:
 
 
 def _trains(classes: list) -> bool:
-    return any(c.is_transform or not c.needs_trained_ann for c in classes)
+    return any(c.trains for c in classes)
 
 
 def _make_pruning_callback(trial, monitor: str = "val/accuracy"):
@@ -448,9 +444,9 @@ def run_study(scfg: StudyConfig) -> StudySummary:
         wall_s=round(time.time() - started, 2), recovered=recovered)
     _finish_parent(tracker, parent_id, study, best, scfg, summary)
     if scfg.output_json:
-        from .runner import _write_json_atomic
+        from .io import write_json_atomic
 
-        _write_json_atomic(summary.to_record(), Path(scfg.output_json))
+        write_json_atomic(summary.to_record(), Path(scfg.output_json))
     return summary
 
 

@@ -1,10 +1,17 @@
-"""Meters: a hand-derived case and a cross-check against SpikingJelly's op_counter."""
+"""Meters: hand-derived cases and a cross-check against SpikingJelly's op_counter."""
 
 import pytest
 import torch
 from torch import nn
 
-from harness.meters import Meters, connection_sparsity, dense_macs_per_pass, fanout_map, meter_ann
+from harness.evaluation import AnnEvaluable, GraphSNN, Outputs, evaluate
+from harness.graph import Kind, register_module_kind, trace
+from harness.meters import Meters, connection_sparsity, dense_macs_per_pass, fanout_map
+
+
+def meter_ann(model, loader):
+    x = next(iter(loader))[0]
+    return evaluate(AnnEvaluable(trace(model, tuple(x.shape[1:]))), loader)
 
 
 def test_linear_by_hand():
@@ -84,10 +91,30 @@ def _snn(seed=0):
     )
 
 
+class _Binary(nn.Module):
+    """An input encoder for the cross-check: its output is the (already binary) input."""
+
+    def forward(self, x):
+        return x
+
+
+register_module_kind(_Binary, Kind.ENCODER)
+
+
+def _metered_snn(model: nn.Module, x: torch.Tensor, spike_input: bool) -> dict:
+    """The harness's meters on a SpikingJelly network through the traced graph (one time step)."""
+    from spikingjelly.activation_based import neuron
+
+    register_module_kind(neuron.IFNode, Kind.NEURON)
+    net = nn.Sequential(_Binary(), *model) if spike_input else model
+    ev = GraphSNN(trace(net, tuple(x.shape[1:])), 1, lambda out, T, B: Outputs(logits=out))
+    return evaluate(ev, [(x, torch.zeros(len(x), dtype=torch.long))]).metrics
+
+
 def test_cross_check_spikingjelly_op_counter():
     """SynOps on spike inputs and MACs on analog inputs agree with SpikingJelly's counters
     (dense random weights: SpikingJelly counts every weight, the harness only non-zero ones)."""
-    from spikingjelly.activation_based import functional, neuron
+    from spikingjelly.activation_based import functional
     from spikingjelly.activation_based.op_counter import DispatchCounterMode, MACCounter, SynOpCounter
 
     model = _snn()
@@ -100,14 +127,7 @@ def test_cross_check_spikingjelly_op_counter():
         with torch.no_grad(), DispatchCounterMode([syn, mac]):
             model(x)
         functional.reset_net(model)
-        meters = Meters()
-        first = {"0"}
-        with torch.no_grad(), meters.attach(
-            model, neuron_types=(neuron.IFNode,), spiking_neurons=True,
-            spike_inputs=lambda name, _x: spike_input or name not in first,
-        ):
-            meters.record_batch(model(x), torch.zeros(3, dtype=torch.long))
-        metrics, _ = meters.summary()
+        metrics = _metered_snn(model, x, spike_input)
         assert metrics["synops"] > 0
         assert metrics["synops"] * 3 == pytest.approx(syn.get_total())
         assert metrics["macs"] * 3 == pytest.approx(mac.get_total())
@@ -125,17 +145,16 @@ def test_zero_weights_are_not_synops():
     with torch.no_grad(), DispatchCounterMode([syn]):
         model(x)
     functional.reset_net(model)
-    meters = Meters()
-    with torch.no_grad(), meters.attach(model, neuron_types=(), spiking_neurons=True, spike_inputs=True):
-        meters.record_batch(model(x), torch.zeros(3, dtype=torch.long))
-    assert meters.summary()[0]["synops"] * 3 < syn.get_total()
+    dense = _metered_snn(model, x, True)["synops"]
+    assert dense * 3 < syn.get_total()
 
 
 def test_meter_ann_counts_dense_macs():
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
     x = torch.rand(5, 1, 4, 4)
     loader = [(x, torch.zeros(5, dtype=torch.long))]
-    metrics, rows = meter_ann(model, loader)
+    ev = meter_ann(model, loader)
+    metrics = ev.metrics
     assert metrics["macs"] == 16 * 8 + 8 * 3
     relu_out = torch.relu(model[1](x.flatten(1)))
     assert metrics["activation_sparsity"] == pytest.approx(float((relu_out == 0).float().mean()))

@@ -20,7 +20,9 @@ def test_registry_lazy_and_decorator():
     assert reg.get("double")(3) == 6
     assert reg.get("json-dumps")([1]) == "[1]"
     assert dict(reg.items()) == {"json-dumps": "serialise", "double": "times two"}
-    with pytest.raises(ValueError):
+    from harness.registry import RegistryError
+
+    with pytest.raises(RegistryError, match="'double' is registered twice"):
         reg.register("double")(double)
 
 

@@ -51,7 +51,7 @@ def test_layer_sharpness_bottom_up_and_uniform():
 def _net(activation="brelu", n_hot=4, encoding="binary"):
     torch.manual_seed(0)
     arch = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
-    return build_sharpenable(arch, 3, SharpenParams(activation=activation, n_hot=n_hot, encoding=encoding))
+    return build_sharpenable(arch, (1, 4, 4), 3, SharpenParams(activation=activation, n_hot=n_hot, encoding=encoding))
 
 
 @pytest.mark.parametrize("schedule,sets,done_after", [
@@ -60,8 +60,8 @@ def _net(activation="brelu", n_hot=4, encoding="binary"):
 ])
 def test_schedules_reach_full_sharpness_on_time(schedule, sets, done_after):
     p = SharpenParams(schedule=schedule, epochs=10, **sets)
-    model = _net()
-    sh = Sharpener(model, p)
+    net = _net()
+    sh = Sharpener(net.activations, p)
     for epoch in range(10):
         for b in range(4):
             sh.on_batch(epoch, b, 4)
@@ -73,12 +73,13 @@ def test_schedules_reach_full_sharpness_on_time(schedule, sets, done_after):
     assert hist[-1] == 1.0 and all(v == 0.0 for v in hist[:-2])  # the readout sharpens last (bottom-up)
     first = sh.history[sh.names[0]]
     assert all(a <= b for a, b in zip(first, first[1:]))
-    assert all(float(m.sharpness) == 1.0 for m in model.modules() if isinstance(m, SharpenableActivation))
+    assert all(float(m.sharpness) == 1.0 for m in net.gm.modules() if isinstance(m, SharpenableActivation))
+    assert sh.names == ["2", "4", "spike_out"]  # forward order: bottom-up sharpens from the input
 
 
 def test_adaptive_waits_for_a_plateau_and_pauses_when_loss_jumps():
     p = SharpenParams(schedule="adaptive", start_epoch=2, patience=1, sig_change=0.15, rate=0.5, epochs=50)
-    sh = Sharpener(_net(), p)
+    sh = Sharpener(_net().activations, p)
     losses = [2.0, 1.0, 0.5, 0.49, 0.48, 0.48]  # improves, then plateaus
     for epoch, loss in enumerate(losses):
         for b in range(2):
@@ -118,13 +119,15 @@ def test_contours_outline_a_square():
 
 @pytest.mark.parametrize("activation", ["brelu", "sigmoid"])
 def test_one_step_if_network_equals_the_sharpened_network(activation):
-    model = _net(activation).eval()
+    net = _net(activation)
+    model = net.gm.eval()
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.Linear):
                 m.weight.normal_(0, 1)
-    set_sharpness(model, [1.0] * 3)
-    snn = to_spiking(model).eval()
+    set_sharpness(net.activations, [1.0] * 3)
+    snn = to_spiking(net).eval()
+    assert sum(type(m).__name__ == "IFNode" for m in snn.modules()) == 3
     x = torch.rand(64, 1, 4, 4)
     with torch.no_grad():
         assert torch.equal(snn(x), model(x))

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from harness.errors import ConfigError, DivergedError, HarnessError
+from harness.evaluation import evaluate
 from harness.methods.surrogate import FAMILIES, SpikingNet, SurrogateParams, WidthHeightSurrogate, surrogate_shape
-from harness.meters import Meters
 from harness.runner import run
 
 
@@ -66,15 +66,14 @@ def test_meters_count_every_spike_times_its_fanout(pool, encoding):
     """SynOps of the readout = hidden spikes × 3 outputs, also through average pooling (each spike
     before the pool reaches the same 3 weights); direct input costs MACs once, Poisson input SynOps."""
     p = SurrogateParams(timesteps=5, threshold=0.3, batch_norm=False, encoding=encoding)
-    net = SpikingNet(_tiny(pool), p).eval()
+    net = SpikingNet(_tiny(pool), (1, 4, 4), p).eval()
+    ev = net.evaluable()
     seen = []
-    net.neurons[0].register_forward_hook(lambda m, i, out: seen.append(out.detach()))
-    meters = Meters(timesteps=5)
-    net.meters = meters
+    lif = "1" if pool else "2"
+    net.net.get_submodule(lif).register_forward_hook(lambda m, i, out: seen.append(out.detach()))
     x = torch.rand(7, 1, 4, 4)
-    with torch.no_grad():
-        meters.record_batch(net(x), torch.zeros(7, dtype=torch.long))
-    metrics, _ = meters.summary()
+    metrics = evaluate(ev, [(x, torch.zeros(7, dtype=torch.long))]).metrics
+    assert len(seen) == 1 and seen[0].shape == (5 * 7, *((2, 4, 4) if pool else (6,)))
     hidden_spikes = float(seen[0].sum())
     assert hidden_spikes > 0
     first = "0" if pool else "1"
@@ -91,11 +90,14 @@ def test_meters_count_every_spike_times_its_fanout(pool, encoding):
 
 
 def test_gradients_reach_the_first_layer_through_lif_and_batch_norm():
-    net = SpikingNet(_tiny(True), SurrogateParams(timesteps=3, surrogate="arctan", width=0.5, height=2.0))
+    net = SpikingNet(_tiny(True), (1, 4, 4), SurrogateParams(timesteps=3, surrogate="arctan", width=0.5, height=2.0))
     loss = nn.functional.cross_entropy(net(torch.rand(4, 1, 4, 4)), torch.tensor([0, 1, 2, 0]))
     loss.backward()
-    assert float(net.layers[0].weight.grad.abs().sum()) > 0
-    assert isinstance(net.norms[0][0], nn.BatchNorm2d)  # folded over time and batch
+    assert float(net.net.get_submodule("0").weight.grad.abs().sum()) > 0
+    order = [n.target for n in net.net.graph.nodes if n.op == "call_module"]
+    # the first layer runs once; its current is expanded over time, then normalised over time and batch
+    assert order[:4] == ["0", "0_expand_time", "0_snn_bn", "1"]
+    assert isinstance(net.net.get_submodule("0_snn_bn"), nn.BatchNorm2d)
 
 
 @pytest.mark.parametrize("readout", ["mean", "membrane", "spikes"])
@@ -123,8 +125,8 @@ def test_bad_parameters_are_named(quick, sets, needle):
 def test_non_finite_loss_stops_with_a_clear_message(quick, monkeypatch):
     import harness.methods.surrogate as sur
 
-    original = sur.SpikingNet._readout
-    monkeypatch.setattr(sur.SpikingNet, "_readout", lambda self, n, cur: original(self, n, cur) * float("inf"))
+    original = sur.SpikingNet.forward
+    monkeypatch.setattr(sur.SpikingNet, "forward", lambda self, x: original(self, x) * float("inf"))
     with pytest.raises(DivergedError, match="loss became nan.*lower the learning rate"):
         run(quick(method="surrogate", model="dnn5", sets=("epochs=1", "timesteps=2")))
 

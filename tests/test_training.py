@@ -5,7 +5,7 @@ import torch
 
 from harness.errors import TrackingError
 from harness.runner import run
-from harness.ann_cache import save_atomic
+from harness.io import save_torch_atomic as save_atomic
 
 
 def test_ann_cache_reused(quick, tmp_path):

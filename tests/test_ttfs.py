@@ -5,7 +5,16 @@ import torch
 from torch import nn
 
 from harness.errors import ConfigError
-from harness.methods.ttfs import TTFSNetwork, encode, fire_codes, layer_rmse_grid, parse_stages
+from harness.graph import trace
+from harness.methods.ttfs import TTFSNetwork, encode, fire_codes, layer_rmse_grid, ttfs_problems
+
+
+def net_of(model, t_max, in_shape, **kw):
+    return TTFSNetwork(trace(model, in_shape).folded(), t_max, **kw)
+
+
+def set_thresholds(net, values):
+    net.u_th = dict(zip(net.neuron_names, values))
 
 
 def _cnn(seed: int):
@@ -31,7 +40,7 @@ def _agree(net: TTFSNetwork, x: torch.Tensor):
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("t_max", [1, 7, 16])
 def test_random_networks_agree(seed, t_max):
-    net = TTFSNetwork(_cnn(seed), t_max, dtype=torch.float64)
+    net = net_of(_cnn(seed), t_max, (1, 8, 8), dtype=torch.float64)
     gen = torch.Generator().manual_seed(100 + seed)
     x = torch.rand(6, 1, 8, 8, generator=gen, dtype=torch.float64)
     net.calibrate(x, percentile=90.0 + seed)
@@ -66,20 +75,20 @@ def test_edge_cases_exact_threshold_negative_saturation_zero():
         [0.0, 0.0, 0.0625],  # u = 0.125 = u_th / 32        -> below one step: silent
         [0.0, 0.0, 0.25],    # u = 0.5 = u_th / 8           -> τ = 7, code 1 (last step)
     ]
-    net = TTFSNetwork(_one_layer(weights), T, dtype=torch.float64)
-    net.u_th = [4.0]
+    net = net_of(_one_layer(weights), T, (3,), dtype=torch.float64)
+    set_thresholds(net, [4.0])
     codes = _agree(net, x)[0]
     assert codes.tolist() == [[8.0, 4.0, 0.0, 0.0, 8.0, 0.0, 1.0]]
 
 
 def test_all_negative_layer_is_silent_and_bias_still_reaches_readout():
-    net = TTFSNetwork(_one_layer([[-1.0, -1.0], [-0.5, -2.0]]), 16, dtype=torch.float64)
-    net.u_th = [3.0]
+    net = net_of(_one_layer([[-1.0, -1.0], [-0.5, -2.0]]), 16, (2,), dtype=torch.float64)
+    set_thresholds(net, [3.0])
     x = torch.rand(4, 2, dtype=torch.float64)
     codes = _agree(net, x)[0]
     assert codes.sum() == 0
-    net2 = TTFSNetwork(_one_layer([[-1.0, 0.0]], bias=0.5), 16, dtype=torch.float64)
-    net2.u_th = [8.0]  # bias potential 16 * 0.5 = 8 = u_th  ->  fires at τ = 0 with no input at all
+    net2 = net_of(_one_layer([[-1.0, 0.0]], bias=0.5), 16, (2,), dtype=torch.float64)
+    set_thresholds(net2, [8.0])  # bias potential 16 * 0.5 = 8 = u_th  ->  fires at τ = 0 with no input at all
     assert _agree(net2, torch.zeros(1, 2, dtype=torch.float64))[0].tolist() == [[16.0]]
 
 
@@ -87,14 +96,14 @@ def test_closed_form_is_a_clipped_quantised_relu_network():
     """Decoded hidden values equal λ · clip(floor(t_max z / λ), 0, t_max) / t_max of the ANN's z."""
     T = 32
     model = _cnn(3)
-    net = TTFSNetwork(model, T, dtype=torch.float64)
+    net = net_of(model, T, (1, 8, 8), dtype=torch.float64)
     x = torch.rand(5, 1, 8, 8, dtype=torch.float64)
     net.calibrate(x, 99.0)
     _, codes = net.closed_form(x, keep_codes=True)
     lam = net.scales()
-    k0 = encode(x, T, 1.0, "error")
-    z1 = model[0](k0 * (lam[0] / T))
-    expected = torch.clamp(torch.floor(z1 * T / lam[1] + 1e-9), 0, T)
+    k0 = torch.floor(x * T).clamp(0, T)  # eq. 1 with x_max = 1
+    z1 = model[0](k0 / T)
+    expected = torch.clamp(torch.floor(z1 * T / lam["1"] + 1e-9), 0, T)
     assert torch.equal(expected, codes[0])
 
 
@@ -109,26 +118,30 @@ def test_fire_codes_matches_the_definition():
         assert ci == (T - taus[0] if taus else 0)
 
 
+def _problems(model, shape):
+    return [(op.name, why) for op, why in ttfs_problems(trace(model, shape).folded())]
+
+
 def test_unsupported_layers_are_named():
-    with pytest.raises(ConfigError, match=r"ttfs: layer '1' \(Sigmoid\) cannot be converted"):
-        parse_stages(nn.Sequential(nn.Linear(3, 3), nn.Sigmoid(), nn.Linear(3, 2)))
-    with pytest.raises(ConfigError, match="'0' is followed by '1' without a ReLU"):
-        parse_stages(nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2)))
-    with pytest.raises(ConfigError, match="must be a linear readout"):
-        parse_stages(nn.Sequential(nn.Linear(3, 3), nn.ReLU()))
+    assert _problems(nn.Sequential(nn.Linear(3, 3), nn.Sigmoid(), nn.Linear(3, 2)), (3,)) == [
+        ("1", "a non-linearity other than ReLU")]
+    assert _problems(nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2)), (3,)) == [
+        ("0", "a layer whose output is not the input of exactly one ReLU (nor the readout)")]
+    assert _problems(nn.Sequential(nn.Linear(3, 3), nn.ReLU()), (3,))[-1][1].startswith(
+        "the network must end in a linear readout")
     from harness.models import build_model
 
-    with pytest.raises(ConfigError, match=r"layer 'pool1' \(AvgPool2d\) cannot be converted"):
-        parse_stages(build_model("cnn7", (1, 8, 8), 10))
+    problems = _problems(build_model("cnn7", (1, 8, 8), 10), (1, 8, 8))
+    assert problems[0] == ("pool1", "average pooling: a mean of spike times is not one spike")
 
 
 def test_inputs_outside_range():
-    net = TTFSNetwork(_one_layer([[1.0, 1.0]]), 8)
-    net.u_th = [1.0]
+    net = net_of(_one_layer([[1.0, 1.0]]).float(), 8, (2,))
+    set_thresholds(net, [1.0])
     with pytest.raises(ConfigError, match=r"inputs span \[-0.5, 1\], outside \[0, x_max=1\]"):
         net.closed_form(torch.tensor([[-0.5, 1.0]]))
-    clip = TTFSNetwork(_one_layer([[1.0, 1.0]]), 8, out_of_range="clip")
-    clip.u_th = [1.0]
+    clip = net_of(_one_layer([[1.0, 1.0]]).float(), 8, (2,), out_of_range="clip")
+    set_thresholds(clip, [1.0])
     clip.closed_form(torch.tensor([[-0.5, 3.0]]))
 
 

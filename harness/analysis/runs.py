@@ -14,13 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import HarnessError
+from ..errors import ReportError
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-
-class ReportError(HarnessError):
-    """The report cannot be made (no store, no experiment, no runs)."""
 
 
 @dataclass

@@ -1,8 +1,15 @@
 """Data sets, registered by name. Each loader returns a :class:`~harness.datasets.base.Dataset`.
 
 No data set is fetched unless it is missing and has a checksummed download (``mnist``,
-``fashion-mnist``, ``cifar10``); ``mnist-5k`` and ``digits`` ship inside installed packages.
+``fashion-mnist``, ``cifar10``); ``mnist-5k`` and ``digits`` ship inside installed packages. A user's
+own data comes in as a plug-in (entry-point group ``snn_harness.datasets``) or a
+``module:factory`` path (``--dataset``), or as arrays through the Python API
+(:func:`harness.datasets.base.from_splits`).
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 from ..registry import Registry
 from .base import Dataset
@@ -18,12 +25,49 @@ DATASETS.lazy("mnist", "harness.datasets.idx:load_mnist",
               "MNIST 60k/10k IDX files from --data-dir or a checksummed download")
 DATASETS.lazy("cifar10", "harness.datasets.cifar:load_cifar10",
               "CIFAR-10 python batches from --data-dir or a checksummed download")
+DATASETS.entry_points("snn_harness.datasets")
 
 
-def load_dataset(name: str, data_dir: str | None = None, download: bool = True) -> Dataset:
-    """Load a registered data set (raises ``UnknownNameError`` / ``DataError``)."""
-    loader = DATASETS.get(name)
-    return loader(data_dir=data_dir, download=download)
+def check_dataset(spec: str) -> str:
+    """Refuse an unknown name (did-you-mean) before any work; ``module:factory`` paths pass."""
+    if ":" in spec and spec not in DATASETS:
+        return spec
+    return DATASETS.check(spec)
 
 
-__all__ = ["DATASETS", "Dataset", "load_dataset"]
+def load_dataset(spec: Any, data_dir: str | None = None, download: bool = True) -> Dataset:
+    """Load a registered data set, a plug-in's, or a ``module:factory`` one (raises
+    ``UnknownNameError`` / ``DataError``). A factory returns a :class:`Dataset` or the splits
+    ``(train, val, test)`` / ``(train, test)`` as ``(x, y)`` pairs or torch datasets."""
+    from .base import from_factory_result
+
+    if isinstance(spec, str) and (spec in DATASETS or ":" not in spec):
+        loader = DATASETS.get(DATASETS.check(spec))
+        name = spec
+    elif isinstance(spec, str):
+        from ..models import import_object
+
+        loader = import_object(spec, "dataset factory")
+        name = spec
+    else:
+        return from_factory_result(spec, "dataset", "dataset")
+    result = _call(loader, data_dir, download)
+    return from_factory_result(result, name, spec)
+
+
+def _call(loader, data_dir, download):
+    import inspect
+
+    try:
+        params = inspect.signature(loader).parameters
+    except (TypeError, ValueError):
+        params = {}
+    kwargs = {}
+    if "data_dir" in params:
+        kwargs["data_dir"] = data_dir
+    if "download" in params:
+        kwargs["download"] = download
+    return loader(**kwargs)
+
+
+__all__ = ["DATASETS", "Dataset", "check_dataset", "load_dataset"]

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from ..errors import DataError
 
 SPLITS = ("train", "val", "test")
 
@@ -28,12 +34,25 @@ class Dataset:
     classes: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
+        shapes = set()
         for split in SPLITS:
+            if split not in self.x or split not in self.y:
+                raise DataError(f"{self.name}: the {split} split is missing")
             xs, ys = self.x[split], self.y[split]
-            if xs.ndim != 4 or xs.dtype != np.float32:
-                raise ValueError(f"{self.name}/{split}: images must be float32 (N, C, H, W)")
+            if not isinstance(xs, np.ndarray) or xs.ndim < 2 or xs.dtype != np.float32:
+                raise DataError(f"{self.name}/{split}: inputs must be a float32 array (N, ...) such as (N, C, H, W); "
+                                f"got {getattr(xs, 'dtype', type(xs).__name__)} {getattr(xs, 'shape', '')}")
+            if not isinstance(ys, np.ndarray) or ys.ndim != 1 or ys.dtype != np.int64:
+                raise DataError(f"{self.name}/{split}: labels must be an int64 array (N,); got "
+                                f"{getattr(ys, 'dtype', type(ys).__name__)} {getattr(ys, 'shape', '')}")
             if len(xs) != len(ys):
-                raise ValueError(f"{self.name}/{split}: {len(xs)} images but {len(ys)} labels")
+                raise DataError(f"{self.name}/{split}: {len(xs)} inputs but {len(ys)} labels")
+            if len(ys) and (int(ys.min()) < 0 or int(ys.max()) >= self.num_classes):
+                raise DataError(f"{self.name}/{split}: labels span {int(ys.min())}..{int(ys.max())}, outside "
+                                f"0..{self.num_classes - 1}")
+            shapes.add(xs.shape[1:])
+        if len(shapes) > 1:
+            raise DataError(f"{self.name}: the splits hold inputs of different shapes {sorted(shapes)}")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -93,8 +112,120 @@ def make_dataset(name: str, version: str, x_train: np.ndarray, y_train: np.ndarr
 
 
 def content_digest(*arrays: np.ndarray) -> str:
-    """A short digest of array contents (part of a data set's version string)."""
+    """A short digest of array contents, shapes and types (part of a data set's version string)."""
     h = hashlib.sha256()
     for a in arrays:
-        h.update(np.ascontiguousarray(a).tobytes())
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
     return h.hexdigest()[:12]
+
+
+DIGEST_FILE = ".snn-harness-digests.json"
+
+
+def files_digest(paths: list[Path]) -> str:
+    """A short digest of files' contents, memoised beside them (``.snn-harness-digests.json``, keyed
+    by name, size and modification time) or, where that directory is read-only, in the harness's
+    cache directory: a data directory is hashed once, not at every run."""
+    parts = []
+    for p in paths:
+        p = Path(p).resolve()
+        st = p.stat()
+        key = [p.name, st.st_size, st.st_mtime_ns]
+        memo_files = [p.parent / DIGEST_FILE, _cache_memo(p.parent)]
+        digest = None
+        for memo in memo_files:
+            entry = _read_memo(memo).get(str(p))
+            if entry and entry[:3] == key:
+                digest = entry[3]
+                break
+        if digest is None:
+            from .download import sha256_file
+
+            digest = sha256_file(p)
+            for memo in memo_files:
+                if _write_memo(memo, str(p), [*key, digest]):
+                    break
+        parts.append(digest)
+    return hashlib.sha256("".join(parts).encode()).hexdigest()[:12]
+
+
+def _cache_memo(directory: Path) -> Path:
+    root = Path(os.environ.get("HARNESS_CACHE_DIR") or Path.home() / ".cache" / "snn-harness")
+    return root / "digests" / (hashlib.sha256(str(directory).encode()).hexdigest()[:16] + ".json")
+
+
+def _read_memo(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_memo(path: Path, key: str, value: list) -> bool:
+    from ..io import write_json_atomic
+
+    data = _read_memo(path)
+    data[key] = value
+    try:
+        write_json_atomic(data, path)
+        return True
+    except OSError:
+        return False
+
+
+def _as_arrays(split: Any, name: str, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x float32, y int64) from an ``(x, y)`` pair of arrays/tensors or a map-style torch dataset."""
+    def to_np(a: Any) -> np.ndarray:
+        if hasattr(a, "detach"):
+            a = a.detach().cpu().numpy()
+        return np.asarray(a)
+
+    if isinstance(split, (tuple, list)) and len(split) == 2 and all(hasattr(v, "shape") for v in split):
+        x, y = to_np(split[0]), to_np(split[1])
+    elif hasattr(split, "__getitem__") and hasattr(split, "__len__"):
+        try:
+            items = [split[i] for i in range(len(split))]
+            x = np.stack([to_np(it[0]) for it in items]) if items else np.zeros((0,), np.float32)
+            y = np.array([int(to_np(it[1])) for it in items], dtype=np.int64)
+        except (TypeError, ValueError, IndexError, KeyError) as exc:
+            raise DataError(f"{name}: the {what} split is not a dataset of (input, label) pairs: {exc}") from None
+    else:
+        raise DataError(f"{name}: the {what} split must be an (x, y) pair or a dataset of (input, label) pairs; "
+                        f"got {type(split).__name__}")
+    if x.dtype.kind not in "fiub":
+        raise DataError(f"{name}: {what} inputs must be numeric, got {x.dtype}")
+    if y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0)):
+        raise DataError(f"{name}: {what} labels must be integers (class indices), got {y.dtype}")
+    if x.ndim < 2:
+        raise DataError(f"{name}: {what} inputs must have shape (N, ...) with at least 2 dimensions, got {x.shape}")
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def from_factory_result(result: Any, name: str, spec: Any) -> Dataset:
+    """A :class:`Dataset` from what a data-set factory returned (a Dataset, or 2 or 3 splits)."""
+    if isinstance(result, Dataset):
+        return result
+    if not isinstance(result, (tuple, list)) or len(result) not in (2, 3):
+        raise DataError(f"data set {spec!r}: the factory must return a harness Dataset or the splits "
+                        f"(train, val, test) / (train, test); got {type(result).__name__}")
+    labels = ("train", "val", "test") if len(result) == 3 else ("train", "test")
+    arrays = {k: _as_arrays(v, str(name), k) for k, v in zip(labels, result)}
+    ys = np.concatenate([a[1] for a in arrays.values()])
+    if ys.size == 0:
+        raise DataError(f"data set {spec!r}: every split is empty")
+    if ys.min() < 0:
+        raise DataError(f"data set {spec!r}: negative class label {int(ys.min())}")
+    num_classes = int(ys.max()) + 1
+    digest = content_digest(*[a for pair in arrays.values() for a in pair])
+    version = f"user/{'+'.join(str(len(a[1])) for a in arrays.values())}/sha-{digest}"
+    if "val" not in arrays:
+        x_tr, y_tr = arrays["train"]
+        x_te, y_te = arrays["test"]
+        return make_dataset(str(name), version, x_tr, y_tr, x_te, y_te, num_classes=num_classes,
+                            source=str(spec))
+    x = {k: a[0] for k, a in arrays.items()}
+    y = {k: a[1] for k, a in arrays.items()}
+    return Dataset(str(name), version, num_classes, x, y, source=str(spec))

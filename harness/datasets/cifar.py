@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .base import Dataset, make_dataset
+from .base import Dataset, files_digest, make_dataset
 from .download import Remote, default_data_root, fetch
 
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -96,7 +96,8 @@ def load_cifar10(data_dir: str | None = None, download: bool = True) -> Dataset:
     x_tr = np.concatenate([p[0] for p in parts])
     y_tr = np.concatenate([p[1] for p in parts])
     x_te, y_te = read_batch(found / TEST_BATCH)
-    version = f"cifar10-py/{len(y_tr)}+{len(y_te)}/split-v1"
+    digest = files_digest([found / n for n in (*TRAIN_BATCHES, TEST_BATCH)])
+    version = f"cifar10-py/{len(y_tr)}+{len(y_te)}/split-v1/sha-{digest}"
     to_f = lambda a: a.astype(np.float32) / 255.0  # noqa: E731
     return make_dataset("cifar10", version, to_f(x_tr), y_tr, to_f(x_te), y_te, num_classes=10,
                         source=str(found), classes=CLASSES)

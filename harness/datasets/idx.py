@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .base import Dataset, make_dataset
+from .base import Dataset, files_digest, make_dataset
 from .download import Remote, default_data_root, fetch, find_files, resolve_name
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -111,7 +111,7 @@ def _load_idx_dataset(name: str, remotes: list[Remote], extra_dirs: list[Path],
     x_te, y_te = read_idx_pair(paths[2], paths[3])
     if x_tr.shape[1:] != x_te.shape[1:]:
         raise DataError(f"{name}: train images are {x_tr.shape[1:]} but test images {x_te.shape[1:]}")
-    version = f"{name}-idx/{len(y_tr)}+{len(y_te)}/split-v1"
+    version = f"{name}-idx/{len(y_tr)}+{len(y_te)}/split-v1/sha-{files_digest(paths)}"
     to_f = lambda a: (a.astype(np.float32) / 255.0)[:, None]  # noqa: E731
     return make_dataset(name, version, to_f(x_tr), y_tr, to_f(x_te), y_te, num_classes=10,
                         source=str(found), classes=classes)

@@ -25,16 +25,26 @@ METHODS.lazy("sharpen", "harness.methods.sharpen:Sharpen",
              "Whetstone: bounded activations sharpened into step functions, one binary time step (sandia-*)")
 METHODS.lazy("ttfs", "harness.methods.ttfs:TTFS",
              "time-to-first-spike single-spike conversion, two-stage neuron (lopez-randulfe-*)")
+METHODS.entry_points("snn_harness.methods")
 
 
 def resolve(spec: str) -> list:
     """``"prune+ttfs"`` → the method classes in order; all but the last must be transforms."""
     from ..errors import ConfigError
 
+    from ..api import Method
+    from ..registry import RegistryError
+
     names = [p.strip() for p in spec.split("+")]
     for n in names:
         METHODS.check(n)
     classes = [METHODS.get(n) for n in names]
+    for n, cls in zip(names, classes):
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise RegistryError(f"method {n!r} ({METHODS.origin(n)}) is not a harness.api.Method subclass")
+        if cls.name != n:
+            raise RegistryError(f"method {n!r} ({METHODS.origin(n)}) is registered under another name than its "
+                                f"class's name {cls.name!r}")
     for cls in classes[:-1]:
         if not cls.is_transform:
             raise ConfigError(f"method {cls.name!r} cannot precede another method in {spec!r}: "

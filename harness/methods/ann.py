@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from ..api import Evaluation, Method
-from ..meters import meter_ann
+from ..api import Method, Preparation
 
 
 class Ann(Method):
@@ -12,8 +11,4 @@ class Ann(Method):
     default_model = "cnn7"
 
     def prepare(self, ctx, ann, params):
-        return ann
-
-    def evaluate(self, ctx, model, params, split="test"):
-        metrics, layers = meter_ann(model, ctx.loader(split), ctx.device, progress=ctx.progress)
-        return Evaluation(metrics, layers)
+        return Preparation(ann)

@@ -18,9 +18,11 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from ..api import Evaluation, Method
+from ..api import Method, Preparation
 from ..config import ConfigError, Params, param
-from ..meters import SYNAPTIC_TYPES, connection_sparsity, meter_ann
+from ..graph import SYNAPTIC_TYPES
+from ..meters import connection_sparsity
+from ..metrics import MetricSpec
 
 
 def polynomial_sparsity(epoch: int, s_i: float, s_f: float, start: int, ramp: int) -> float:
@@ -43,29 +45,42 @@ def pruning_amount(epoch: int, s_i: float, s_f: float, start: int, ramp: int) ->
     return max(0.0, 1.0 - (1.0 - after) / (1.0 - before))
 
 
+@dataclass(frozen=True)
+class PruneParams(Params):
+    final_sparsity: float = param(0.8, "s_f: fraction of weights removed at the end", low=0, high=0.95)
+    initial_sparsity: float = param(0.0, "s_i: sparsity applied at start_epoch", low=0, high=0.95)
+    start_epoch: int = param(5, "t_0: first epoch that prunes (the seed waits 5 epochs)", low=0)
+    ramp_epochs: int = param(8, "n·Δt: epochs over which sparsity rises to s_f", low=1)
+    epochs: int = param(20, "fine-tuning epochs, recovery included", low=1)
+    lr: float = param(1e-3, "fine-tuning learning rate", low=0, low_open=True)
+
+    def validate(self) -> None:
+        if self.start_epoch + self.ramp_epochs > self.epochs:
+            raise ConfigError(
+                f"prune: the schedule ends at epoch {self.start_epoch + self.ramp_epochs} but training "
+                f"has {self.epochs} epochs; valid: start_epoch + ramp_epochs <= epochs")
+        if self.initial_sparsity > self.final_sparsity:
+            raise ConfigError("prune: initial_sparsity must not exceed final_sparsity")
+
+
 class Prune(Method):
     name = "prune"
     spiking = False
     is_transform = True
+    trains = True
     default_model = "cnn7"
     smoke_sets = {"epochs": "4", "start_epoch": "1", "ramp_epochs": "2", "final_sparsity": "0.8"}
-
-    @dataclass(frozen=True)
-    class Params(Params):
-        final_sparsity: float = param(0.8, "s_f: fraction of weights removed at the end", low=0, high=0.95)
-        initial_sparsity: float = param(0.0, "s_i: sparsity applied at start_epoch", low=0, high=0.95)
-        start_epoch: int = param(5, "t_0: first epoch that prunes (the seed waits 5 epochs)", low=0)
-        ramp_epochs: int = param(8, "n·Δt: epochs over which sparsity rises to s_f", low=1)
-        epochs: int = param(20, "fine-tuning epochs, recovery included", low=1)
-        lr: float = param(1e-3, "fine-tuning learning rate", low=0, low_open=True)
-
-        def validate(self) -> None:
-            if self.start_epoch + self.ramp_epochs > self.epochs:
-                raise ConfigError(
-                    f"prune: the schedule ends at epoch {self.start_epoch + self.ramp_epochs} but training "
-                    f"has {self.epochs} epochs; valid: start_epoch + ramp_epochs <= epochs")
-            if self.initial_sparsity > self.final_sparsity:
-                raise ConfigError("prune: initial_sparsity must not exceed final_sparsity")
+    Params = PruneParams
+    metrics = (
+        MetricSpec("prune/ann/test/accuracy", "test accuracy of the pruned ANN alone", "fraction", "max", 0, 1),
+        MetricSpec("prune/connection_sparsity", "zero weights ÷ weights after pruning", "fraction", None, 0, 1),
+        MetricSpec("prune/sparsity", "connection sparsity after each fine-tuning epoch", "fraction", None, 0, 1,
+                   curve=True),
+        MetricSpec("prune/train/loss", "fine-tuning loss per epoch", "nats", "min", 0, curve=True),
+        MetricSpec("prune/train/accuracy", "fine-tuning accuracy per epoch", "fraction", "max", 0, 1, curve=True),
+        MetricSpec("prune/val/loss", "validation loss per epoch", "nats", "min", 0, curve=True),
+        MetricSpec("prune/val/accuracy", "validation accuracy per epoch", "fraction", "max", 0, 1, curve=True),
+    )
 
     @classmethod
     def search_space(cls, trial):
@@ -96,13 +111,8 @@ class Prune(Method):
                                make_pruning_permanent=True)
         fit(ctx, module, p.epochs, callbacks=[pruning, SparsityLog()])
         pruned = module.model.eval()
-        ctx.step_metrics["prune/sparsity"] = history
-        ctx.step_metrics.update({f"prune/{k}": v for k, v in module.history.items()})
-        acc, _ = meter_ann(pruned, ctx.loader("test"), ctx.device, desc="evaluate pruned ANN")
-        ctx.metrics["prune/ann/test/accuracy"] = acc["test/accuracy"]
-        ctx.metrics["prune/connection_sparsity"] = acc["connection_sparsity"]
-        return pruned
-
-    def evaluate(self, ctx, model, params, split="test"):
-        metrics, layers = meter_ann(model, ctx.loader(split), ctx.device, progress=ctx.progress)
-        return Evaluation(metrics, layers)
+        alone = ctx.evaluate(pruned, desc="evaluate pruned ANN", what="the pruned ANN")
+        steps = {"prune/sparsity": history, **{f"prune/{k}": v for k, v in module.history.items()}}
+        return Preparation(pruned, metrics={"prune/ann/test/accuracy": alone.metrics["test/accuracy"],
+                                            "prune/connection_sparsity": alone.metrics["connection_sparsity"]},
+                           step_metrics=steps)

@@ -1,9 +1,11 @@
 """rate — rate-coded conversion: ReLU → integrate-and-fire (soft reset; LIF selectable).
 
-Per spiking layer l the activation scale λ_l is calibrated on training data (``max`` or a
-``percentile`` of the ANN's positive activations, as SpikingJelly's rate-coding recipe does) and
-the network is normalised so every neuron has threshold 1: W_l ← W_l · λ_{l−1}/λ_l,
-b_l ← b_l / λ_l (Diehl et al. 2015). NengoDL's two knobs, with NengoDL's meaning:
+Per neuron op l of the traced network the activation scale λ_l is calibrated on training data
+(``max`` or a ``percentile`` of the ANN's positive activations, as SpikingJelly's rate-coding
+recipe does) and the network is normalised so every neuron has threshold 1 (Diehl et al. 2015;
+Rueckauer et al. 2017): a synaptic layer fed by spikes of scale λ_in and feeding neurons of scale
+λ_out gets W ← W · λ_in/λ_out, b ← b / λ_out. BatchNorm is folded into the layer before it first.
+NengoDL's two knobs, with NengoDL's meaning:
 
 * ``scale_firing_rates`` s: input to each neuron × s, output amplitude × 1/s, so rates rise s-fold
   at the same expected output (until a neuron saturates at one spike per step). Both factors are
@@ -11,8 +13,14 @@ b_l ← b_l / λ_l (Diehl et al. 2015). NengoDL's two knobs, with NengoDL's mean
 * ``synapse`` τ: an exponential low-pass on every spiking layer's output (None = no filter). SynOps
   count the spikes, since the filter is linear and lives on the receiving side.
 
-The input is injected as a constant current into the first layer (its MACs are counted once per
-inference). Pooling: average pooling is exact (linear); max pooling passes the maximum of the
+Joins. Where spike trains of different scales meet — a residual ``add`` of an identity shortcut
+and a layer's current, or a ``cat`` — every input is brought to one scale at the join (the scale
+the consuming neurons need): currents by their layer's weights, spike trains by a constant gain on
+that input (normalisation at the join, as SpikingJelly's voltage scalers and Rueckauer et al. do).
+The sum is then exact in the rate domain.
+
+The input is injected as a constant current into the first layer(s) (their MACs are counted once
+per inference). Pooling: average pooling is exact (linear); max pooling passes the maximum of the
 (filtered) spike signals in each window — a spike if any input in the window spiked this step — an
 approximation that over-counts activity. Output decoding: ``membrane`` (a non-leaky integrator of
 the readout current: argmax of the time-averaged logits), ``spikes`` (spike counts of IF readout
@@ -21,19 +29,22 @@ neurons) or ``filtered`` (the low-passed readout current at each step).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
-from ..api import Evaluation, Method
+from ..api import Extras, Method, Preparation
 from ..config import ConfigError, Params, param
-from ..meters import Meters
-from ..netparse import Block, parse_blocks
-from ..simulate import NeuronPool, Simulator, SpikingLayer
+from ..evaluation import Evaluable, Outputs
+from ..graph import Graph, Kind, Op
+from ..metrics import MetricSpec
+from ..simulate import NeuronPool, RateNetwork, Simulator
 
-POOLS = (nn.AvgPool2d, nn.MaxPool2d)
+UNARY = (Kind.MAXPOOL, Kind.AVGPOOL, Kind.ADAPTIVE_AVGPOOL, Kind.FLATTEN, Kind.IDENTITY)
+JOINS = (Kind.ADD, Kind.CAT)
 
 
 @dataclass(frozen=True)
@@ -64,88 +75,207 @@ class RateParams(Params):
             raise ConfigError("synapse=0 is out of range; valid range is (0, inf] or none")
 
 
-def calibrate_scales(blocks: list[Block], x: torch.Tensor, mode: str, percentile: float,
-                     max_values: int = 2_000_000, seed: int = 0) -> list[float]:
-    """λ_l of every spiking block from the ANN's positive activations on ``x``."""
+# ---------------------------------------------------------------------------------------------
+# structure: which ops rate coding can map, and how scales flow through the graph
+
+
+def rate_problems(graph: Graph) -> list[tuple[Op, str]]:
+    """Ops of the folded graph that rate coding cannot map (empty: it can convert the network)."""
+    problems: list[tuple[Op, str]] = []
+    for op in graph:
+        if op.kind == Kind.NORM:
+            problems.append((op, "a BatchNorm that does not directly follow a Conv/Linear layer (nothing to "
+                                 "fold it into)"))
+        elif op.kind == Kind.ACTIVATION:
+            problems.append((op, "a non-linearity other than ReLU"))
+        elif op.kind in (Kind.OTHER, Kind.ENCODER, Kind.EXPAND, Kind.DECODE, Kind.SCALE):
+            problems.append((op, "an op without a rate-coded equivalent"))
+    if problems:
+        return problems
+    static = graph.static_ops()
+    for op in graph.synapses:
+        src = op.inputs[0]
+        if src in static:
+            continue
+        try:
+            path = graph.event_path(op.name)
+        except ConfigError as exc:
+            problems.append((op, str(exc)))
+            continue
+        if not path.sources:
+            problems.append((op, "fed by another layer's current without a neuron between"))
+    feed = graph[graph.output.inputs[0]]
+    if _fixed_origin(graph, feed.name):
+        problems.append((graph.output, "the network ends in a neuron (ReLU); it must end in a linear readout"))
+    return problems
+
+
+def _fixed_origin(graph: Graph, name: str) -> bool:
+    """Whether ``name``'s value comes from a neuron through unary stateless ops only."""
+    op = graph[name]
+    while op.kind in UNARY:
+        op = graph[op.inputs[0]]
+    return op.kind == Kind.NEURON
+
+
+@dataclass
+class ScalePlan:
+    factors: dict[str, tuple[float, float]]  # synapse -> (weight factor, bias factor)
+    gains: dict[tuple[str, int], float]  # (op, input index) -> constant gain
+
+
+def plan_scales(graph: Graph, amp: dict[str, float], gain: dict[str, float]) -> ScalePlan:
+    """Weight factors and join gains for neuron amplitudes ``amp`` (λ/s) and input gains ``gain``
+    (s/λ). A tensor's scale σ means value = simulated signal × σ; ``None`` marks a layer's current,
+    whose scale its weights set to what its consumer needs (its *demand*, a gain)."""
+    ops = list(graph)
+    sigma: dict[str, float | None] = {}
+    for op in ops:
+        if op.kind == Kind.INPUT:
+            sigma[op.name] = 1.0
+        elif op.kind == Kind.NEURON:
+            sigma[op.name] = amp[op.name]
+        elif op.kind in UNARY:
+            sigma[op.name] = sigma[op.inputs[0]]
+        elif op.kind in JOINS:
+            sigma[op.name] = None  # set below, once its demand is known
+        else:
+            sigma[op.name] = None
+    # demand (a gain) each op's value must meet, from its consumers
+    demand: dict[str, float | None] = {}
+    join_in: dict[str, float] = {}
+
+    def consumer_demand(c: Op) -> float | None:
+        if c.kind == Kind.NEURON:
+            return gain[c.name]
+        if c.kind == Kind.OUTPUT:
+            return 1.0 / 1.0
+        if c.kind in UNARY:
+            return demand.get(c.name)
+        if c.kind in JOINS:
+            return join_in.get(c.name)
+        return None  # a synaptic layer absorbs any scale into its weights
+
+    order = {op.name: i for i, op in enumerate(ops)}
+    for op in reversed(ops):
+        if op.kind in (Kind.OUTPUT, Kind.SHAPE):
+            continue
+        wants = {d for d in (consumer_demand(c) for c in graph.consumers(op.name)) if d is not None}
+        if len(wants) > 1 and sigma.get(op.name) is None and op.kind not in JOINS:
+            raise ConfigError(f"{op.describe()} feeds neurons of different scales; rate coding cannot map it")
+        demand[op.name] = next(iter(wants)) if wants else None
+        if op.kind in JOINS:
+            d = demand[op.name]
+            if d is None:  # the join feeds a synaptic layer: keep the first spike train's scale
+                fixed = [sigma[i] for i in op.inputs if sigma[i] is not None]
+                d = 1.0 / fixed[0] if fixed else 1.0
+            join_in[op.name] = d
+            sigma[op.name] = 1.0 / d
+            # a join's free inputs upstream were visited later in this reversed loop: fine
+    del order
+    factors: dict[str, tuple[float, float]] = {}
+    gains: dict[tuple[str, int], float] = {}
+    for op in ops:
+        if op.kind == Kind.SYNAPSE:
+            s_in = sigma[op.inputs[0]]
+            out = demand[op.name] if demand[op.name] is not None else 1.0
+            factors[op.name] = ((1.0 if s_in is None else s_in) * out, out)
+        if op.kind in (Kind.NEURON, Kind.OUTPUT) or op.kind in JOINS:
+            need = gain[op.name] if op.kind == Kind.NEURON else (1.0 if op.kind == Kind.OUTPUT else join_in[op.name])
+            for k, i in enumerate(op.inputs):
+                s = sigma[i]
+                if s is not None and graph[i].kind != Kind.SHAPE:
+                    g = s * need
+                    if g != 1.0:
+                        gains[(op.name, k)] = g
+    return ScalePlan(factors, gains)
+
+
+def calibrate_scales(graph: Graph, x: torch.Tensor, mode: str, percentile: float,
+                     max_values: int = 2_000_000, seed: int = 0) -> dict[str, float]:
+    """λ of every neuron op from the ANN's positive activations on ``x`` (in topological order)."""
     gen = torch.Generator().manual_seed(seed)
-    lams = []
-    h = x
+    lams: dict[str, float] = {}
+
+    def on_op(op, args, out):
+        if op.kind != Kind.NEURON:
+            return
+        pos = out[out > 0].flatten().cpu()
+        if pos.numel() == 0:
+            lams[op.name] = 1.0  # a silent layer: any scale gives the same (empty) output
+        elif mode == "max":
+            lams[op.name] = float(pos.max())
+        else:
+            if pos.numel() > max_values:
+                pos = pos[torch.randint(pos.numel(), (max_values,), generator=gen)]
+            lams[op.name] = float(torch.quantile(pos.double(), percentile / 100.0))
+
     with torch.no_grad():
-        for b in blocks[:-1]:
-            for _, m in b.pre:
-                h = m(h)
-            h = torch.relu(b.layer(h))
-            pos = h[h > 0].flatten().cpu()
-            if pos.numel() == 0:
-                lams.append(1.0)  # a silent layer: any scale gives the same (empty) output
-                continue
-            if mode == "max":
-                lams.append(float(pos.max()))
-            else:
-                if pos.numel() > max_values:
-                    pos = pos[torch.randint(pos.numel(), (max_values,), generator=gen)]
-                lams.append(float(torch.quantile(pos.double(), percentile / 100.0)))
+        graph.run(x, on_op)
     return lams
-
-
-def convert(blocks: list[Block], lams: list[float], scales: list[float], params: RateParams) -> list[SpikingLayer]:
-    """Spiking layers with unit thresholds from the ANN's ``blocks``; ``scales`` are per-layer
-    firing-rate scales s_l."""
-    layers = []
-    lam_prev, s_prev = 1.0, 1.0
-    for i, b in enumerate(blocks):
-        lin = _copy(b.layer)
-        spiking = b.neuron is not None
-        lam, s = (lams[i], scales[i]) if spiking else (1.0, 1.0)
-        with torch.no_grad():
-            # previous amplitude λ_{l−1}/s_{l−1}; this layer's input gain s_l/λ_l
-            lin.weight.mul_((lam_prev / s_prev) * (s / lam))
-            if lin.bias is not None:
-                lin.bias.mul_(s / lam)
-        node = None
-        if spiking:
-            node = NeuronPool(None if params.neuron == "if" else params.lif_tau, params.neuron_backend)
-        layers.append(SpikingLayer(b.name, lin, pre=list(b.pre), neuron_name=b.neuron, neuron=node))
-        lam_prev, s_prev = lam, s
-    return layers
-
-
-def _copy(layer: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(layer).eval()
 
 
 @dataclass
 class RateModel:
-    """What ``prepare`` returns: the ANN, its blocks and calibrated scales (conversion per scale
-    vector is cheap, so layer-scaling re-converts for each configuration)."""
+    """The calibrated ANN: conversion per scale vector is cheap, so layer-scaling re-converts for
+    each configuration."""
 
-    ann: nn.Module
-    blocks: list[Block]
-    lams: list[float]
+    graph: Graph  # folded
+    lams: dict[str, float]
 
-    def convert(self, params: RateParams, scales: list[float] | None = None) -> list[SpikingLayer]:
-        s = scales if scales is not None else [params.scale_firing_rates] * len(self.lams)
-        return convert(self.blocks, self.lams, s, params)
+    @property
+    def neuron_names(self) -> list[str]:
+        return [op.name for op in self.graph.neurons]
+
+    def convert(self, params: RateParams, scales: dict[str, float] | None = None) -> RateNetwork:
+        s = scales if scales is not None else {n: params.scale_firing_rates for n in self.lams}
+        amp = {n: self.lams[n] / s[n] for n in self.lams}
+        gain = {n: s[n] / self.lams[n] for n in self.lams}
+        plan = plan_scales(self.graph, amp, gain)
+        layers: dict[str, nn.Module] = {}
+        for op in self.graph.synapses:
+            lin = copy.deepcopy(op.module).eval()
+            w_factor, b_factor = plan.factors[op.name]
+            with torch.no_grad():
+                lin.weight.mul_(w_factor)
+                if lin.bias is not None:
+                    lin.bias.mul_(b_factor)
+            layers[op.name] = lin
+        neurons = {n: NeuronPool(None if params.neuron == "if" else params.lif_tau, params.neuron_backend)
+                   for n in self.lams}
+        return RateNetwork(self.graph, layers, neurons, plan.gains)
 
 
-def simulate(ctx, layers: list[SpikingLayer], params: RateParams, split: str = "test",
-             keep_per_neuron: bool = False, desc: str = "simulate") -> tuple[Meters, torch.Tensor]:
-    """Run the test split through the simulator; returns the meters and correct counts per step."""
-    from tqdm.auto import tqdm
+class RateEvaluable(Evaluable):
+    """A converted network simulated for ``timesteps`` steps (predictions after every step)."""
 
-    sim = Simulator(layers, synapse=params.synapse, dt=params.dt, decode=params.decode,
-                    time_chunk=params.time_chunk, batch_chunk=params.batch_chunk, memory_mb=params.memory_mb)
-    meters = Meters(timesteps=params.timesteps, dt=params.dt, keep_per_neuron=keep_per_neuron)
-    correct = torch.zeros(params.timesteps, dtype=torch.long)
-    limit = params.eval_samples or None
-    for x, y in tqdm(ctx.loader(split, batch_size=params.batch_chunk, limit=limit), desc=desc,
-                     disable=not ctx.progress, leave=False):
-        preds = sim.run(x.to(ctx.device), params.timesteps, meters).cpu()
-        correct += (preds == y.unsqueeze(0)).sum(1)
-        meters.record_predictions(preds[-1], y)
-    return meters, correct
+    keep_per_neuron = True
+
+    def __init__(self, model: RateModel, params: RateParams, scales: dict[str, float] | None = None):
+        self.model, self.params = model, params
+        self.net = net = model.convert(params, scales)
+        self.graph = net.graph
+        self.batch_size = params.batch_chunk
+        self.limit = params.eval_samples or None
+        self.timesteps = params.timesteps
+        self.max_spikes_per_neuron = float(params.timesteps)
+        self.dt = params.dt
+        self.sim = Simulator(net, synapse=params.synapse, dt=params.dt, decode=params.decode,
+                             time_chunk=params.time_chunk, batch_chunk=params.batch_chunk,
+                             memory_mb=params.memory_mb)
+
+    def to(self, device):
+        for layer in self.net.layers.values():
+            layer.to(device)
+        return self
+
+    def run_batch(self, x, meters):
+        preds = self.sim.run(x, self.timesteps, meters)
+        return Outputs(predictions=preds[-1], step_predictions=preds)
+
+
+LAYER_METRICS = (MetricSpec("layer/{layer}/lambda", "activation scale λ of a neuron op (calibrated)",
+                            "activation units", None, 0.0),)
 
 
 class Rate(Method):
@@ -153,6 +283,7 @@ class Rate(Method):
     default_model = "cnn7"
     smoke_sets = {"timesteps": "16"}
     Params = RateParams
+    metrics = LAYER_METRICS
 
     @classmethod
     def search_space(cls, trial):
@@ -164,35 +295,29 @@ class Rate(Method):
             percentile=trial.suggest_float("percentile", 99.0, 100.0),
         )
 
-    def check(self, ctx, params):
-        from ..models import build_model
+    @classmethod
+    def graph_problems(cls, graph):
+        folded = graph.folded()
+        problems = rate_problems(folded)
+        if not problems:
+            try:
+                plan_scales(folded, {n.name: 1.0 for n in folded.neurons}, {n.name: 1.0 for n in folded.neurons})
+            except ConfigError as exc:
+                problems.append((folded.output, str(exc)))
+        return [(graph.ops.get(op.name, op), why) for op, why in problems]
 
-        ds = ctx.dataset
-        parse_blocks(build_model(ctx.model_name, ds.input_shape, ds.num_classes), "rate", POOLS)
+    def prepare(self, ctx, ann, params) -> Preparation:
+        from ..graph import trace
 
-    def prepare(self, ctx, ann, params) -> RateModel:
-        ann = ann.to(ctx.device).eval()
-        blocks = parse_blocks(ann, "rate", POOLS)
+        graph = trace(ann.to(ctx.device).eval(), ctx.dataset.input_shape).folded()
         x, _ = ctx.dataset.subset("train", params.calibration_samples)
-        lams = calibrate_scales(blocks, torch.from_numpy(x).to(ctx.device), params.normalization, params.percentile,
+        lams = calibrate_scales(graph, torch.from_numpy(x).to(ctx.device), params.normalization, params.percentile,
                                 seed=ctx.seed)
-        return RateModel(ann, blocks, lams)
+        return Preparation(RateEvaluable(RateModel(graph, lams), params),
+                           metrics={f"layer/{n}/lambda": lam for n, lam in lams.items()})
 
-    def evaluate(self, ctx, model: RateModel, params, split="test"):
-        layers = model.convert(params)
-        meters, correct = simulate(ctx, layers, params, split, keep_per_neuron=True, desc="simulate rate")
-        ev = rate_evaluation(ctx, meters, correct, params)
-        ev.metrics.update({f"layer/{b.neuron}/lambda": lam for b, lam in zip(model.blocks, model.lams)})
-        return ev
+    def analyse(self, ctx, prep, evaluation, params) -> Extras:
+        from ..firing import firing_rate_artifacts
 
-
-def rate_evaluation(ctx, meters: Meters, correct: torch.Tensor, params: RateParams) -> Evaluation:
-    """Metrics, the accuracy-at-every-step curve and the firing-rate statistics artifacts."""
-    from ..firing import firing_rate_artifacts
-
-    metrics, layers = meters.summary()
-    n = max(meters.samples, 1)
-    curve = (correct.double() / n).tolist()  # its last entry is the meters' test/accuracy
-    ev = Evaluation(metrics, layers, step_metrics={"test/accuracy_at_t": curve})
-    ev.artifacts += firing_rate_artifacts(ctx, meters.firing_rates())
-    return ev
+        assert evaluation.meters is not None
+        return Extras(artifacts=firing_rate_artifacts(ctx, evaluation.meters.firing_rates()))

@@ -26,6 +26,9 @@ With ``bottom_up`` the network's sharpness is spent layer by layer from the inpu
 a step function. Inputs are encoded as ``binary`` (pixel ≥ 0.5), ``contours`` (Sobel edge magnitude
 ≥ ``contour_threshold``, binary) or ``current`` (analog values injected into the first layer).
 
+The network is the traced architecture (any graph of Conv/Linear, ReLU, max pooling, flatten,
+dropout, concatenation, BatchNorm, and adds of currents before a neuron) with every ReLU op made
+sharpenable; average pooling and adds of spike trains are refused, as their outputs are not binary.
 Inference replaces every sharpened activation by a SpikingJelly ``IFNode`` with threshold 0.5 (brelu)
 or 0 (sigmoid) run for one time step — exactly the step function — and is metered as an SNN: one
 time step, binary spikes between layers (SynOps), MACs only for ``current`` input.
@@ -34,17 +37,17 @@ time step, binary spikes between layers (SynOps), MACs only for ``current`` inpu
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
-from ..api import Evaluation, Method
+from ..api import Extras, Method, Preparation
 from ..config import ConfigError, Params, param
-from ..meters import SYNAPTIC_TYPES, Meters
-from ..netparse import flatten_modules, parse_blocks
+from ..evaluation import GraphSNN, Outputs
+from ..graph import Graph, Kind, Op, build, insert_after, register_module_kind, set_module, symbolic_trace
+from ..metrics import MetricSpec
 
 SIGMOID_K = 4.0 * math.log(2.0 + math.sqrt(3.0))
 EPSILON = 0.001
@@ -163,34 +166,93 @@ class SharpenParams(Params):
                               f"valid: start_epoch < epochs ({self.epochs})")
 
 
-def build_sharpenable(ann: nn.Module, num_classes: int, p: SharpenParams) -> nn.Sequential:
-    """The model's architecture with sharpenable activations, an N-hot spiking readout and a decoder."""
-    parse_blocks(ann, "sharpen", (nn.MaxPool2d,))  # names any layer a binary network cannot carry
-    mods = flatten_modules(ann)
-    readout_name, readout = next((n, m) for n, m in reversed(mods) if isinstance(m, SYNAPTIC_TYPES))
-    if not isinstance(readout, nn.Linear):
-        raise ConfigError(f"sharpen: the readout {readout_name!r} must be a Linear layer")
-    layers: list[tuple[str, nn.Module]] = [("encode", InputEncoding(p.encoding, p.binary_threshold,
-                                                                    p.contour_threshold))]
-    for name, m in mods:
-        key = name.replace(".", "_")
-        if isinstance(m, nn.ReLU):
-            layers.append((key, SharpenableActivation(p.activation)))
-        elif m is readout:
-            layers.append((key, nn.Linear(m.in_features, num_classes * p.n_hot)))
-            layers.append(("spike_out", SharpenableActivation(p.activation)))
-        else:
-            layers.append((key, m))
-    layers.append(("decode", NHotDecode(num_classes, p.n_hot)))
-    return nn.Sequential(OrderedDict(layers))
+register_module_kind(SharpenableActivation, Kind.NEURON)
+register_module_kind(InputEncoding, Kind.ENCODER)
+register_module_kind(NHotDecode, Kind.DECODE)
 
 
-def activations(model: nn.Module) -> list[tuple[str, SharpenableActivation]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, SharpenableActivation)]
+def sharpen_problems(graph: Graph) -> list[tuple[Op, str]]:
+    """Ops a one-step binary network cannot carry (empty: the architecture can be sharpened)."""
+    problems: list[tuple[Op, str]] = []
+    for op in graph:
+        if op.kind in (Kind.AVGPOOL, Kind.ADAPTIVE_AVGPOOL):
+            problems.append((op, "average pooling makes binary activations non-binary"))
+        elif op.kind == Kind.ACTIVATION:
+            problems.append((op, "a non-linearity other than ReLU"))
+        elif op.kind in (Kind.OTHER, Kind.ENCODER, Kind.EXPAND, Kind.DECODE, Kind.SCALE):
+            problems.append((op, "an op without a binary equivalent"))
+    if problems:
+        return problems
+    static = graph.static_ops()
+    for op in graph.synapses:
+        if op.inputs[0] in static:
+            continue
+        try:
+            path = graph.event_path(op.name)
+        except ConfigError as exc:
+            problems.append((op, str(exc)))
+            continue
+        joins = [graph[n] for n in path.ops if graph[n].kind == Kind.ADD]
+        if joins:
+            problems.append((joins[0], "a sum of spike trains is not binary"))
+        elif not path.sources:
+            problems.append((op, "fed by another layer's current without a neuron between"))
+    readout = _readout(graph)
+    if readout is None:
+        problems.append((graph.output, "the network must end in a linear readout layer"))
+    elif not isinstance(readout.module, nn.Linear):
+        problems.append((readout, f"the readout `{readout.name}` must be a Linear layer"))
+    return problems
 
 
-def set_sharpness(model: nn.Module, values: list[float]) -> None:
-    for (_, m), v in zip(activations(model), values):
+def _readout(graph: Graph) -> Op | None:
+    feed = graph[graph.output.inputs[0]]
+    while feed.kind in (Kind.FLATTEN, Kind.IDENTITY):
+        feed = graph[feed.inputs[0]]
+    return feed if feed.kind == Kind.SYNAPSE else None
+
+
+@dataclass
+class Sharpenable:
+    """The rebuilt network and its sharpenable activations in forward order."""
+
+    gm: nn.Module
+    input_shape: tuple[int, ...]
+    activations: list[tuple[str, SharpenableActivation]]
+
+
+def build_sharpenable(arch: nn.Module, input_shape: tuple[int, ...], num_classes: int,
+                      p: SharpenParams) -> Sharpenable:
+    """The traced architecture with sharpenable activations, an N-hot spiking readout and a decoder."""
+    gm = symbolic_trace(arch, "the network")
+    g = build(gm, input_shape)
+    problems = sharpen_problems(g)
+    if problems:
+        g.check("sharpen", problems)
+    readout = _readout(g)
+    assert readout is not None
+    set_module(gm, readout.node, readout.name,
+               nn.Linear(readout.module.in_features, num_classes * p.n_hot))  # type: ignore[union-attr]
+    acts: list[tuple[str, SharpenableActivation]] = []
+    for op in g.neurons:
+        act = SharpenableActivation(p.activation)
+        set_module(gm, op.node, op.name, act)
+        acts.append((op.name, act))
+    out_node = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    spike_out = SharpenableActivation(p.activation)
+    decode_in = insert_after(gm, out_node, "spike_out", spike_out)  # type: ignore[arg-type]
+    acts.append(("spike_out", spike_out))
+    insert_after(gm, decode_in, "decode", NHotDecode(num_classes, p.n_hot))
+    if p.encoding != "current":  # analog current needs no encoder: the first layer reads the image
+        placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
+        insert_after(gm, placeholder, "encode", InputEncoding(p.encoding, p.binary_threshold, p.contour_threshold))
+    gm.graph.lint()
+    gm.recompile()  # type: ignore[operator]
+    return Sharpenable(gm, tuple(input_shape), acts)
+
+
+def set_sharpness(acts: list[tuple[str, SharpenableActivation]], values: list[float]) -> None:
+    for (_, m), v in zip(acts, values):
         m.sharpness.fill_(v)
 
 
@@ -198,9 +260,9 @@ class Sharpener:
     """The schedules of the module docstring, advanced per batch (Whetstone's sharpener callbacks,
     reimplemented for Lightning). ``history`` holds each layer's sharpness at every epoch's end."""
 
-    def __init__(self, model: nn.Module, p: SharpenParams):
-        self.model, self.p = model, p
-        self.names = [n for n, _ in activations(model)]
+    def __init__(self, acts: list[tuple[str, SharpenableActivation]], p: SharpenParams):
+        self.acts, self.p = acts, p
+        self.names = [n for n, _ in acts]
         self.values = [0.0] * len(self.names)
         self.history: dict[str, list[float]] = {n: [] for n in self.names}
         self.global_value = 0.0
@@ -215,7 +277,7 @@ class Sharpener:
         return all(v >= 1.0 for v in self.values)
 
     def _apply(self) -> None:
-        set_sharpness(self.model, self.values)
+        set_sharpness(self.acts, self.values)
 
     def on_batch(self, epoch: int, batch: int, batches: int) -> None:
         p = self.p
@@ -289,24 +351,62 @@ class Sharpener:
         return _Callback()
 
 
-def to_spiking(model: nn.Module) -> nn.Sequential:
-    """The fully sharpened network with each step activation as a one-step SpikingJelly IF neuron."""
+def to_spiking(net: Sharpenable) -> nn.Module:
+    """A copy of the fully sharpened network with each step activation as a one-step SpikingJelly IF
+    neuron (threshold 0.5 for brelu, 0 for sigmoid; exactly the step function)."""
+    import copy
+
     from spikingjelly.activation_based import neuron
 
-    layers = []
-    for name, m in model.named_children():
-        if isinstance(m, SharpenableActivation):
-            m = neuron.IFNode(v_threshold=m.threshold, v_reset=0.0, step_mode="s")
-        layers.append((name, m))
-    return nn.Sequential(OrderedDict(layers))
+    register_module_kind(neuron.IFNode, Kind.NEURON)
+    snn = copy.deepcopy(net.gm)
+    for name, act in net.activations:
+        parent, _, attr = name.rpartition(".")
+        owner = snn.get_submodule(parent) if parent else snn
+        setattr(owner, attr, neuron.IFNode(v_threshold=act.threshold, v_reset=0.0, step_mode="s"))
+    return snn
+
+
+class SharpenedSNN(GraphSNN):
+    """The one-step IF network; also counts how often it decides as the sharpened network does."""
+
+    def __init__(self, net: Sharpenable):
+        snn = to_spiking(net)
+        super().__init__(build(snn, net.input_shape), 1, lambda out, T, B: Outputs(logits=out))
+        self.sharpened = net.gm
+        self.agree = self.total = 0
+
+    def to(self, device):
+        self.sharpened.to(device)
+        return super().to(device)
+
+    def run_batch(self, x, meters):
+        out = super().run_batch(x, meters)
+        self.agree += int((out.final() == self.sharpened(x).argmax(-1)).sum())
+        self.total += x.shape[0]
+        return out
 
 
 class Sharpen(Method):
     name = "sharpen"
     needs_trained_ann = False
+    trains = True
     default_model = "stpu-dnn"
     smoke_sets = {"epochs": "6", "start_epoch": "2", "duration": "3", "lr": "3e-3"}
     Params = SharpenParams
+    metrics = (
+        MetricSpec("sharpen/sharpness_reached", "the least sharpness of any layer when training ended", "fraction",
+                   "max", 0, 1),
+        MetricSpec("sharpen/epochs_trained", "training epochs run", "epochs", None, 0),
+        MetricSpec("sharpen/snn_agreement", "fraction of test samples the IF network decides as the sharpened "
+                   "network does (1 by construction)", "fraction", "max", 0, 1),
+        MetricSpec("sharpen/train/loss", "training loss per epoch", "loss", "min", curve=True),
+        MetricSpec("sharpen/train/accuracy", "training accuracy per epoch", "fraction", "max", 0, 1, curve=True),
+        MetricSpec("sharpen/val/loss", "validation loss per epoch", "loss", "min", curve=True),
+        MetricSpec("sharpen/val/accuracy", "validation accuracy per epoch", "fraction", "max", 0, 1, curve=True),
+        MetricSpec("sharpen/sharpness/{layer}", "sharpness of a layer at each epoch's end", "fraction", None, 0, 1,
+                   curve=True),
+    )
 
     @classmethod
     def search_space(cls, trial):
@@ -317,64 +417,42 @@ class Sharpen(Method):
             optimizer=trial.suggest_categorical("optimizer", ["adam", "rmsprop"]),
         )
 
-    def _build(self, ctx, params) -> nn.Sequential:
-        from ..models import build_model
-
-        ds = ctx.dataset
-        arch = build_model(ctx.model_name, ds.input_shape, ds.num_classes)
-        try:
-            return build_sharpenable(arch, ds.num_classes, params)
-        except ConfigError as e:
-            raise ConfigError(f"{e} (model {ctx.model_name!r}; Whetstone needs binary activations "
-                              "between layers: max-pooling models such as stpu-dnn, stpu-cnn, "
-                              "cnn-restricted, cnn-unrestricted, ttfs-cnn)") from None
+    @classmethod
+    def graph_problems(cls, graph):
+        return sharpen_problems(graph)
 
     def check(self, ctx, params):
-        self._build(ctx, params)
+        try:
+            super().check(ctx, params)
+        except ConfigError as e:
+            raise ConfigError(f"{e} (model {ctx.model_name!r}; Whetstone needs binary activations between layers: "
+                              "max-pooling models such as stpu-dnn, stpu-cnn, cnn-restricted, cnn-unrestricted, "
+                              "ttfs-cnn)") from None
 
     def prepare(self, ctx, ann, params):
         from ..training import Classifier, fit
 
         torch.manual_seed(ctx.seed)
-        model = self._build(ctx, params)
-        sharpener = Sharpener(model, params)
-        module = Classifier(model, lr=params.lr, optimizer=params.optimizer)
+        ds = ctx.dataset
+        net = build_sharpenable(ctx.architecture(), ds.input_shape, ds.num_classes, params)
+        sharpener = Sharpener(net.activations, params)
+        module = Classifier(net.gm, lr=params.lr, optimizer=params.optimizer)
         fit(ctx, module, params.epochs, callbacks=[sharpener.callback()])
         reached = min(sharpener.values) if sharpener.values else 1.0
-        ctx.metrics["sharpen/sharpness_reached"] = reached
-        ctx.metrics["sharpen/epochs_trained"] = float(len(module.history.get("train/loss", [])))
+        info = {}
         if reached < 1.0:
-            ctx.info["sharpen_warning"] = (f"training ended at sharpness {reached:.3f} < 1; the network was "
-                                           "set to step functions for inference (raise epochs)")
-        ctx.step_metrics.update({f"sharpen/{k}": v for k, v in module.history.items()})
-        ctx.step_metrics.update({f"sharpen/sharpness/{n}": v for n, v in sharpener.history.items()})
-        model = module.model.eval()
-        set_sharpness(model, [1.0] * len(sharpener.names))
-        return model
+            info["sharpen_warning"] = (f"training ended at sharpness {reached:.3f} < 1; the network was "
+                                       "set to step functions for inference (raise epochs)")
+        steps = {f"sharpen/{k}": v for k, v in module.history.items()}
+        steps.update({f"sharpen/sharpness/{n}": v for n, v in sharpener.history.items()})
+        net.gm.eval()
+        set_sharpness(net.activations, [1.0] * len(net.activations))
+        metrics = {"sharpen/sharpness_reached": reached,
+                   "sharpen/epochs_trained": float(len(module.history.get("train/loss", [])))}
+        return Preparation(SharpenedSNN(net), metrics=metrics,
+                           step_metrics=steps, info=info)
 
-    @torch.no_grad()
-    def evaluate(self, ctx, model, params, split="test"):
-        from spikingjelly.activation_based import functional, neuron
-        from tqdm.auto import tqdm
-
-        device = ctx.device
-        model = model.to(device).eval()
-        snn = to_spiking(model).eval()
-        first = next(n for n, m in snn.named_modules() if isinstance(m, SYNAPTIC_TYPES))
-        analog_input = params.encoding == "current"
-        meters = Meters(timesteps=1)
-        agree = total = 0
-        with meters.attach(snn, neuron_types=(neuron.IFNode,), spiking_neurons=True,
-                           spike_inputs=lambda name, x: not (analog_input and name == first)):
-            for x, y in tqdm(ctx.loader(split), desc="evaluate sharpened SNN", disable=not ctx.progress,
-                             leave=False):
-                x, y = x.to(device), y.to(device)
-                logits = snn(x)
-                functional.reset_net(snn)
-                meters.record_batch(logits, y)
-                agree += int((logits.argmax(-1) == model(x).argmax(-1)).sum())
-                total += len(y)
-        metrics, layers = meters.summary()
+    def analyse(self, ctx, prep, evaluation, params) -> Extras:
         # the one-step IF network must decide exactly as the sharpened network does
-        metrics["sharpen/snn_agreement"] = agree / max(total, 1)
-        return Evaluation(metrics, layers)
+        ev = prep.model
+        return Extras(metrics={"sharpen/snn_agreement": ev.agree / max(ev.total, 1)})

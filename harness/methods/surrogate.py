@@ -1,8 +1,11 @@
 """surrogate — direct training of a multistep LIF network with surrogate gradients (escudero-*).
 
-The model's architecture (any feed-forward Linear/Conv2d + ReLU network with pooling, e.g.
-``cnn7``) is rebuilt with SpikingJelly 2.x multistep ``LIFNode`` neurons in place of its ReLUs and
-trained from scratch through Lightning, following Ledinauskas et al. (2020):
+The traced network (any architecture the graph IR accepts: Conv/Linear, ReLU, pooling, residual
+adds, concatenations, BatchNorm) is rebuilt with SpikingJelly 2.x multistep ``LIFNode`` neurons in
+place of its ReLUs and trained from scratch through Lightning, following Ledinauskas et al. (2020).
+Time is folded into the batch: every tensor of the rebuilt network is ``[T·B, ...]``, so pooling,
+convolutions, adds and the network's own BatchNorm run unchanged, and each LIF op unfolds its input
+to ``[T, B, ...]`` to step through time.
 
 * **surrogate derivative** of the spike w.r.t. the membrane potential u:
   ∂S/∂u ≈ β · φ((u − θ)/γ) with φ(0) = 1 — width γ and height β are independent knobs (the seed's
@@ -11,9 +14,9 @@ trained from scratch through Lightning, following Ledinauskas et al. (2020):
   derivative 4σ(4z)(1 − σ(4z)). SpikingJelly's own surrogates have a single ``alpha`` that ties
   width and height together (unit area), hence :class:`WidthHeightSurrogate` below, a subclass of
   SpikingJelly's ``SurrogateFunctionBase`` used by its LIF kernels unchanged.
-* **batch norm for SNNs**: ``BatchNorm`` after every synaptic layer, with statistics over time and
-  batch together (the ``[T, B, ...]`` tensor is folded to ``[T·B, ...]``, SpikingJelly's
-  ``SeqToANNContainer``).
+* **batch norm for SNNs**: ``BatchNorm`` after every synaptic layer that the network does not
+  already follow with one (the readout excepted), with statistics over time and batch together
+  (the folded ``[T·B, ...]`` tensor, as SpikingJelly's ``SeqToANNContainer``).
 * **input encoding**: ``direct`` (the analog image is a constant input current; the first layer is
   computed once and its MACs counted once) or ``poisson`` (SpikingJelly's ``PoissonEncoder``: a
   spike with probability = pixel value at each step; the first layer then counts SynOps).
@@ -35,15 +38,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.fx as fx
 from torch import nn
 
-from ..api import Evaluation, Method
+from ..api import Method, Preparation
 from ..config import ConfigError, Params, param
-from ..meters import Meters
-from ..netparse import parse_blocks
-from ..simulate import event_counts, fold
-
-POOLS = (nn.AvgPool2d, nn.MaxPool2d)
+from ..evaluation import GraphSNN, Outputs
+from ..graph import Graph, Kind, Op, build, insert_after, register_module_kind, set_module, symbolic_trace
+from ..metrics import MetricSpec
 FAMILIES = ("triangle", "fast-sigmoid", "arctan", "sigmoid")
 
 
@@ -126,93 +128,213 @@ class SurrogateParams(Params):
     lr: float = param(1e-3, "Adam learning rate", low=0, low_open=True)
 
 
-class SpikingNet(nn.Module):
-    """The LIF twin of a parsed ReLU network; input ``[B, ...]``, output logits ``[B, classes]``.
+class TimeLIF(nn.Module):
+    """SpikingJelly's multistep ``LIFNode`` on time-folded tensors: ``[T·B, ...]`` in and out."""
 
-    Set ``meters`` (and ``keep_steps``) to meter an inference; the state is reset on every call.
-    """
-
-    def __init__(self, ann: nn.Module, p: SurrogateParams):
+    def __init__(self, timesteps: int, node: nn.Module):
         super().__init__()
-        from spikingjelly.activation_based import encoding, layer, neuron
-
-        blocks = parse_blocks(ann, "surrogate", POOLS)
-        self.p = p
-        self.names = [b.name for b in blocks]
-        self.neuron_names = [b.neuron for b in blocks]
-        self.pre = nn.ModuleList(nn.Sequential(*[m for _, m in b.pre]) for b in blocks)
-        self.pre_ops = [b.pre for b in blocks]
-        self.layers = nn.ModuleList(b.layer for b in blocks)
-        self.norms = nn.ModuleList()
-        self.neurons = nn.ModuleList()
-        for b in blocks:
-            if p.batch_norm and b.neuron is not None:
-                n_out = b.layer.out_channels if isinstance(b.layer, nn.Conv2d) else b.layer.out_features
-                bn = nn.BatchNorm2d(n_out) if isinstance(b.layer, nn.Conv2d) else nn.BatchNorm1d(n_out)
-                self.norms.append(layer.SeqToANNContainer(bn))
-            else:
-                self.norms.append(nn.Identity())
-            if b.neuron is not None or p.readout == "spikes":
-                self.neurons.append(neuron.LIFNode(
-                    tau=p.tau, decay_input=True, v_threshold=p.threshold,
-                    v_reset=0.0 if p.reset == "hard" else None,
-                    surrogate_function=WidthHeightSurrogate(p.surrogate, p.width, p.height),
-                    detach_reset=p.detach_reset, step_mode="m"))
-            elif p.readout == "membrane":
-                self.neurons.append(neuron.NonSpikingLIFNode(tau=p.tau))
-            else:
-                self.neurons.append(nn.Identity())
-        self.encoder = encoding.PoissonEncoder(step_mode="m") if p.encoding == "poisson" else None
-        self.meters: Meters | None = None
-        self.step_outputs: torch.Tensor | None = None  # [T, B, classes], kept for accuracy vs t
+        self.timesteps, self.node = timesteps, node
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from spikingjelly.activation_based import functional
 
-        functional.reset_net(self)
-        T, meters = self.p.timesteps, self.meters
-        last = len(self.layers) - 1
-        h = None
-        for i, (pre, layer, norm, neuron) in enumerate(zip(self.pre, self.layers, self.norms, self.neurons)):
-            if i == 0 and self.encoder is None:
-                static = pre(x)  # constant input current: the first layer runs once
-                if meters is not None:
-                    meters.record_synapse(self.names[0], layer, static, spikes=False)
-                cur0 = layer(static)
-                cur = cur0.unsqueeze(0).expand(T, *cur0.shape)
-            else:
-                if i == 0:
-                    h = self.encoder(x.unsqueeze(0).repeat(T, *([1] * x.dim())))
-                z = fold(h, pre)  # what the synaptic layer receives at each step
-                if meters is not None:
-                    # average pooling scales spikes down; count every pre-pool spike as an event
-                    ops = self.pre_ops[i]
-                    counts = (event_counts(h.sum(0), ops) if any(isinstance(m, nn.AvgPool2d) for _, m in ops)
-                              else z.sum(0))
-                    meters.record_synapse(self.names[i], layer, counts, spikes=True, rows=T * h.shape[1])
-                cur = fold(z, layer)
-            cur = norm(cur)
-            if i == last:
-                return self._readout(neuron, cur)
-            h = neuron(cur.contiguous())
-            if meters is not None:
-                meters.record_neurons(self.neuron_names[i], h, kind="LIFNode")
-        raise AssertionError("unreachable: the last block is the readout")
+        functional.reset_net(self.node)  # one call holds all T steps of a fresh inference
+        T = self.timesteps
+        out = self.node(x.reshape(T, x.shape[0] // T, *x.shape[1:]).contiguous())
+        return out.reshape(x.shape)
 
-    def _readout(self, neuron: nn.Module, cur: torch.Tensor) -> torch.Tensor:
-        from spikingjelly.activation_based.neuron import NonSpikingLIFNode
 
-        steps = torch.arange(1, cur.shape[0] + 1, device=cur.device, dtype=cur.dtype).view(-1, 1, 1)
-        if isinstance(neuron, NonSpikingLIFNode):
-            v = torch.stack(neuron(cur), 0)
-            self.step_outputs = v.detach().cummax(0).values if self.meters is not None else None
-            return v.max(0).values
-        out = neuron(cur.contiguous())
-        if self.meters is not None:
-            if self.p.readout == "spikes":
-                self.meters.record_neurons("readout", out, kind="LIFNode")
-            self.step_outputs = out.detach().cumsum(0) / steps
-        return out.mean(0)
+class ExpandTime(nn.Module):
+    """Broadcast a static ``[B, ...]`` tensor (it depends on the input alone) over ``T`` steps."""
+
+    def __init__(self, timesteps: int):
+        super().__init__()
+        self.timesteps = timesteps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unsqueeze(0).expand(self.timesteps, *x.shape).reshape(self.timesteps * x.shape[0], *x.shape[1:])
+
+
+class PoissonInput(nn.Module):
+    """SpikingJelly's ``PoissonEncoder`` over ``T`` steps: ``[B, ...]`` images in, ``[T·B, ...]`` spikes out."""
+
+    def __init__(self, timesteps: int):
+        super().__init__()
+        from spikingjelly.activation_based import encoding
+
+        self.timesteps = timesteps
+        self.encoder = encoding.PoissonEncoder(step_mode="m")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seq = self.encoder(x.unsqueeze(0).repeat(self.timesteps, *([1] * x.dim())))
+        return seq.reshape(self.timesteps * x.shape[0], *x.shape[1:])
+
+
+register_module_kind(TimeLIF, Kind.NEURON)
+register_module_kind(ExpandTime, Kind.EXPAND)
+register_module_kind(PoissonInput, Kind.ENCODER)
+
+
+def surrogate_problems(graph: Graph) -> list[tuple[Op, str]]:
+    """Ops a multistep LIF network cannot be rebuilt from (empty: it can)."""
+    problems: list[tuple[Op, str]] = []
+    for op in graph:
+        if op.kind == Kind.ACTIVATION:
+            problems.append((op, "a non-linearity other than ReLU"))
+        elif op.kind in (Kind.OTHER, Kind.ENCODER, Kind.EXPAND, Kind.DECODE):
+            problems.append((op, "an op without a spiking equivalent"))
+    if problems:
+        return problems
+    static = _static_before_norm(graph)
+    for op in graph.synapses:
+        if op.inputs[0] in static:
+            continue
+        try:
+            path = graph.event_path(op.name)
+        except ConfigError as exc:
+            problems.append((op, str(exc)))
+            continue
+        if not path.sources:
+            problems.append((op, "fed by another layer's current without a neuron between"))
+    feed = graph[graph.output.inputs[0]]
+    while feed.kind in (Kind.FLATTEN, Kind.IDENTITY, Kind.AVGPOOL, Kind.ADAPTIVE_AVGPOOL):
+        feed = graph[feed.inputs[0]]
+    if feed.kind != Kind.SYNAPSE:
+        problems.append((graph.output, "the network must end in a linear readout layer"))
+    return problems
+
+
+def _static_before_norm(graph: Graph) -> set[str]:
+    """Ops computed once per inference (input-only), stopping at BatchNorm: BN normalises over time
+    and batch together, so it runs on the time-expanded tensor."""
+    static: set[str] = set()
+    for op in graph:
+        if op.kind == Kind.INPUT:
+            static.add(op.name)
+        elif op.kind in (Kind.NEURON, Kind.NORM, Kind.ENCODER, Kind.EXPAND):
+            continue
+        elif op.inputs and all(i in static for i in op.inputs):
+            static.add(op.name)
+    return static
+
+
+def _readout_synapse(graph: Graph) -> Op:
+    feed = graph[graph.output.inputs[0]]
+    while feed.kind != Kind.SYNAPSE:
+        feed = graph[feed.inputs[0]]
+    return feed
+
+
+def rebuild(arch: nn.Module, input_shape: tuple[int, ...], p: SurrogateParams) -> fx.GraphModule:
+    """The traced ``arch`` with LIF neurons for its ReLUs, SNN batch norm, time expansion and the
+    input encoding; its output is the readout layer's current (``[T·B, classes]``), or the spikes of
+    LIF readout neurons (``readout=spikes``, op ``readout``)."""
+    from spikingjelly.activation_based import neuron
+
+    gm = symbolic_trace(arch, "the network")
+    g = build(gm, input_shape)
+    problems = surrogate_problems(g)
+    if problems:
+        g.check("surrogate", problems)
+    T = p.timesteps
+
+    def lif() -> nn.Module:
+        return TimeLIF(T, neuron.LIFNode(
+            tau=p.tau, decay_input=True, v_threshold=p.threshold, v_reset=0.0 if p.reset == "hard" else None,
+            surrogate_function=WidthHeightSurrogate(p.surrogate, p.width, p.height), detach_reset=p.detach_reset,
+            step_mode="m"))
+
+    readout = _readout_synapse(g)
+    static = _static_before_norm(g) if p.encoding == "direct" else set()
+    # a static value meets time where it enters a time-varying op (or the output)
+    expanded: dict[str, list[fx.Node]] = {}
+    for op in list(g):
+        if op.name not in static:
+            continue
+        for user in list(op.node.users):
+            u = g.by_node.get(user)
+            if u is None or u.kind == Kind.SHAPE or (u.name in static and u.kind != Kind.OUTPUT):
+                continue
+            new = insert_after_edge(gm, op.node, user, f"{op.name}_expand_time", ExpandTime(T))
+            expanded.setdefault(op.name, []).append(new)
+    # SNN batch norm after every synaptic layer (but the readout) not already followed by one,
+    # on the time-expanded current
+    if p.batch_norm:
+        for op in g.synapses:
+            if op is readout or any(u.kind == Kind.NORM for u in g.consumers(op.name)):
+                continue
+            anchor = op.node
+            if len(expanded.get(op.name, ())) == 1 and len(op.node.users) == 1:
+                anchor = expanded[op.name][0]
+            bn = nn.BatchNorm2d(op.shape[0]) if isinstance(op.module, nn.Conv2d) else nn.BatchNorm1d(op.shape[0])
+            insert_after(gm, anchor, _free(gm, f"{op.name}_snn_bn"), bn)
+    for op in g.neurons:
+        set_module(gm, op.node, op.name, lif())
+    if p.encoding == "poisson":
+        insert_after(gm, g.input.node, "poisson_input", PoissonInput(T))
+    if p.readout == "spikes":
+        insert_after(gm, g.output.node.args[0], "readout", lif())  # type: ignore[arg-type]
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def _free(gm: fx.GraphModule, target: str) -> str:
+    from ..graph import free_target
+
+    return free_target(gm, target)
+
+
+def insert_after_edge(gm: fx.GraphModule, src: fx.Node, user: fx.Node, target: str, module: nn.Module) -> fx.Node:
+    """Insert a call of ``module`` on the edge ``src`` → ``user`` only."""
+    from ..graph import install
+
+    target = _free(gm, target)
+    install(gm, target, module)
+    with gm.graph.inserting_before(user):
+        new = gm.graph.call_module(target, (src,))
+    user.replace_input_with(src, new)
+    return new
+
+
+class SpikingNet(nn.Module):
+    """The rebuilt network plus its readout decoding: input ``[B, ...]``, logits ``[B, classes]``.
+    ``steps(x)`` also returns the decision after every step (``[T, B, classes]``)."""
+
+    def __init__(self, arch: nn.Module, input_shape: tuple[int, ...], p: SurrogateParams):
+        super().__init__()
+        from spikingjelly.activation_based import neuron
+
+        self.p = p
+        self.net = rebuild(arch, input_shape, p)
+        self.input_shape = tuple(input_shape)
+        self.membrane = neuron.NonSpikingLIFNode(tau=p.tau) if p.readout == "membrane" else None
+
+    def decode(self, out: torch.Tensor, T: int, B: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits ``[B, C]``, decision after each step ``[T, B, C]``) from the output ``[T·B, C]``."""
+        from spikingjelly.activation_based import functional
+
+        cur = out.reshape(T, B, *out.shape[1:])
+        steps = torch.arange(1, T + 1, device=cur.device, dtype=cur.dtype).view(-1, 1, 1)
+        if self.membrane is not None:
+            functional.reset_net(self.membrane)
+            v = torch.stack(self.membrane(cur), 0)
+            return v.max(0).values, v.detach().cummax(0).values
+        return cur.mean(0), cur.detach().cumsum(0) / steps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.net(x), self.p.timesteps, x.shape[0])[0]
+
+    def evaluable(self) -> GraphSNN:
+        graph = build(self.net, self.input_shape)
+
+        def readout(out, T, B):
+            logits, steps = self.decode(out, T, B)
+            return Outputs(logits=logits, step_predictions=steps.argmax(-1))
+
+        ev = GraphSNN(graph, self.p.timesteps, readout)
+        ev.input_spikes = False
+        return ev
 
 
 def _spike_rate_loss(rates: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -222,9 +344,20 @@ def _spike_rate_loss(rates: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 class Surrogate(Method):
     name = "surrogate"
     needs_trained_ann = False
+    trains = True
     default_model = "cnn7"
     smoke_sets = {"epochs": "3", "timesteps": "2", "lr": "3e-3"}
     Params = SurrogateParams
+    metrics = (
+        MetricSpec("surrogate/grad_norm_ratio", "mean weight-gradient norm of the first layer over the last's",
+                   "ratio", None, 0),
+        MetricSpec("surrogate/train/loss", "training loss per epoch", "loss", "min", curve=True),
+        MetricSpec("surrogate/train/accuracy", "training accuracy per epoch", "fraction", "max", 0, 1, curve=True),
+        MetricSpec("surrogate/val/loss", "validation loss per epoch", "loss", "min", curve=True),
+        MetricSpec("surrogate/val/accuracy", "validation accuracy per epoch", "fraction", "max", 0, 1, curve=True),
+        MetricSpec("surrogate/grad_norm/{layer}", "mean weight-gradient norm of a layer per epoch", "norm", None, 0,
+                   curve=True),
+    )
 
     @classmethod
     def search_space(cls, trial):
@@ -236,62 +369,34 @@ class Surrogate(Method):
             tau=trial.suggest_float("tau", 1.5, 10.0),
         )
 
-    def _architecture(self, ctx) -> nn.Module:
-        from ..models import build_model
-
-        ds = ctx.dataset
-        return build_model(ctx.model_name, ds.input_shape, ds.num_classes)
-
-    def check(self, ctx, params):
-        torch.manual_seed(ctx.seed)
-        try:
-            SpikingNet(self._architecture(ctx), params)
-        except ConfigError as e:
-            raise ConfigError(f"{e} (model {ctx.model_name!r})") from None
+    @classmethod
+    def graph_problems(cls, graph):
+        return surrogate_problems(graph)
 
     def prepare(self, ctx, ann, params):
         from ..training import Classifier, fit
 
         torch.manual_seed(ctx.seed)
-        net = SpikingNet(self._architecture(ctx), params)
+        net = SpikingNet(ctx.architecture(), ctx.dataset.input_shape, params)
         loss_fn = _spike_rate_loss if params.readout == "spikes" else None
         module = Classifier(net, lr=params.lr, loss_fn=loss_fn)
         grads = GradientNorms(net)
         fit(ctx, module, params.epochs, callbacks=[grads.callback()])
-        ctx.step_metrics.update({f"surrogate/{k}": v for k, v in module.history.items()})
-        ctx.step_metrics.update({f"surrogate/grad_norm/{k}": v for k, v in grads.per_epoch.items()})
+        steps = {f"surrogate/{k}": v for k, v in module.history.items()}
+        steps.update({f"surrogate/grad_norm/{k}": v for k, v in grads.per_epoch.items()})
+        metrics = {}
         ratio = grads.first_over_last()
         if ratio is not None:
-            ctx.metrics["surrogate/grad_norm_ratio"] = ratio
-        return net.eval()
-
-    @torch.no_grad()
-    def evaluate(self, ctx, model, params, split="test"):
-        from tqdm.auto import tqdm
-
-        device = ctx.device
-        model = model.to(device).eval()
-        T = params.timesteps
-        meters = Meters(timesteps=T, keep_per_neuron=False)
-        model.meters = meters
-        correct_at_t = torch.zeros(T, dtype=torch.float64)
-        try:
-            for x, y in tqdm(ctx.loader(split), desc="evaluate surrogate SNN", disable=not ctx.progress, leave=False):
-                x, y = x.to(device), y.to(device)
-                meters.record_batch(model(x), y)
-                correct_at_t += (model.step_outputs.argmax(-1) == y).sum(1).double().cpu()
-        finally:
-            model.meters = None
-        metrics, layers = meters.summary()
-        curve = (correct_at_t / max(meters.samples, 1)).tolist()
-        return Evaluation(metrics, layers, step_metrics={"test/accuracy_at_t": curve})
+            metrics["surrogate/grad_norm_ratio"] = ratio
+        return Preparation(net.eval().evaluable(), metrics=metrics, step_metrics=steps)
 
 
 class GradientNorms:
     """Mean L2 norm of each synaptic layer's weight gradient per epoch (a Lightning callback)."""
 
     def __init__(self, net: SpikingNet):
-        self.layers = list(zip(net.names, net.layers))  # the model's own layer names
+        graph = build(net.net, net.input_shape)
+        self.layers = [(op.name, op.module) for op in graph.synapses]  # the network's own layer names
         self.per_epoch: dict[str, list[float]] = {}
         self._sums: dict[str, list[float]] = {}
 

@@ -5,19 +5,26 @@ of this implementation a spike carries the integer code k = t_max − t ∈ {1 �
 *no spike* (value 0: zero and negative values are the absence of a spike). Quantisation is
 k = clip(floor(t_max · x / λ), 0, t_max).
 
-Two-stage neuron, per layer l with input scale λ_{l−1} and threshold u_th:
+Two-stage neuron, per neuron op l fed by one synaptic layer with input scale λ_{l−1} and
+threshold u_th:
 
 * silent stage (t ∈ [0, t_max)): u_i(t) = Σ_j W_ij (t − t_j) over inputs that have spiked, plus
   the bias as an initial membrane potential b_i · t_max / λ_{l−1}. At t_max,
   u_i = Σ_j W_ij k_j + t_max b_i / λ_{l−1} = t_max / λ_{l−1} · (W x + b)_i   (eq. 3).
 * spiking stage: charged by I_ext = u_th / t_max (eq. 4); the neuron fires at the first step
-  τ ∈ [0, t_max) with u + τ · I_ext ≥ u_th, i.e. τ ≥ c = (u_th − u) / I_ext. Non-positive potentials never reach threshold inside the window (the ReLU); potentials above
-  u_th fire at τ = 0 (saturation). At most one spike per neuron; the output code is t_max − τ,
-  the same encoding as the input, with λ_l = u_th · λ_{l−1} / t_max, so layers stack.
+  τ ∈ [0, t_max) with u + τ · I_ext ≥ u_th, i.e. τ ≥ c = (u_th − u) / I_ext. Non-positive potentials
+  never reach threshold inside the window (the ReLU); potentials above u_th fire at τ = 0
+  (saturation). At most one spike per neuron; the output code is t_max − τ, the same encoding as
+  the input, with λ_l = u_th · λ_{l−1} / t_max, so layers stack.
 
-Max-pooling passes the earliest spike (the largest code). The readout layer has no spiking stage:
-its silent-stage potential, scaled back by λ_{l−1}/t_max, gives the logits. Latency is
-t_max · (hidden layers + 1) time steps.
+The network is the traced ANN with BatchNorm folded into the layer before it. Ops whose TTFS meaning
+is a single spike are accepted: Conv/Linear layers each followed by a ReLU (or the linear readout),
+max pooling (the earliest spike), flatten, dropout/identity and channel concatenation (the inputs
+keep their own scales λ, folded into the next layer's weight columns). A sum of two spike times
+(a residual ``add``) is not one spike, and neither is a mean of spike times (average pooling): both
+are refused before training, naming the node. The readout layer has no spiking stage: its
+silent-stage potential, scaled back by λ_{l−1}/t_max, gives the logits. Latency is
+t_max · (the largest number of neuron layers on a path + 1) time steps.
 
 Two evaluators compute this: :meth:`TTFSNetwork.closed_form` (vectorised, one linear op per layer,
 used by runs and studies) and :meth:`TTFSNetwork.stepped` (a time-stepped simulation of both
@@ -27,7 +34,8 @@ representable in binary; tests cover random float64 networks and the edge cases)
 
 Thresholds u_th are calibrated per layer from training data as a percentile of the positive
 silent-stage potentials (the paper tunes u_th below u_max = t_max · Σ W⁺ for resolution),
-times optional per-layer scale factors; explicit values can be given with ``u_th``.
+times optional per-layer scale factors; explicit values can be given with ``u_th``. Each run also
+writes the paper's Fig. 2 grid (the first layer's RMSE over t_max × u_th) as a CSV the report draws.
 """
 
 from __future__ import annotations
@@ -38,22 +46,71 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..api import Evaluation, Method
+from ..api import Extras, Method, Preparation
 from ..config import Params, param
 from ..errors import ConfigError
+from ..evaluation import Evaluable, Outputs
+from ..graph import Graph, Kind, Op, apply_op
+from ..io import write_csv
 from ..meters import Meters
-from ..netparse import Block, parse_blocks
+from ..metrics import MetricSpec
 
-def parse_stages(model: nn.Module) -> list[Block]:
-    """TTFS blocks: max-pooling (earliest spike) is the only pooling with a single-spike meaning."""
-    return parse_blocks(model, "ttfs", (nn.MaxPool2d,))
+PASS = (Kind.FLATTEN, Kind.IDENTITY)
 
 
-def _linear_op(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    w = layer.weight.to(x.dtype)
+def ttfs_problems(graph: Graph) -> list[tuple[Op, str]]:
+    """Ops of the folded graph without a single-spike meaning (empty: convertible)."""
+    problems: list[tuple[Op, str]] = []
+    reasons = {
+        Kind.ADD: "add of two spike trains: a sum of spike times is not one spike",
+        Kind.AVGPOOL: "average pooling: a mean of spike times is not one spike",
+        Kind.ADAPTIVE_AVGPOOL: "adaptive average pooling: a mean of spike times is not one spike",
+        Kind.NORM: "a BatchNorm that does not directly follow a Conv/Linear layer (nothing to fold it into)",
+        Kind.ACTIVATION: "a non-linearity other than ReLU",
+        Kind.SCALE: "scaling by a constant",
+    }
+    for op in graph:
+        if op.kind in reasons:
+            problems.append((op, reasons[op.kind]))
+        elif op.kind in (Kind.OTHER, Kind.ENCODER, Kind.EXPAND, Kind.DECODE):
+            problems.append((op, "an op without a single-spike equivalent"))
+    if problems:
+        return problems
+    for op in graph.neurons:
+        src = graph[op.inputs[0]]
+        if src.kind != Kind.SYNAPSE:
+            hint = " (put the ReLU first: pooling and ReLU commute)" if src.kind == Kind.MAXPOOL else ""
+            problems.append((op, f"a neuron fed by {src.describe()} rather than directly by a Conv/Linear layer{hint}"))
+    for op in graph.synapses:
+        users = graph.consumers(op.name)
+        if len(users) == 1 and users[0].kind == Kind.NEURON:
+            continue
+        if _reaches_output(graph, op.name):
+            continue
+        problems.append((op, "a layer whose output is not the input of exactly one ReLU (nor the readout)"))
+    feed = graph[graph.output.inputs[0]]
+    while feed.kind in PASS:
+        feed = graph[feed.inputs[0]]
+    if feed.kind != Kind.SYNAPSE:
+        problems.append((graph.output, "the network must end in a linear readout layer (no ReLU or pooling "
+                                       "after it)"))
+    return problems
+
+
+def _reaches_output(graph: Graph, name: str) -> bool:
+    users = graph.consumers(name)
+    if len(users) != 1:
+        return False
+    u = users[0]
+    return u.kind == Kind.OUTPUT or (u.kind in PASS and _reaches_output(graph, u.name))
+
+
+def _linear_op(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    w = (layer.weight if weight is None else weight).to(x.dtype)
     if isinstance(layer, nn.Linear):
         return nn.functional.linear(x, w)
-    return nn.functional.conv2d(x, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+    conv = nn.functional.conv2d if isinstance(layer, nn.Conv2d) else nn.functional.conv1d
+    return conv(x, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)  # type: ignore[arg-type]
 
 
 def _bias_offset(layer: nn.Module, t_max: int, lam_in: float, dtype, ndim: int) -> torch.Tensor | float:
@@ -93,157 +150,253 @@ def encode(x: torch.Tensor, t_max: int, x_max: float, out_of_range: str) -> torc
     return torch.floor(x * (t_max / x_max)).clamp_(0, t_max)
 
 
-class TTFSNetwork(nn.Module):
-    """A converted network: the ANN's weights plus one threshold per spiking layer."""
+Scale = "float | torch.Tensor"  # λ of a code tensor: one number, or one per element (after a cat)
 
-    def __init__(self, ann: nn.Module, t_max: int, x_max: float = 1.0, out_of_range: str = "error",
+
+def _ref(scale) -> float:
+    return float(scale.max()) if isinstance(scale, torch.Tensor) else float(scale)
+
+
+class TTFSNetwork(nn.Module):
+    """A converted network: the folded graph of the ANN plus one threshold per neuron op."""
+
+    def __init__(self, graph: Graph, t_max: int, x_max: float = 1.0, out_of_range: str = "error",
                  dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.ann = ann.eval()
-        self.stages = parse_stages(ann)
+        self.graph = graph
         self.t_max, self.x_max, self.out_of_range, self.dtype = t_max, x_max, out_of_range, dtype
-        self.u_th: list[float] = [float("nan")] * self.n_hidden
+        self.neuron_names = [op.name for op in graph.neurons]
+        self.u_th: dict[str, float] = {n: float("nan") for n in self.neuron_names}
+        self.plan = [op for op in graph if op.kind not in (Kind.INPUT, Kind.OUTPUT, Kind.SHAPE)]
+        self._weights: dict[str, torch.Tensor] = {}  # effective weights of layers fed by a cat
+        self._reads_input = graph.static_ops()
 
     @property
     def n_hidden(self) -> int:
-        return len(self.stages) - 1
+        return len(self.neuron_names)
 
     @property
     def latency(self) -> int:
-        return self.t_max * (self.n_hidden + 1)
+        return self.t_max * (self.graph.depth() + 1)
 
-    def scales(self) -> list[float]:
-        """λ_l for the input (index 0) and every hidden layer."""
-        lam = [self.x_max]
-        for th in self.u_th:
-            lam.append(th * lam[-1] / self.t_max)
-        return lam
+    def scales(self) -> dict[str, Scale]:
+        """λ of every op's output codes (the input's is x_max)."""
+        return self._walk(None, None)[1]
 
-    def _potential(self, i: int, k: torch.Tensor, lam_in: float) -> torch.Tensor:
-        st = self.stages[i]
-        u = _linear_op(st.layer, k)
-        return u + _bias_offset(st.layer, self.t_max, lam_in, k.dtype, u.dim())
+    def _walk(self, x: torch.Tensor | None, meters: Meters | None, keep_codes: bool = False,
+              calibrate: dict | None = None):
+        """One pass of the closed form (``x`` None: only the scales). Returns (logits, scales, codes)."""
+        T = self.t_max
+        g = self.graph
+        scale: dict[str, Scale] = {g.input.name: self.x_max}
+        value: dict[str, torch.Tensor] = {}
+        if x is not None:
+            value[g.input.name] = encode(x.to(self.dtype), T, self.x_max, self.out_of_range)
+        codes: list[torch.Tensor] = []
+        logits = None
+        for op in self.plan:
+            if op.kind == Kind.SYNAPSE:
+                lam_in = scale[op.inputs[0]]
+                lam_ref = _ref(lam_in)
+                if x is not None:
+                    k = value[op.inputs[0]]
+                    if meters is not None:
+                        meters.record_synapse(op.name, op.module, (k > 0).float(), spikes=True,  # type: ignore[arg-type]
+                                              reads_input=op.inputs[0] in self._reads_input)
+                    u = _linear_op(op.module, k, self._effective_weight(op, lam_in))  # type: ignore[arg-type]
+                    value[op.name] = u + _bias_offset(op.module, T, lam_ref, k.dtype, u.dim())  # type: ignore[arg-type]
+                scale[op.name] = lam_ref  # a potential in units of t_max / λ_ref
+            elif op.kind == Kind.NEURON:
+                src = op.inputs[0]
+                lam_in = scale[src]
+                if calibrate is not None and x is not None:
+                    self.u_th[op.name] = calibrate["fn"](op.name, value[src])
+                th = self.u_th[op.name]
+                if x is not None:
+                    u = value[src]
+                    k = fire_codes(u, torch.tensor(th, dtype=u.dtype, device=u.device), T)
+                    value[op.name] = k
+                    if meters is not None:
+                        spikes = float((k > 0).sum())
+                        meters.record_neuron_counts(op.name, spikes=spikes, entries=float(k.numel()),
+                                                    zeros=float(k.numel()) - spikes, kind="TTFS two-stage")
+                    if keep_codes:
+                        codes.append(k)
+                scale[op.name] = th * lam_in / T
+            else:  # max pooling, flatten, identity, cat: codes and scales move alike
+                ins = op.inputs
+                if x is not None:
+                    value[op.name] = apply_op(op, [value[i] for i in ins])
+                scale[op.name] = self._move_scale(op, [scale[i] for i in ins])
+        feed = g.output.inputs[0]
+        if x is not None:
+            logits = value[feed] * (scale[feed] / T)
+        return logits, scale, codes
+
+    def _move_scale(self, op: Op, scales: list) -> Scale:
+        if all(not isinstance(s, torch.Tensor) for s in scales) and len(set(scales)) == 1:
+            return scales[0]
+        maps = [s if isinstance(s, torch.Tensor) else torch.full((1, *self.graph[i].shape), float(s),
+                                                                  dtype=torch.float64)
+                for s, i in zip(scales, op.inputs)]
+        return apply_op(op, maps)
+
+    def _effective_weight(self, op: Op, lam_in) -> torch.Tensor | None:
+        """Weights with per-input scales folded in (inputs of different λ after a cat), else None."""
+        if not isinstance(lam_in, torch.Tensor):
+            return None
+        if op.name not in self._weights:
+            rel = (lam_in[0] / lam_in.max()).to(op.module.weight.dtype)  # type: ignore[union-attr]
+            w = op.module.weight.detach()  # type: ignore[union-attr]
+            if isinstance(op.module, nn.Linear):
+                factor = rel.reshape(1, -1)
+            else:  # per input channel (constant over space: scales are per layer or per channel)
+                factor = rel.reshape(rel.shape[0], -1)[:, 0].reshape(1, -1, *([1] * (w.dim() - 2)))
+            self._weights[op.name] = w * factor
+        return self._weights[op.name]
 
     # ---- evaluators ----------------------------------------------------------------------------
     @torch.no_grad()
     def closed_form(self, x: torch.Tensor, meters: Meters | None = None, keep_codes: bool = False):
-        """Logits (and, with ``keep_codes``, every hidden layer's output codes, before pooling)."""
-        T = self.t_max
-        k = encode(x.to(self.dtype), T, self.x_max, self.out_of_range)
-        lams = self.scales()
-        codes = []
-        for i, st in enumerate(self.stages):
-            for _, m in st.pre:
-                k = m(k)
-            if meters is not None:
-                meters.record_synapse(st.name, st.layer, (k > 0).float(), spikes=True)
-            u = self._potential(i, k, lams[i])
-            if st.neuron is None:
-                return (u * (lams[i] / T), codes) if keep_codes else u * (lams[i] / T)
-            k = fire_codes(u, torch.tensor(self.u_th[i], dtype=u.dtype, device=u.device), T)
-            if meters is not None:
-                spikes = float((k > 0).sum())
-                meters.record_neuron_counts(st.neuron, spikes=spikes, entries=float(k.numel()),
-                                            zeros=float(k.numel()) - spikes, kind="TTFS two-stage")
-            codes.append(k)
-        raise AssertionError("unreachable: parse_stages guarantees a readout")
+        """Logits (and, with ``keep_codes``, every neuron op's output codes in topological order)."""
+        logits, _, codes = self._walk(x, meters, keep_codes)
+        return (logits, codes) if keep_codes else logits
 
     @torch.no_grad()
     def stepped(self, x: torch.Tensor):
         """Time-stepped simulation of both stages on the discrete clock (the reference).
 
-        Returns logits and every hidden layer's output codes (t_max − spike step, 0 = silent).
+        Returns logits and every neuron op's output codes (t_max − spike step, 0 = silent).
         """
         T = self.t_max
+        g = self.graph
         k = encode(x.to(self.dtype), T, self.x_max, self.out_of_range)
         t_idx = torch.arange(T, device=k.device).view(-1, *([1] * k.dim())).to(k.dtype)
-        spikes = (t_idx == (T - k)).to(k.dtype)  # [T, B, ...]: one spike at t = T − k (none if k = 0)
-        lams = self.scales()
+        spikes = {g.input.name: (t_idx == (T - k)).to(k.dtype)}  # [T, B, ...]: one spike at t = T − k
+        scales = self.scales()
+        potentials: dict[str, torch.Tensor] = {}
         codes = []
-        for i, st in enumerate(self.stages):
-            for _, m in st.pre:
-                if isinstance(m, nn.MaxPool2d):  # earliest spike: pool "has fired by t", then difference
-                    has_fired = torch.stack([m(c) for c in spikes.cumsum(0)])
-                    spikes = torch.diff(has_fired, dim=0, prepend=torch.zeros_like(has_fired[:1]))
-                else:
-                    spikes = torch.stack([m(s) for s in spikes])
-            # silent stage: slope g(t) = Σ_{t_j ≤ t} W_ij, u(t + 1) = u(t) + g(t)
-            g = torch.zeros_like(_linear_op(st.layer, spikes[0]))
-            u = g + _bias_offset(st.layer, T, lams[i], g.dtype, g.dim())
-            for t in range(T):
-                g = g + _linear_op(st.layer, spikes[t])
-                u = u + g
-            if st.neuron is None:
-                return u * (lams[i] / T), codes
-            # spiking stage: charge with I_ext = u_th / t_max, fire once when u + τ·I_ext ≥ u_th
-            c = steps_to_threshold(u, torch.tensor(self.u_th[i], dtype=u.dtype, device=u.device), T)
-            fired = torch.zeros_like(u, dtype=torch.bool)
-            out = torch.zeros((T, *u.shape), dtype=u.dtype, device=u.device)
-            for tau in range(T):
-                now = (c <= tau) & ~fired
-                out[tau] = now.to(u.dtype)
-                fired |= now
-            spikes = out
-            first = out.argmax(0).to(out.dtype)  # step of the (only) spike
-            codes.append(torch.where(out.any(0), T - first, torch.zeros_like(first)))
-        raise AssertionError("unreachable: parse_stages guarantees a readout")
+        for op in self.plan:
+            if op.kind == Kind.SYNAPSE:
+                s = spikes[op.inputs[0]]
+                lam_in = scales[op.inputs[0]]
+                w = self._effective_weight(op, lam_in)
+                # silent stage: slope g(t) = Σ_{t_j ≤ t} W_ij, u(t + 1) = u(t) + g(t)
+                slope = torch.zeros_like(_linear_op(op.module, s[0], w))  # type: ignore[arg-type]
+                u = slope + _bias_offset(op.module, T, _ref(lam_in), slope.dtype, slope.dim())  # type: ignore[arg-type]
+                for t in range(T):
+                    slope = slope + _linear_op(op.module, s[t], w)  # type: ignore[arg-type]
+                    u = u + slope
+                potentials[op.name] = u
+            elif op.kind == Kind.NEURON:
+                u = potentials[op.inputs[0]]
+                # spiking stage: charge with I_ext = u_th / t_max, fire once when u + τ·I_ext ≥ u_th
+                c = steps_to_threshold(u, torch.tensor(self.u_th[op.name], dtype=u.dtype, device=u.device), T)
+                fired = torch.zeros_like(u, dtype=torch.bool)
+                out = torch.zeros((T, *u.shape), dtype=u.dtype, device=u.device)
+                for tau in range(T):
+                    now = (c <= tau) & ~fired
+                    out[tau] = now.to(u.dtype)
+                    fired |= now
+                spikes[op.name] = out
+                first = out.argmax(0).to(out.dtype)  # step of the (only) spike
+                codes.append(torch.where(out.any(0), T - first, torch.zeros_like(first)))
+            elif op.name in potentials or (op.inputs and op.inputs[0] in potentials):
+                potentials[op.name] = apply_op(op, [potentials[i] for i in op.inputs])  # after the readout
+            elif op.kind == Kind.MAXPOOL:  # earliest spike: pool "has fired by t", then difference
+                has_fired = _per_step(op, [spikes[op.inputs[0]].cumsum(0)])
+                spikes[op.name] = torch.diff(has_fired, dim=0, prepend=torch.zeros_like(has_fired[:1]))
+            else:
+                spikes[op.name] = _per_step(op, [spikes[i] for i in op.inputs])
+        feed = g.output.inputs[0]
+        return potentials[feed] * (_ref(scales[feed]) / T), codes
 
     # ---- calibration ---------------------------------------------------------------------------
     @torch.no_grad()
-    def calibrate(self, x: torch.Tensor, percentile: float, scales: tuple[float, ...] = (),
-                  explicit: tuple[float, ...] = (), max_values: int = 2_000_000, seed: int = 0) -> None:
-        """Set u_th layer by layer from the positive silent-stage potentials of ``x``."""
-        T = self.t_max
+    def calibrate(self, x: torch.Tensor, percentile: float, scales: dict[str, float] | None = None,
+                  explicit: dict[str, float] | None = None, max_values: int = 2_000_000, seed: int = 0) -> None:
+        """Set u_th neuron by neuron (in topological order) from the positive silent-stage potentials of ``x``."""
         gen = torch.Generator().manual_seed(seed)
-        k = encode(x.to(self.dtype), T, self.x_max, self.out_of_range)
-        lam = self.x_max
-        for i, st in enumerate(self.stages[:-1]):
-            for _, m in st.pre:
-                k = m(k)
-            u = self._potential(i, k, lam)
+        T = self.t_max
+
+        def threshold(name: str, u: torch.Tensor) -> float:
             if explicit:
-                th = explicit[i]
+                return explicit[name]
+            pos = u[u > 0].flatten().cpu()
+            if pos.numel() == 0:
+                th = float(T)  # a silent layer: any threshold gives the same (empty) output
             else:
-                pos = u[u > 0].flatten().cpu()
-                if pos.numel() == 0:
-                    th = float(T)  # a silent layer: any threshold gives the same (empty) output
-                else:
-                    if pos.numel() > max_values:
-                        pos = pos[torch.randint(pos.numel(), (max_values,), generator=gen)]
-                    th = float(torch.quantile(pos.double(), percentile / 100.0))
-                th *= scales[i] if i < len(scales) else 1.0
-            self.u_th[i] = th
-            k = fire_codes(u, torch.tensor(th, dtype=u.dtype, device=u.device), T)
-            lam = th * lam / T
+                if pos.numel() > max_values:
+                    pos = pos[torch.randint(pos.numel(), (max_values,), generator=gen)]
+                th = float(torch.quantile(pos.double(), percentile / 100.0))
+            return th * (scales or {}).get(name, 1.0)
+
+        self._walk(x, None, calibrate={"fn": threshold})
+
+
+def _per_step(op: Op, seqs: list[torch.Tensor]) -> torch.Tensor:
+    """Apply a stateless op to ``[T, B, ...]`` sequences, time folded into the batch."""
+    T, B = seqs[0].shape[:2]
+    y = apply_op(op, [s.reshape(T * B, *s.shape[2:]) for s in seqs])
+    return y.reshape(T, B, *y.shape[1:])
+
+
+class TTFSEvaluable(Evaluable):
+    """The closed-form evaluator: event-driven (one update per neuron), at most one spike each."""
+
+    event_driven = True
+    input_spikes = True
+    max_spikes_per_neuron = 1.0
+
+    def __init__(self, net: TTFSNetwork):
+        self.net, self.graph = net, net.graph
+        self.latency = net.latency
+
+    def to(self, device):
+        self.graph.gm.to(device)
+        return self
+
+    def run_batch(self, x, meters):
+        return Outputs(logits=self.net.closed_form(x, meters))
+
+
+@dataclass(frozen=True)
+class TTFSParams(Params):
+    t_max: int = param(64, "time steps of each stage (resolution vs latency and cost)", low=1, high=100_000)
+    percentile: float = param(99.9, "u_th = this percentile of a layer's positive silent-stage potentials",
+                              low=0, low_open=True, high=100)
+    threshold_scale: float = param(1.0, "factor on every calibrated u_th", low=0, low_open=True)
+    threshold_scales: tuple[float, ...] = param((), "per-layer factors on u_th (neuron layers in order)",
+                                                low=0, low_open=True)
+    u_th: tuple[float, ...] = param((), "explicit per-layer thresholds (potential units); empty = calibrate",
+                                    low=0, low_open=True)
+    x_max: float = param(1.0, "input range [0, x_max] of the TTFS input encoding", low=0, low_open=True)
+    out_of_range: Literal["error", "clip"] = param("error", "inputs outside [0, x_max]: refuse or clip")
+    calibration_samples: int = param(1000, "training images used to calibrate u_th", low=1)
+    precision: Literal["float32", "float64"] = param("float32", "arithmetic of the evaluators")
+    t_max_sweep: tuple[int, ...] = param((8, 16, 32, 64, 128),
+                                         "also log test accuracy at these t_max (recalibrated)", low=1)
+    fig2: bool = param(True, "save the paper's Fig. 2 grid: the first layer's RMSE over t_max x u_th (CSV)")
+    fig2_t_max: tuple[int, ...] = param((8, 16, 32, 64, 128), "Fig. 2 grid: t_max values", low=1)
+    fig2_fractions: tuple[float, ...] = param((0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0),
+                                              "Fig. 2 grid: u_th as a fraction of u_max", low=0,
+                                              low_open=True, high=1)
+    fig2_samples: int = param(256, "validation images for Fig. 2", low=1)
 
 
 class TTFS(Method):
     name = "ttfs"
     default_model = "ttfs-cnn"
     smoke_sets = {"t_max": "16", "t_max_sweep": "8,16", "fig2_t_max": "8,16", "fig2_fractions": "0.1,0.5"}
-
-    @dataclass(frozen=True)
-    class Params(Params):
-        t_max: int = param(64, "time steps of each stage (resolution vs latency and cost)", low=1, high=100_000)
-        percentile: float = param(99.9, "u_th = this percentile of a layer's positive silent-stage potentials",
-                                  low=0, low_open=True, high=100)
-        threshold_scale: float = param(1.0, "factor on every calibrated u_th", low=0, low_open=True)
-        threshold_scales: tuple[float, ...] = param((), "per-layer factors on u_th (hidden layers in order)",
-                                                    low=0, low_open=True)
-        u_th: tuple[float, ...] = param((), "explicit per-layer thresholds (potential units); empty = calibrate",
-                                        low=0, low_open=True)
-        x_max: float = param(1.0, "input range [0, x_max] of the TTFS input encoding", low=0, low_open=True)
-        out_of_range: Literal["error", "clip"] = param("error", "inputs outside [0, x_max]: refuse or clip")
-        calibration_samples: int = param(1000, "training images used to calibrate u_th", low=1)
-        precision: Literal["float32", "float64"] = param("float32", "arithmetic of the evaluators")
-        t_max_sweep: tuple[int, ...] = param((8, 16, 32, 64, 128),
-                                             "also log test accuracy at these t_max (recalibrated)", low=1)
-        fig2: bool = param(True, "save the paper's Fig. 2: the first layer's RMSE over t_max x u_th")
-        fig2_t_max: tuple[int, ...] = param((8, 16, 32, 64, 128), "Fig. 2 grid: t_max values", low=1)
-        fig2_fractions: tuple[float, ...] = param((0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0),
-                                                  "Fig. 2 grid: u_th as a fraction of u_max", low=0,
-                                                  low_open=True, high=1)
-        fig2_samples: int = param(256, "validation images for Fig. 2", low=1)
+    Params = TTFSParams
+    metrics = (
+        MetricSpec("t_max", "time steps of each TTFS stage", "steps", None, 1),
+        MetricSpec("layer/{layer}/u_th", "threshold u_th of a neuron op (potential units)", "potential", None, 0),
+        MetricSpec("layer/{layer}/lambda", "scale λ of a neuron op's output codes", "activation units", None, 0),
+        MetricSpec("ttfs/test/accuracy_vs_t_max", "test accuracy at each t_max of the sweep", "fraction", "max",
+                   0, 1, curve=True),
+        MetricSpec("ttfs/t_max_sweep", "the t_max values of the sweep", "steps", None, 1, curve=True),
+    )
 
     @classmethod
     def search_space(cls, trial):
@@ -254,69 +407,60 @@ class TTFS(Method):
             t_max_sweep=(), fig2=False,
         )
 
-    def check(self, ctx, params):
-        from ..models import build_model
+    @classmethod
+    def graph_problems(cls, graph):
+        folded = graph.folded()
+        return [(graph.ops.get(op.name, op), why) for op, why in ttfs_problems(folded)]
 
-        ds = ctx.dataset
-        stages = parse_stages(build_model(ctx.model_name, ds.input_shape, ds.num_classes))
-        n_hidden = len(stages) - 1
+    def check(self, ctx, params):
+        super().check(ctx, params)
+        neurons = [op.name for op in ctx.graph.neurons]
         for key in ("threshold_scales", "u_th"):
             values = getattr(params, key)
-            if values and len(values) != n_hidden:
-                raise ConfigError(f"ttfs: {key} has {len(values)} values but {ctx.model_name} has {n_hidden} "
-                                  f"spiking layers ({', '.join(s.name for s in stages[:-1])})")
+            if values and len(values) != len(neurons):
+                raise ConfigError(f"ttfs: {key} has {len(values)} values but {ctx.model_name} has {len(neurons)} "
+                                  f"spiking layers ({', '.join(neurons)})")
 
     def _dtype(self, params):
         return torch.float64 if params.precision == "float64" else torch.float32
 
-    def _calibrated(self, ctx, ann, params, t_max: int) -> TTFSNetwork:
-        net = TTFSNetwork(ann, t_max, params.x_max, params.out_of_range, self._dtype(params))
+    def _calibrated(self, ctx, graph: Graph, params, t_max: int) -> TTFSNetwork:
+        net = TTFSNetwork(graph, t_max, params.x_max, params.out_of_range, self._dtype(params))
         x, _ = ctx.dataset.subset("train", params.calibration_samples)
-        net.calibrate(torch.from_numpy(x).to(ctx.device), params.percentile,
-                      tuple(s * params.threshold_scale for s in params.threshold_scales)
-                      or (params.threshold_scale,) * net.n_hidden, params.u_th, seed=ctx.seed)
+        names = net.neuron_names
+        factors = tuple(s * params.threshold_scale for s in params.threshold_scales) or (params.threshold_scale,) * len(names)
+        net.calibrate(torch.from_numpy(x).to(ctx.device), params.percentile, dict(zip(names, factors)),
+                      dict(zip(names, params.u_th)) if params.u_th else None, seed=ctx.seed)
         return net
 
     def prepare(self, ctx, ann, params):
-        return self._calibrated(ctx, ann.to(ctx.device), params, params.t_max)
+        from ..graph import trace
 
-    def evaluate(self, ctx, model: TTFSNetwork, params, split="test"):
-        from tqdm.auto import tqdm
+        graph = trace(ann.to(ctx.device).eval(), ctx.dataset.input_shape).folded()
+        net = self._calibrated(ctx, graph, params, params.t_max)
+        scales = net.scales()
+        metrics = {"t_max": float(net.t_max)}
+        for name in net.neuron_names:
+            metrics[f"layer/{name}/u_th"] = net.u_th[name]
+            metrics[f"layer/{name}/lambda"] = _ref(scales[name])
+        return Preparation(TTFSEvaluable(net), metrics=metrics)
 
-        meters = Meters(timesteps=1)
-        for x, y in tqdm(ctx.loader(split), desc="evaluate ttfs", disable=not ctx.progress, leave=False):
-            meters.record_batch(model.closed_form(x.to(ctx.device), meters), y.to(ctx.device))
-        metrics, layers = meters.summary()
-        # event-driven: every neuron resolves its single spike time once per inference
-        metrics["neuron_updates"] = metrics["neurons"]
-        metrics["timesteps"] = float(model.latency)
-        metrics["t_max"] = float(model.t_max)
-        lams = model.scales()
-        for i, st in enumerate(model.stages[:-1]):
-            metrics[f"layer/{st.neuron}/u_th"] = model.u_th[i]
-            metrics[f"layer/{st.neuron}/lambda"] = lams[i + 1]
-        ev = Evaluation(metrics, layers)
+    def analyse(self, ctx, prep, evaluation, params) -> Extras:
+        extras = Extras()
+        net = prep.model.net
         if params.t_max_sweep:
             accs = []
             for T in params.t_max_sweep:
-                net = model if T == model.t_max else self._calibrated(ctx, model.ann, params, T)
-                accs.append(_accuracy(net, ctx.loader(split), ctx.device))
-            ev.step_metrics["ttfs/test/accuracy_vs_t_max"] = accs
-            ev.step_metrics["ttfs/t_max_sweep"] = [float(t) for t in params.t_max_sweep]
-            path = ctx.artifact("ttfs_accuracy_vs_t_max.csv")
-            path.write_text("t_max,test_accuracy\n" + "".join(f"{t},{a}\n" for t, a in zip(params.t_max_sweep, accs)))
-            ev.artifacts.append(path)
+                other = net if T == net.t_max else self._calibrated(ctx, net.graph, params, T)
+                m = ctx.evaluate(TTFSEvaluable(other), desc=f"ttfs t_max={T}", what=f"ttfs at t_max={T}").metrics
+                accs.append(m["test/accuracy"])
+            extras.step_metrics["ttfs/test/accuracy_vs_t_max"] = accs
+            extras.step_metrics["ttfs/t_max_sweep"] = [float(t) for t in params.t_max_sweep]
+            extras.artifacts.append(write_csv([dict(t_max=t, test_accuracy=a) for t, a in zip(params.t_max_sweep, accs)],
+                                              ctx.artifact("ttfs_accuracy_vs_t_max.csv")))
         if params.fig2:
-            ev.artifacts += fig2_rmse(ctx, model, params)
-        return ev
-
-
-@torch.no_grad()
-def _accuracy(net: TTFSNetwork, loader, device: str) -> float:
-    meters = Meters()
-    for x, y in loader:
-        meters.record_batch(net.closed_form(x.to(device)).cpu(), y)
-    return meters.correct / max(meters.samples, 1)
+            extras.artifacts.append(fig2_rmse(ctx, net, params))
+        return extras
 
 
 @torch.no_grad()
@@ -326,7 +470,7 @@ def layer_rmse_grid(layer: nn.Module, x: torch.Tensor, t_values, fractions, x_ma
     the largest potential the layer can reach (eq. 5, bias included)."""
     x = x.double()
     w = layer.weight.detach().double()
-    ann_out = torch.relu(_linear_op(layer, x) + (0 if layer.bias is None else
+    ann_out = torch.relu(_linear_op(layer, x, w) + (0 if layer.bias is None else
                          layer.bias.detach().double().view(-1, *([1] * (x.dim() - 2)))))
     pos = w.clamp(min=0).flatten(1).sum(1) * x_max
     if layer.bias is not None:
@@ -335,7 +479,7 @@ def layer_rmse_grid(layer: nn.Module, x: torch.Tensor, t_values, fractions, x_ma
     for T in t_values:
         u_max = T * float(pos.max()) / x_max
         k = encode(x, T, x_max, "clip")
-        u = _linear_op(layer, k) + _bias_offset(layer, T, x_max, torch.float64, x.dim())
+        u = _linear_op(layer, k, w) + _bias_offset(layer, T, x_max, torch.float64, x.dim())
         for f in fractions:
             th = f * u_max
             codes = fire_codes(u, torch.tensor(th, dtype=u.dtype), T)
@@ -346,38 +490,11 @@ def layer_rmse_grid(layer: nn.Module, x: torch.Tensor, t_values, fractions, x_ma
     return rows
 
 
-def fig2_rmse(ctx, model: TTFSNetwork, params) -> list:
-    import csv
-
-    stage = model.stages[0]  # the layer that reads the encoded input, as in the paper
+def fig2_rmse(ctx, net: TTFSNetwork, params):
+    """The grid of :func:`layer_rmse_grid` for the layer that reads the encoded input, as a CSV
+    (``harness report`` draws it)."""
+    first = next(op for op in net.graph.synapses if op.inputs[0] == net.graph.input.name)
     x, _ = ctx.dataset.subset("val", params.fig2_samples)
-    rows = layer_rmse_grid(stage.layer, torch.from_numpy(x).to(ctx.device), params.fig2_t_max, params.fig2_fractions, params.x_max)
-    csv_path = ctx.artifact("ttfs_fig2_rmse.csv")
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    png = ctx.artifact("ttfs_fig2_rmse.png")
-    _heatmap(rows, png, stage.name)
-    return [csv_path, png]
-
-
-def _heatmap(rows: list[dict], path, layer_name: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
-
-    df = pd.DataFrame(rows).pivot(index="u_th_fraction", columns="t_max", values="rmse").sort_index(ascending=False)
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    sns.heatmap(df, annot=True, fmt=".3f", cmap="viridis_r", ax=ax, cbar_kws={"label": "RMSE (activation units)"})
-    ax.set_xlabel("t_max (time steps)")
-    ax.set_ylabel("u_th / u_max")
-    ax.set_title(f"TTFS conversion error of layer {layer_name}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
+    rows = layer_rmse_grid(first.module, torch.from_numpy(x).to(ctx.device), params.fig2_t_max,
+                           params.fig2_fractions, params.x_max)
+    return write_csv(rows, ctx.artifact("ttfs_fig2_rmse.csv"))
