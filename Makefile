@@ -21,6 +21,8 @@ run: $(STAMP)
 	$(BIN)/harness run --method ttfs $(ARGS)
 
 test: $(STAMP)
+	$(BIN)/ruff check harness
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -10,13 +10,12 @@ import sys
 
 import pytest
 import torch
-from torch import nn
-
 from harness.datasets import load_dataset
 from harness.methods.rate import POOLS, RateParams, calibrate_scales, convert
 from harness.models import build_model
 from harness.netparse import parse_blocks
 from harness.simulate import Simulator
+from torch import nn
 
 T = 64
 RATIOS = [

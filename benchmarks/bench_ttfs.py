@@ -6,7 +6,6 @@ t_max = 64; closed form ≤ 2× the ANN's own forward pass.
 
 import pytest
 import torch
-
 from harness.datasets import load_dataset
 from harness.methods.ttfs import TTFSNetwork
 from harness.models import build_model

@@ -29,7 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .config import Params, RunConfig, TrainConfig
+from .config import Params as ParamsBase
+from .config import RunConfig, TrainConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -119,7 +120,7 @@ class Extras:
 
 
 @dataclass(frozen=True)
-class NoParams(Params):
+class NoParams(ParamsBase):
     """A method without parameters."""
 
 
@@ -137,7 +138,7 @@ class Method(ABC):
     spiking: ClassVar[bool] = True  # False: energy is charged as for an ANN
     default_model: ClassVar[str] = "cnn7"
     smoke_sets: ClassVar[dict[str, str]] = {}  # fast --set values for smoke and contract tests
-    Params: ClassVar[type[Params]] = NoParams
+    Params: ClassVar[type[ParamsBase]] = NoParams
     metrics: ClassVar[tuple["MetricSpec", ...]] = ()  # the method's own metric keys
 
     def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
@@ -149,11 +150,11 @@ class Method(ABC):
             raise TypeError(f"method class {cls.__name__} does not implement {', '.join(missing)}")
         if not cls.name:
             raise TypeError(f"method class {cls.__name__} has no name")
-        if not (isinstance(cls.Params, type) and issubclass(cls.Params, Params)):
+        if not (isinstance(cls.Params, type) and issubclass(cls.Params, ParamsBase)):
             raise TypeError(f"{cls.__name__}.Params must be a harness.config.Params dataclass")
 
     @classmethod
-    def search_space(cls, trial: "optuna.Trial") -> Params:
+    def search_space(cls, trial: "optuna.Trial") -> ParamsBase:
         """Sample hyper-parameters for an Optuna trial (declared beside the method)."""
         return cls.Params()
 
@@ -163,15 +164,15 @@ class Method(ABC):
         reason. Used before training and to name, in another method's error, who would accept an op."""
         return []
 
-    def check(self, ctx: RunContext, params: Params) -> None:
+    def check(self, ctx: RunContext, params: Any) -> None:
         """Raise ``ConfigError`` if the method cannot handle this network/data; runs before training."""
         ctx.graph.check(self.name, self.graph_problems(ctx.graph))
 
     @abstractmethod
-    def prepare(self, ctx: RunContext, ann: "nn.Module | None", params: Params) -> Preparation:
+    def prepare(self, ctx: RunContext, ann: Any, params: Any) -> Preparation:
         """Convert, train or prune; return the network to evaluate."""
 
-    def analyse(self, ctx: RunContext, prep: Preparation, evaluation: "Evaluation", params: Params) -> Extras:
+    def analyse(self, ctx: RunContext, prep: Preparation, evaluation: "Evaluation", params: Any) -> Extras:
         """Optional analyses after the harness's evaluation (through ``ctx.evaluate``)."""
         return Extras()
 

@@ -12,7 +12,7 @@ import sys
 from . import __version__
 from .errors import HarnessError
 
-LS_KINDS = ("methods", "datasets", "models", "energy", "params")
+LS_KINDS = ("methods", "datasets", "models", "energy", "params", "metrics")
 
 
 def _registry(kind: str):
@@ -31,8 +31,12 @@ def _registry(kind: str):
 
 def _add_run_flags(r: argparse.ArgumentParser) -> None:
     r.add_argument("--method", "-m", help="method key; compose transforms with '+', e.g. prune+ttfs (default: ann)")
-    r.add_argument("--dataset", "-d", help="data set key (default: mnist-5k)")
-    r.add_argument("--model", help="model key (default: the method's choice)")
+    r.add_argument("--dataset", "-d", help="data set key, or module:factory (default: mnist-5k)")
+    r.add_argument("--model", help="model key, or module:factory / file.py:factory (default: the method's choice)")
+    r.add_argument("--weights", metavar="FILE.pt", help="a trained ANN's state_dict: no training, no ANN cache")
+    r.add_argument("--no-baseline", dest="baseline", action="store_const", const=False,
+                   help="skip the ANN baseline (no ann/* metrics, no energy ratios; surrogate and sharpen "
+                        "then train no ANN at all)")
     r.add_argument("--seed", type=int, help="random seed (default: 0)")
     r.add_argument("--epochs", type=int, help="ANN training epochs (default: 15)")
     r.add_argument("--batch-size", type=int, dest="batch_size", help="training batch size (default: 64)")
@@ -101,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("ls", help="list methods, datasets, models, energy models or a method's params")
     ls.add_argument("kind", choices=LS_KINDS)
-    ls.add_argument("--method", help="with 'params': the method whose parameters to list")
+    ls.add_argument("--method", help="with 'params' (or 'metrics'): the method whose parameters (metrics) to list")
     return p
 
 
@@ -111,24 +115,40 @@ def cmd_ls(args) -> int:
             raise HarnessError("harness ls params needs --method M")
         from .methods import resolve
 
-        for cls in resolve(args.method):
-            print(f"{cls.name} parameters (--set key=value):")
+        classes = resolve(args.method)
+        for cls in classes:
+            prefix = "" if cls is classes[-1] else f"{cls.name}."
+            print(f"{cls.name} parameters (--set {prefix}key=value):")
             rows = cls.Params.describe()
             if not rows:
                 print("  (none)")
             for row in rows:
                 rng = f"  range {row['range']}" if row["range"] else ""
-                print(f"  {row['key']:<22} {row['type']:<18} default {row['default']}{rng}\n      {row['help']}")
+                key = prefix + row["key"]
+                print(f"  {key:<22} {row['type']:<18} default {row['default']}{rng}\n      {row['help']}")
+        return 0
+    if args.kind == "metrics":
+        from .metrics import CORE, markdown_table
+
+        specs = list(CORE)
+        if args.method:
+            from .methods import resolve
+
+            for cls in resolve(args.method):
+                specs += list(cls.metrics)
+        print(markdown_table(specs), end="")
         return 0
     reg = _registry(args.kind)
-    width = max((len(n) for n in reg), default=0)
-    for name, desc in reg.items():
-        print(f"{name:<{width}}  {desc}")
+    entries = list(reg.entries())
+    width = max((len(e.name) for e in entries), default=0)
+    for e in entries:
+        origin = "" if e.origin == "snn-harness" else f"  [{e.origin}]"
+        print(f"{e.name:<{width}}  {e.description}{origin}")
     return 0
 
 
-RUN_FIELDS = ("method", "dataset", "model", "seed", "epochs", "batch_size", "lr", "act_l1", "device",
-              "data_dir", "cache_dir", "experiment", "progress")
+RUN_FIELDS = ("method", "dataset", "model", "weights", "baseline", "seed", "epochs", "batch_size", "lr", "act_l1",
+              "device", "data_dir", "cache_dir", "experiment", "progress")
 
 
 def _run_config(args, **extra):
@@ -148,12 +168,19 @@ def cmd_run(args) -> int:
     result = run(cfg)
     m = result.metrics
     print(f"{result.method} on {result.dataset['name']} / {result.model} (seed {result.seed})")
-    print(f"  test/accuracy        {m['test/accuracy']:.4f}   (ANN {m['ann/test/accuracy']:.4f}, "
-          f"drop {m['test/accuracy_drop']:+.4f})")
+    baseline = "ann/test/accuracy" in m
+    acc = f"  test/accuracy        {m['test/accuracy']:.4f}"
+    if baseline:
+        acc += f"   (ANN {m['ann/test/accuracy']:.4f}, drop {m['test/accuracy_drop']:+.4f})"
+    print(acc)
     print(f"  spikes_per_neuron    {m['spikes_per_neuron']:.4f}   activation_sparsity {m['activation_sparsity']:.4f}")
-    print(f"  synops               {m['synops']:.4g}   macs {m['macs']:.4g}   (ANN macs {m['ann/macs']:.4g})")
-    print(f"  energy cmos45-fp32   {m['energy/cmos45-fp32/joules']:.4g} J   "
-          f"(ANN {m['ann/energy/cmos45-fp32/joules']:.4g} J, ratio {m['energy/cmos45-fp32/ratio']:.3f})")
+    print(f"  synops               {m['synops']:.4g}   macs {m['macs']:.4g}"
+          + (f"   (ANN macs {m['ann/macs']:.4g})" if baseline else ""))
+    energy = f"  energy cmos45-fp32   {m['energy/cmos45-fp32/joules']:.4g} J"
+    if baseline:
+        energy += (f"   (ANN {m['ann/energy/cmos45-fp32/joules']:.4g} J, "
+                   f"ratio {m['energy/cmos45-fp32/ratio']:.3f})")
+    print(energy)
     if result.tracking:
         print(f"  MLflow run {result.tracking['run_id']} in {result.tracking['tracking_uri']}")
     if cfg.output_json:
@@ -211,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"run": cmd_run, "ls": cmd_ls, "study": cmd_study, "report": cmd_report}[args.verb](args)
+    except BrokenPipeError:  # output piped into `head`: stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except HarnessError as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from .errors import ConfigError, UnknownNameError
 
+_P = typing.TypeVar("_P", bound="Params")
 
 # ----------------------------------------------------------------------------------------------
 # parameters with ranges
@@ -165,7 +166,7 @@ class Params:
             kwargs[key] = text if not isinstance(text, str) else parse_value(text, hints[key], key)
         return cls(**kwargs)
 
-    def replace(self, **changes: Any) -> "Params":
+    def replace(self: _P, **changes: Any) -> _P:
         return dataclasses.replace(self, **changes)
 
     def as_dict(self) -> dict[str, Any]:
@@ -249,7 +250,7 @@ class RunConfig(Params):
         return parse_sets(list(self.sets))
 
     def train_config(self) -> TrainConfig:
-        kw = dict(batch_size=self.batch_size, lr=self.lr, act_l1=self.act_l1)
+        kw: dict[str, Any] = dict(batch_size=self.batch_size, lr=self.lr, act_l1=self.act_l1)
         if self.epochs is not None:
             kw["epochs"] = self.epochs
         return TrainConfig(**kw)

@@ -34,7 +34,7 @@ import torch.fx as fx
 from torch import nn
 
 from .errors import InvariantError
-from .graph import Graph, Kind, event_counts
+from .graph import Graph, Kind, event_counts, weight_of
 from .meters import Meters
 from .metrics import SCHEMA, Schema
 
@@ -126,7 +126,7 @@ def dense_macs(module: nn.Module, out_shape: tuple[int, ...]) -> int:
     if isinstance(module, nn.Linear):
         return module.in_features * module.out_features
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        taps = (module.in_channels // module.groups) * math.prod(module.kernel_size)
+        taps = (module.in_channels // module.groups) * math.prod(module.kernel_size)  # type: ignore[arg-type]
         return math.prod(out_shape) * taps
     raise TypeError(type(module).__name__)
 
@@ -143,7 +143,7 @@ def capacity(graph: Graph, synapse: str, fan: torch.Tensor, input_spikes: bool =
 def check_invariants(ev: Evaluable, meters: Meters, metrics: dict[str, float], schema: Schema = SCHEMA,
                      what: str = "evaluation") -> None:
     """Raise :class:`InvariantError` listing every broken invariant (see the module docstring)."""
-    g, n, T = ev.graph, meters.samples, ev.timesteps
+    g, n = ev.graph, meters.samples
     problems: list[str] = []
     if n == 0:
         raise InvariantError(what, ["no test sample was evaluated (empty test split or limit 0)"])
@@ -151,14 +151,14 @@ def check_invariants(ev: Evaluable, meters: Meters, metrics: dict[str, float], s
     # neurons
     kinds = (Kind.NEURON,) if ev.spiking else (Kind.NEURON, Kind.ACTIVATION)
     expected = {op.name: op.size for op in g.of(*kinds)}
-    for name, st in meters.neurons.items():
+    for name, nst in meters.neurons.items():
         if name not in expected:
             problems.append(f"neurons of `{name}` were metered but the network has no such neuron op")
             continue
-        got = st.entries / (n * meters.timesteps)
+        got = nst.entries / (n * meters.timesteps)
         if abs(got - expected[name]) > 1e-9 * max(1.0, expected[name]):
             problems.append(f"`{name}` was metered with {got:g} neurons, the traced network has {expected[name]}")
-        spn = st.spikes / (n * expected[name]) if expected[name] else 0.0
+        spn = nst.spikes / (n * expected[name]) if expected[name] else 0.0
         if spn > bound * (1 + 1e-9):
             problems.append(f"`{name}` fired {spn:g} spikes per neuron per inference, above the bound {bound:g}")
     for name in expected:
@@ -166,13 +166,13 @@ def check_invariants(ev: Evaluable, meters: Meters, metrics: dict[str, float], s
             problems.append(f"the neuron op `{name}` was never metered")
     # synapses
     static = g.static_ops()
-    spikes_of = {name: st.spikes / n for name, st in meters.neurons.items()}
+    spikes_of = {name: nst.spikes / n for name, nst in meters.neurons.items()}
     for op in g.synapses:
         st = meters.synapses.get(op.name)
         if st is None:
             problems.append(f"the synaptic op `{op.name}` was never metered")
             continue
-        w = op.module.weight.detach()  # type: ignore[union-attr]
+        w = weight_of(op.layer).detach()
         zeros = int((w == 0).sum())
         if st.weights != w.numel() or st.zero_weights != zeros:
             problems.append(f"`{op.name}` was metered with {st.weights} weights ({st.zero_weights} zero), the "
@@ -181,7 +181,7 @@ def check_invariants(ev: Evaluable, meters: Meters, metrics: dict[str, float], s
         if st.spike_input:
             if op.inputs[0] in static and not ev.input_spikes:
                 problems.append(f"`{op.name}` reads the analog input but was metered as fed by spikes")
-            fan = meters.fanouts(op.name, op.module, tuple(g[op.inputs[0]].shape))[0]  # type: ignore[arg-type]
+            fan = meters.fanouts(op.name, op.layer, tuple(g[op.inputs[0]].shape))[0]
             cap = capacity(g, op.name, fan, ev.input_spikes) * bound
             if per_inf > cap * (1 + 1e-9) + 1e-9:
                 problems.append(f"`{op.name}`: {per_inf:g} SynOps per inference exceed its capacity {cap:g} "
@@ -195,7 +195,7 @@ def check_invariants(ev: Evaluable, meters: Meters, metrics: dict[str, float], s
                     problems.append(f"`{op.name}`: {per_inf:g} SynOps per inference, more than its largest fan-out "
                                     f"{st.max_fanout:g} x the {src_spikes:g} spikes of its sources")
         elif op.inputs[0] in static:
-            want = dense_macs(op.module, op.shape)  # type: ignore[arg-type]
+            want = dense_macs(op.layer, op.shape)
             got = st.dense_ops / n
             if abs(got - want) > 1e-9 * want:
                 problems.append(f"`{op.name}`: {got:g} dense MACs per inference metered, its shapes give {want}")
@@ -235,7 +235,7 @@ class AnnEvaluable(Evaluable):
 
         def on_op(op, args, out):
             if op.kind == Kind.SYNAPSE:
-                meters.record_synapse(op.name, op.module, args[0], spikes=False, reads_input=op.inputs[0] in static)
+                meters.record_synapse(op.name, op.layer, args[0], spikes=False, reads_input=op.inputs[0] in static)
             elif op.kind in (Kind.NEURON, Kind.ACTIVATION):
                 meters.record_neurons(op.name, out, kind=op.what, spiking=False)
 
@@ -285,9 +285,9 @@ class _MeteringInterpreter(fx.Interpreter):
         if op is not None and op.kind == Kind.SYNAPSE:
             x = self.env[n.all_input_nodes[0]]
             if op.inputs[0] in self.snn._static:
-                self.meters.record_synapse(op.name, op.module, x, spikes=False, reads_input=True)
+                self.meters.record_synapse(op.name, op.layer, x, spikes=False, reads_input=True)
             else:
-                self.meters.record_synapse(op.name, op.module, self._events(op.name), spikes=True,
+                self.meters.record_synapse(op.name, op.layer, self._events(op.name), spikes=True,
                                            rows=self.snn.timesteps * self.B,
                                            reads_input=op.name in self.snn._reads_input)
         out = super().run_node(n)

@@ -31,6 +31,7 @@ import copy
 import hashlib
 import json
 import linecache
+import logging
 import math
 import operator
 import re
@@ -38,7 +39,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import torch
@@ -49,7 +50,7 @@ from torch import nn
 from .errors import ConfigError
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     INPUT = "input"
     OUTPUT = "output"
     SYNAPSE = "synapse"  # Linear / Conv: weights, counted as MACs or SynOps
@@ -132,6 +133,21 @@ class Op:
     def describe(self) -> str:
         return f"node `{self.name}` ({self.what})"
 
+    @property
+    def layer(self) -> nn.Module:
+        """The module a module call runs (synaptic layers, pooling modules ...)."""
+        if self.module is None:
+            raise TypeError(f"{self.describe()} calls no module")
+        return self.module
+
+
+def weight_of(module: nn.Module) -> torch.Tensor:
+    """A synaptic layer's weight tensor."""
+    w = getattr(module, "weight", None)
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{type(module).__name__} has no weight tensor")
+    return w
+
 
 def _what(node: fx.Node, module: nn.Module | None) -> str:
     if node.op == "call_module":
@@ -184,7 +200,7 @@ def _user_frame(tb) -> str:
     if not frames:
         return ""
     f = frames[-1]
-    code = (f.line or linecache.getline(f.filename, f.lineno)).strip()
+    code = (f.line or linecache.getline(f.filename, f.lineno or 0)).strip()
     return f" at {f.filename}:{f.lineno} in {f.name}(): `{code}`"
 
 
@@ -339,7 +355,9 @@ class Graph:
 
         gm = copy.deepcopy(self.gm).eval()
         if self.of(Kind.NORM):
-            gm = fuse(gm, inplace=True, no_trace=True)
+            fused = fuse(gm, inplace=True, no_trace=True)
+            assert isinstance(fused, fx.GraphModule)
+            gm = fused
         return build(gm, self.input_shape)
 
     def fingerprint(self) -> str:
@@ -388,11 +406,12 @@ def accepting_methods(graph: Graph, op: Op, exclude: str) -> list[str]:
             continue
         try:
             cls = METHODS.get(name)
-        except Exception:  # noqa: BLE001 - a broken plug-in must not hide the real error
+        except Exception as exc:  # noqa: BLE001 - a broken plug-in must not hide the real error
+            logging.getLogger(__name__).warning("method %s could not be loaded: %s", name, exc)
             continue
         checker = getattr(cls, "graph_problems", None)
-        if checker is None or getattr(cls, "is_transform", False):
-            continue
+        if checker is None or getattr(cls, "is_transform", False) or not getattr(cls, "spiking", True):
+            continue  # transforms and the ANN itself take any network
         try:
             if not any(p.name == op.name for p, _ in checker(graph)):
                 out.append(name)
@@ -575,24 +594,26 @@ def apply_op(op: Op, args: list[torch.Tensor]) -> torch.Tensor:
             seen[a] = next(it)
     by_node.update(seen)
 
-    def value(n: fx.Node):
+    def value(n: fx.Node) -> Any:
         if n in by_node:
             return by_node[n]
         # a shape helper such as x.size(0) or getitem on it: evaluate on the substituted tensor
-        a, kw = fx.node.map_arg((n.args, n.kwargs), value)
-        if n.op == "call_method":
-            return getattr(a[0], str(n.target))(*a[1:], **kw)
-        if n.op == "call_function":
-            return n.target(*a, **kw)  # type: ignore[operator]
-        raise ConfigError(f"node `{n.name}` ({n.op}) cannot be evaluated inside {op.describe()}")
+        return _call(n, fx.node.map_arg(n.args, value), fx.node.map_arg(n.kwargs, value), op)
 
-    a, kw = fx.node.map_arg((node.args, node.kwargs), value)
+    return _call(node, fx.node.map_arg(node.args, value), fx.node.map_arg(node.kwargs, value), op)
+
+
+def _call(node: fx.Node, args: Any, kwargs: Any, op: Op) -> Any:
+    """Evaluate ``node`` on already substituted arguments."""
     if node.op == "call_module":
-        assert op.module is not None
-        return op.module(*a, **kw)
+        if node is not op.node or op.module is None:
+            raise ConfigError(f"node `{node.name}` (a module call) cannot be evaluated inside {op.describe()}")
+        return op.module(*args, **kwargs)
     if node.op == "call_method":
-        return getattr(a[0], str(node.target))(*a[1:], **kw)
-    return node.target(*a, **kw)  # type: ignore[operator]
+        return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+    if node.op == "call_function":
+        return node.target(*args, **kwargs)  # type: ignore[operator]
+    raise ConfigError(f"node `{node.name}` ({node.op}) cannot be evaluated inside {op.describe()}")
 
 
 def _count_op(op: Op, args: list[torch.Tensor], env: dict) -> torch.Tensor:

@@ -35,11 +35,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
-from .graph import SYNAPTIC_TYPES
+from .graph import SYNAPTIC_TYPES, weight_of
 
 
 def _in_dims(layer: nn.Module) -> int:
@@ -66,7 +67,7 @@ def _apply_linear_op(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) ->
 
 @torch.no_grad()
 def _effective_weight(layer: nn.Module) -> torch.Tensor:
-    return layer.weight.detach()
+    return weight_of(layer).detach()
 
 
 def fanout_map(layer: nn.Module, in_shape: tuple[int, ...], *, nonzero: bool = True) -> torch.Tensor:
@@ -196,17 +197,17 @@ class Meters:
         """Count one output of a neuron layer (any leading dims). For ANN layers (``spiking=False``)
         non-zero activations are counted in place of spikes."""
         out = out.detach()
-        st = self.neurons.get(name)
-        if st is None:
-            st = self.neurons[name] = NeuronStats(name, kind)
-        st.entries += out.numel()
+        nst = self.neurons.get(name)
+        if nst is None:
+            nst = self.neurons[name] = NeuronStats(name, kind)
+        nst.entries += out.numel()
         nonzero = out != 0
-        st.zeros += float(out.numel() - int(nonzero.sum()))
+        nst.zeros += float(out.numel() - int(nonzero.sum()))
         events = out.float() if spiking else nonzero.float()
-        st.spikes += float(events.sum(dtype=torch.float64))
+        nst.spikes += float(events.sum(dtype=torch.float64))
         if self.keep_per_neuron:
             per = events.reshape(-1, *out.shape[-self._neuron_dims(out):]).sum(0).cpu()
-            st.per_neuron = per if st.per_neuron is None else st.per_neuron + per
+            nst.per_neuron = per if nst.per_neuron is None else nst.per_neuron + per
 
     def record_neuron_counts(self, name: str, *, spikes: float, entries: float, zeros: float,
                              kind: str = "", per_neuron: torch.Tensor | None = None) -> None:
@@ -234,7 +235,7 @@ class Meters:
         capacity_spiking = hidden_ops = input_layer_macs = 0.0
         for i, st in enumerate(self.synapses.values()):
             dense, eff = st.dense_ops / n, st.effective_ops / n
-            row = dict(layer=st.name, type=st.kind, weights=st.weights,
+            row: dict[str, Any] = dict(layer=st.name, type=st.kind, weights=st.weights,
                        connection_sparsity=st.zero_weights / st.weights if st.weights else 0.0,
                        input="spikes" if st.spike_input else "analog",
                        dense_macs=dense, synops=eff if st.spike_input else 0.0,
@@ -261,20 +262,21 @@ class Meters:
             metrics[p + "macs_effective"] = row["macs_effective"]
             metrics[p + "connection_sparsity"] = row["connection_sparsity"]
         spikes = entries = zeros = neurons_total = 0.0
-        for st in self.neurons.values():
-            neurons = st.entries / (n * T)
-            spn = st.spikes / (n * neurons) if neurons else 0.0
-            row = dict(layer=st.name, type=st.kind, neurons=neurons, spikes=st.spikes / n,
-                       spikes_per_neuron=spn, activation_sparsity=st.zeros / st.entries if st.entries else 0.0,
-                       firing_rate_hz=spn / (T * self.dt), neuron_updates=neurons * T)
-            rows.append(row)
-            spikes += st.spikes / n
-            entries += st.entries
-            zeros += st.zeros
+        for nst in self.neurons.values():
+            neurons = nst.entries / (n * T)
+            spn = nst.spikes / (n * neurons) if neurons else 0.0
+            nrow: dict[str, Any] = dict(
+                layer=nst.name, type=nst.kind, neurons=neurons, spikes=nst.spikes / n, spikes_per_neuron=spn,
+                activation_sparsity=nst.zeros / nst.entries if nst.entries else 0.0,
+                firing_rate_hz=spn / (T * self.dt), neuron_updates=neurons * T)
+            rows.append(nrow)
+            spikes += nst.spikes / n
+            entries += nst.entries
+            zeros += nst.zeros
             neurons_total += neurons
-            p = f"layer/{st.name}/"
+            p = f"layer/{nst.name}/"
             for k in ("spikes_per_neuron", "activation_sparsity", "firing_rate_hz", "neurons"):
-                metrics[p + k] = row[k]
+                metrics[p + k] = nrow[k]
         weights = sum(s.weights for s in self.synapses.values())
         zero_w = sum(s.zero_weights for s in self.synapses.values())
         metrics.update({

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import HarnessError
 
@@ -156,7 +157,7 @@ class Schema:
                 return s
         return None
 
-    def problems(self, metrics: dict[str, float], *, curves: bool = False) -> list[str]:
+    def problems(self, metrics: Mapping[str, Any], *, curves: bool = False) -> list[str]:
         """Every key without a spec and every value outside its spec's range."""
         out = []
         for key, value in metrics.items():
@@ -164,7 +165,7 @@ class Schema:
             if s is None:
                 out.append(f"{key}: no metric schema entry describes it")
                 continue
-            values = value if curves else [value]
+            values = list(value) if curves else [value]
             for v in values:
                 p = s.check(key, v)
                 if p:
@@ -172,7 +173,7 @@ class Schema:
                     break
         return out
 
-    def validate(self, metrics: dict[str, float], what: str = "run", *, curves: bool = False) -> None:
+    def validate(self, metrics: Mapping[str, Any], what: str = "run", *, curves: bool = False) -> None:
         problems = self.problems(metrics, curves=curves)
         if problems:
             raise MetricSchemaError(f"the {what} wrote {len(problems)} invalid metric"

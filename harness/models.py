@@ -81,7 +81,8 @@ def _conv_stack(input_shape: Shape, specs: list[tuple[int, int, int]], pool: str
 def _dense_stack(first: int, widths: list[int], start: int = 1, dropout: float = 0.0) -> list:
     from torch import nn
 
-    layers, n = [], first
+    layers: list[tuple[str, Any]] = []
+    n = first
     for i, width in enumerate(widths, start=start):
         if dropout:
             layers.append((f"drop{i}", nn.Dropout(dropout)))
@@ -182,7 +183,7 @@ def _basic_block():
             self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
             self.bn2 = nn.BatchNorm2d(c_out)
             self.relu = nn.ReLU()
-            self.shortcut = nn.Identity()
+            self.shortcut: nn.Module = nn.Identity()
             if stride != 1 or c_in != c_out:
                 self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
                                               nn.BatchNorm2d(c_out))
@@ -246,11 +247,9 @@ def resolve_model(spec: Any) -> tuple[str, Any]:
             MODELS.check(spec)
             return spec, MODELS.get(spec)
         return spec, import_object(spec, "model factory")
-    try:
-        from torch import nn
-    except ImportError:  # pragma: no cover - torch is a dependency
-        nn = None
-    if nn is not None and isinstance(spec, nn.Module):
+    from torch import nn
+
+    if isinstance(spec, nn.Module):
         instance = spec
         return type(spec).__name__, lambda input_shape, num_classes: copy.deepcopy(instance)
     if callable(spec):

@@ -161,7 +161,8 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None, fit_c
         methods = [cls() for cls in classes]
         for m, p in zip(methods, params):
             m.check(ctx, p)
-        ann, history = None, {}
+        ann: Any = None
+        history: dict[str, list[float]] = {}
         needs_ann = cfg.baseline or any(c.needs_trained_ann or c.is_transform for c in classes)
         if cfg.weights:
             ann = load_weights(ctx, cfg.weights)

@@ -72,7 +72,7 @@ class NeuronPool(nn.Module):
     def forward(self, x: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """``x``: ``[T, B, ...]`` currents, or ``[B, ...]`` constant over ``steps`` steps."""
         constant = steps is not None
-        T = steps if constant else x.shape[0]
+        T = int(steps) if steps is not None else x.shape[0]
         if self._sj is not None:
             seq = x.unsqueeze(0).expand(T, *x.shape).contiguous() if constant else x.contiguous()
             return self._sj(seq)

@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import socket
@@ -34,20 +35,9 @@ from typing import Any
 from .config import ConfigError, RunConfig
 from .errors import DivergedError, StudyError, TrackingError, UnknownNameError
 
+log = logging.getLogger(__name__)
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
 DIRECTIONS = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}
-
-# Headline metric keys every run writes (DESIGN §4; see the README's metric table). Keys under the
-# prefixes below are also accepted: per-layer, per-energy-model and per-method metrics.
-KNOWN_METRICS = (
-    "test/accuracy", "test/accuracy_drop", "ann/test/accuracy", "spikes_per_neuron", "spikes", "synops",
-    "macs", "macs_effective", "macs_dense_equivalent", "activation_sparsity", "connection_sparsity",
-    "neurons", "neuron_updates", "timesteps", "latency_steps", "synop_capacity", "synops_if_spiking",
-    "input_layer_macs", "ann/macs", "ann/spikes_per_neuron", "ann/activation_sparsity",
-    "ann/connection_sparsity",
-)
-METRIC_PREFIXES = ("layer/", "energy/", "ann/energy/")
-
 
 @dataclass(frozen=True)
 class Objective:
@@ -68,22 +58,24 @@ class Objective:
         return f"{self.key}:{'max' if self.direction == 'maximize' else 'min'}"
 
 
-def check_metric_key(key: str, method_names: list[str]) -> None:
-    """Refuse a metric no run of this method writes, with did-you-mean (before any trial runs)."""
+def check_metric_key(key: str, classes: list) -> None:
+    """Refuse a metric no run of these methods writes (the metric schema, with the methods' own
+    metrics), with did-you-mean, before any trial runs."""
     from .energy import ENERGY_MODELS
+    from .metrics import method_schema
 
-    if key in KNOWN_METRICS:
-        return
-    prefixes = (*METRIC_PREFIXES, *(f"{m}/" for m in method_names))
-    if key.startswith(prefixes):
-        for prefix in ("energy/", "ann/energy/"):
-            if key.startswith(prefix):
-                model = key[len(prefix):].split("/")[0]
-                if model not in ENERGY_MODELS:
-                    raise UnknownNameError(f"energy model in objective {key!r}", model, list(ENERGY_MODELS))
-        return
-    candidates = list(KNOWN_METRICS) + [f"energy/{m}/joules" for m in ENERGY_MODELS]
-    raise UnknownNameError("metric in --objective", key, candidates)
+    schema = method_schema(classes)
+    spec = schema.spec(key)
+    if spec is None:
+        candidates = [s.key for s in schema.specs if "{" not in s.key and not s.curve]
+        candidates += [s.key.replace("{model}", m) for s in schema.specs if "{model}" in s.key for m in ENERGY_MODELS]
+        raise UnknownNameError("metric in --objective", key, candidates)
+    if spec.curve:
+        raise ConfigError(f"--objective {key!r}: that metric is a curve (one value per step or epoch), not a number")
+    if "{model}" in spec.key:
+        model = key.split("/")[-2]
+        if model not in ENERGY_MODELS:
+            raise UnknownNameError(f"energy model in objective {key!r}", model, list(ENERGY_MODELS))
 
 
 def parse_grid(items: list[str] | tuple[str, ...] | None) -> dict[str, list[str]]:
@@ -120,6 +112,8 @@ class StudyConfig:
     reevaluate: int = 3
     output_json: str | None = None
     progress: bool = True
+    model_obj: Any = None  # Python API: an nn.Module or factory instead of run.model
+    dataset_obj: Any = None  # Python API: data splits instead of run.dataset
 
     def validate(self, classes: list) -> None:
         from .runner import split_sets
@@ -138,7 +132,7 @@ class StudyConfig:
         if len(set(keys)) != len(keys):
             raise ConfigError(f"--objective: each metric may appear once ({', '.join(keys)})")
         for o in self.objectives:
-            check_metric_key(o.key, [c.name for c in classes])
+            check_metric_key(o.key, classes)
         if self.sampler == "grid" and not self.grid:
             raise ConfigError("--sampler grid needs --grid KEY=V1,V2,... (one or more)")
         if self.grid and self.sampler != "grid":
@@ -229,7 +223,7 @@ def recover_stale_trials(study) -> list[int]:
         h, _, pid = owner.rpartition(":")
         if h != host or not pid.isdigit() or _pid_alive(int(pid)):
             continue
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.tell(t.number, state=TrialState.FAIL)
         study.enqueue_trial(t.params, user_attrs={"harness.retry_of": t.number}, skip_if_exists=False)
         recovered.append(t.number)
     return recovered
@@ -253,6 +247,8 @@ def _make_pruning_callback(trial, monitor: str = "val/accuracy"):
     import pytorch_lightning as pl
 
     class _Pruning(pl.Callback):
+        reported: dict[int, float] = {}
+
         def on_validation_end(self, trainer, pl_module):
             if trainer.sanity_checking:
                 return
@@ -261,10 +257,13 @@ def _make_pruning_callback(trial, monitor: str = "val/accuracy"):
                 return
             epoch = pl_module.current_epoch
             trial.report(float(score), step=epoch)
+            self.reported[epoch] = float(score)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} ({monitor} {float(score):.4f})")
 
-    return _Pruning()
+    cb = _Pruning()
+    cb.reported = {}
+    return cb
 
 
 @dataclass
@@ -310,15 +309,17 @@ def _trial_record(t) -> dict:
 
 def run_study(scfg: StudyConfig) -> StudySummary:
     """Run (or resume) the study described by ``scfg``."""
+    from .datasets import check_dataset
     from .methods import resolve
-    from .models import MODELS
-    from .datasets import DATASETS
+    from .models import resolve_model
 
     started = time.time()
     base = scfg.run
     classes = resolve(base.method)
-    DATASETS.check(base.dataset)
-    model = MODELS.check(base.model or classes[-1].default_model)
+    if scfg.dataset_obj is None:
+        check_dataset(base.dataset)
+    model = resolve_model(scfg.model_obj if scfg.model_obj is not None else
+                          (base.model or classes[-1].default_model))[0]
     scfg.validate(classes)
     fixed = base.method_sets
 
@@ -335,7 +336,7 @@ def run_study(scfg: StudyConfig) -> StudySummary:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = scfg.study_name or f"{base.method}-{model}-{base.dataset}"
-    directions = [o.direction for o in scfg.objectives]
+    directions: list[Any] = [o.direction for o in scfg.objectives]
     multi = len(directions) > 1
     # A sampler seeded alike in every process would replay the trials a resumed study already ran
     # (Optuna's samplers keep their random state in memory only), so the seed moves on by the
@@ -392,12 +393,13 @@ def run_study(scfg: StudyConfig) -> StudySummary:
                 "mlflow.runName": f"{name}/trial-{trial.number:03d}"}
         callbacks = [_make_pruning_callback(trial)] if prune_ok else []
         try:
-            result = run(cfg, parent_run_id=parent_id, tracker=tracker, fit_callbacks=callbacks, tags=tags)
+            result = run(cfg, parent_run_id=parent_id, tracker=tracker, fit_callbacks=callbacks, tags=tags,
+                         model=scfg.model_obj, dataset=scfg.dataset_obj)
         except optuna.TrialPruned as exc:
-            _log_pruned(tracker, parent_id, name, trial, sets, str(exc))
+            _log_pruned(tracker, parent_id, name, trial, sets, str(exc), callbacks[0].reported if callbacks else {})
             raise
         except DivergedError as exc:
-            _log_pruned(tracker, parent_id, name, trial, sets, str(exc))
+            _log_pruned(tracker, parent_id, name, trial, sets, str(exc), callbacks[0].reported if callbacks else {})
             raise optuna.TrialPruned(f"diverged: {exc}") from None
         values = []
         for o in scfg.objectives:
@@ -459,7 +461,8 @@ def _reevaluate(best, scfg: StudyConfig, run_cfg: RunConfig, tracker, parent_id,
         cfg = run_cfg.replace(sets=tuple(f"{k}={v}" for k, v in sets.items()), eval_limit=0)
         tags = {"harness.study": name, "harness.reevaluated_trial": t.number,
                 "mlflow.runName": f"{name}/trial-{t.number:03d}-full-test"}
-        res = run(cfg, parent_run_id=parent_id, tracker=tracker, tags=tags)
+        res = run(cfg, parent_run_id=parent_id, tracker=tracker, tags=tags, model=scfg.model_obj,
+                  dataset=scfg.dataset_obj)
         out.append(dict(trial=t.number, sets=sets, metrics={o.key: res.metrics.get(o.key) for o in scfg.objectives},
                         mlflow_run_id=res.tracking.get("run_id")))
     return out
@@ -471,6 +474,7 @@ def _reevaluate(best, scfg: StudyConfig, run_cfg: RunConfig, tracker, parent_id,
 
 def _parent_run(tracker, study, name: str, scfg: StudyConfig, model: str, storage_spec: str) -> str:
     from mlflow.entities import Param
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracker.settings.tracking_uri)
@@ -480,8 +484,8 @@ def _parent_run(tracker, study, name: str, scfg: StudyConfig, model: str, storag
             client.get_run(pid)
             client.update_run(pid, status="RUNNING")
             return pid
-        except Exception:  # noqa: BLE001 - the parent run was deleted: make a new one
-            pass
+        except MlflowException as exc:  # the parent run was deleted: make a new one
+            log.warning("the study's MLflow parent run %s is gone (%s); starting a new one", pid, exc)
     base = scfg.run
     tags = {"mlflow.runName": f"study:{name}", "harness.study": name, "harness.kind": "study",
             "method": base.method}
@@ -498,9 +502,12 @@ def _parent_run(tracker, study, name: str, scfg: StudyConfig, model: str, storag
     return run.info.run_id
 
 
-def _log_pruned(tracker, parent_id: str, name: str, trial, sets: dict[str, str], reason: str) -> None:
-    """A pruned trial has no results, but its child run shows its parameters and curve."""
+def _log_pruned(tracker, parent_id: str, name: str, trial, sets: dict[str, str], reason: str,
+                reported: dict[int, float]) -> None:
+    """A pruned trial has no results, but its child run shows its parameters and the validation
+    curve it reported (``reported``: epoch -> value)."""
     from mlflow.entities import Metric, Param
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     try:
@@ -508,12 +515,11 @@ def _log_pruned(tracker, parent_id: str, name: str, trial, sets: dict[str, str],
         tags = {"mlflow.parentRunId": parent_id, "harness.study": name, "optuna.trial_number": str(trial.number),
                 "optuna.trial_state": "PRUNED", "harness.pruned_reason": reason[:5000]}
         run = client.create_run(tracker.experiment_id, tags=tags, run_name=f"{name}/trial-{trial.number:03d}")
-        inter = trial.storage.get_trial(trial._trial_id).intermediate_values
         client.log_batch(run.info.run_id, params=[Param(f"method.{k}", str(v)) for k, v in sets.items()],
-                         metrics=[Metric("val/accuracy", float(v), 0, int(s)) for s, v in inter.items()])
+                         metrics=[Metric("val/accuracy", float(v), 0, int(s)) for s, v in reported.items()])
         client.set_terminated(run.info.run_id, "KILLED")
-    except Exception:  # noqa: BLE001 - the trial's pruning matters more than its record
-        pass
+    except (MlflowException, OSError) as exc:  # the trial's pruning matters more than its record
+        log.warning("the MLflow record of pruned trial %d was not written: %s", trial.number, exc)
 
 
 def _finish_parent(tracker, parent_id: str, study, best, scfg: StudyConfig, summary: StudySummary) -> None:

@@ -8,6 +8,7 @@ deleted, so the store never holds a half-written run.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 
 from .errors import TrackingError
 
+log = logging.getLogger(__name__)
 DEFAULTS = dict(tracking_uri="sqlite:///mlruns.db", experiment="snn-harness", artifact_location="./mlartifacts")
 
 
@@ -84,8 +86,7 @@ class Tracker:
     def log(self, result, artifacts: list[Path], dataset=None, parent_run_id: str | None = None,
             tags: dict[str, str] | None = None) -> str:
         """Write ``result`` (a :class:`~harness.api.RunResult`) as one run; returns the run id."""
-        import mlflow
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, Param
         from mlflow.tracking import MlflowClient
 
         if self.experiment_id is None:
@@ -98,6 +99,7 @@ class Tracker:
                 **{k: str(v) for k, v in extra.items()}}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
+        assert self.experiment_id is not None
         run = client.create_run(self.experiment_id, tags=tags, run_name=name)
         run_id = run.info.run_id
         try:
@@ -115,10 +117,12 @@ class Tracker:
                 self._log_dataset(client, run_id, dataset)
             client.set_terminated(run_id, "FINISHED")
         except BaseException as exc:
+            from mlflow.exceptions import MlflowException
+
             try:
                 client.delete_run(run_id)
-            except Exception:  # noqa: BLE001 - best effort: the original error matters
-                pass
+            except (MlflowException, OSError) as cleanup:  # the original error matters more
+                log.warning("the partial MLflow run %s could not be deleted: %s", run_id, cleanup)
             if isinstance(exc, Exception):
                 raise TrackingError(f"writing the MLflow run failed ({exc}); the partial run was deleted") from exc
             raise
@@ -129,7 +133,8 @@ class Tracker:
         import mlflow.data
 
         x, y = ds.x["test"], ds.y["test"]
-        data = mlflow.data.from_numpy(x.reshape(len(x), -1), targets=y, name=f"{ds.name}:{ds.version}")
+        data = mlflow.data.from_numpy(x.reshape(len(x), -1), targets=y,  # type: ignore[attr-defined]
+                                      name=f"{ds.name}:{ds.version}")
         mlflow.set_tracking_uri(self.settings.tracking_uri)
         with mlflow.start_run(run_id=run_id):
             mlflow.log_input(data, context="test")

@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from .errors import DivergedError
+from .errors import DivergedError, UnknownNameError
 
 for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"):
     logging.getLogger(_name).setLevel(logging.WARNING)
@@ -39,7 +39,7 @@ class Classifier(pl.LightningModule):
         self.model = model
         self.lr, self.weight_decay, self.act_l1 = lr, weight_decay, act_l1
         if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer {optimizer!r}: valid: {', '.join(OPTIMIZERS)}")
+            raise UnknownNameError("optimizer", optimizer, OPTIMIZERS)
         self.optimizer = optimizer
         self.loss_fn = loss_fn or nn.functional.cross_entropy
         self.activation_types = activation_types

@@ -3,7 +3,6 @@ import subprocess
 import sys
 
 import pytest
-
 from harness.cli import main
 
 
@@ -78,3 +77,11 @@ def test_run_ann_end_to_end_with_json_and_mlflow(tmp_path, capsys):
 def test_ls_params(capsys):
     assert main(["ls", "params", "--method", "ann"]) == 0
     assert "ann parameters" in capsys.readouterr().out
+    assert main(["ls", "params", "--method", "rate"]) == 0
+    out = capsys.readouterr().out
+    assert "timesteps              int                default 64  range [1, 1e+06]" in out
+    assert "neuron                 if|lif             default 'if'" in out
+    assert main(["ls", "params", "--method", "prune+ttfs"]) == 0
+    out = capsys.readouterr().out
+    assert "prune parameters (--set prune.key=value):" in out and "prune.final_sparsity" in out
+    assert "ttfs parameters (--set key=value):" in out and "\n  t_max " in out

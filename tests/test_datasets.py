@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from harness.datasets import DATASETS, load_dataset
 from harness.datasets.cifar import read_batch
 from harness.datasets.download import Remote, fetch

@@ -1,7 +1,6 @@
 import math
 
 import pytest
-
 from harness.energy import ENERGY_MODELS, PJ, energy_metrics
 
 
@@ -37,5 +36,27 @@ def test_energy_metrics_keys():
     out = energy_metrics(ann, ann, spiking=False)
     assert out["energy/cmos45-fp32/ratio"] == 1.0
     assert out["ann/energy/cmos45-fp32/joules"] == pytest.approx(4600 * PJ)
+    # the ANN read as a one-step SNN: the input layer keeps its 100 MACs (460 pJ); the 300 other
+    # effective ops become synops, 300 / 50 = 6 per spike; spikes per neuron s costs
+    # 100 neurons · s · 6 · 0.9 pJ = 540·s pJ; 460 + 540·s = 4600  ->  s = 4140 / 540
     be = out["energy/cmos45-fp32/break_even_spikes_per_neuron"]
-    assert math.isfinite(be) and be > 0
+    assert be == pytest.approx(4140 / 540)
+    # loihi also charges 81 pJ per neuron update (100) and 27.1 pJ per MAC or synop
+    loihi = out["energy/loihi/break_even_spikes_per_neuron"]
+    ann_j = (1000 * 27.1 + 100 * 81) * PJ
+    assert loihi == pytest.approx((ann_j - (100 * 27.1 + 100 * 81) * PJ) / (100 * 6 * 27.1 * PJ))
+
+
+def test_break_even_is_infinite_without_synaptic_cost_and_zero_when_fixed_costs_exceed_the_ann():
+    em = ENERGY_MODELS.get("cmos45-fp32")
+    snn = dict(macs=0.0, synops=0.0, neuron_updates=10.0, neurons=10.0, spikes=0.0, synop_capacity=0.0)
+    assert em.break_even_spikes_per_neuron(snn, 1.0) == math.inf
+    heavy = dict(macs=1e6, synops=10.0, neuron_updates=10.0, neurons=10.0, spikes=5.0)
+    assert em.break_even_spikes_per_neuron(heavy, em.ann_joules(dict(macs=10.0))) == 0.0
+
+
+def test_no_baseline_gives_only_joules():
+    snn = dict(macs=10.0, synops=20.0, neuron_updates=5.0)
+    out = energy_metrics(snn, None, spiking=True)
+    assert set(out) == {f"energy/{m}/joules" for m in ENERGY_MODELS}
+    assert out["energy/cmos45-fp32/joules"] == pytest.approx((10 * 4.6 + 20 * 0.9) * PJ)

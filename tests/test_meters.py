@@ -2,11 +2,10 @@
 
 import pytest
 import torch
-from torch import nn
-
 from harness.evaluation import AnnEvaluable, GraphSNN, Outputs, evaluate
 from harness.graph import Kind, register_module_kind, trace
 from harness.meters import Meters, connection_sparsity, dense_macs_per_pass, fanout_map
+from torch import nn
 
 
 def meter_ann(model, loader):

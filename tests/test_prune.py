@@ -1,5 +1,4 @@
 import pytest
-
 from harness.errors import ConfigError, HarnessError
 from harness.methods.prune import Prune, polynomial_sparsity, pruning_amount
 from harness.runner import run

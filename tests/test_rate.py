@@ -7,12 +7,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from harness.errors import ConfigError, HarnessError
 from harness.graph import trace
 from harness.methods.rate import RateModel, RateParams, calibrate_scales, plan_scales, rate_problems
 from harness.simulate import NeuronPool, Simulator
+from torch import nn
 
 
 def _ann(seed=0):
@@ -234,9 +233,8 @@ def test_layer_scaling_table(quick):
 
 
 def test_layer_scaling_pairs_are_valid_mlflow_keys(quick):
-    from mlflow.tracking import MlflowClient
-
     from harness.runner import run
+    from mlflow.tracking import MlflowClient
 
     res = run(quick(method="layer-scaling", model="dnn5", track=True,
                     sets=("timesteps=8", "eval_samples=50", "pairs=true")))

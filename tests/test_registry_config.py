@@ -2,7 +2,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import pytest
-
 from harness.config import Params, RunConfig, param, parse_sets
 from harness.errors import ConfigError, UnknownNameError
 from harness.registry import Registry

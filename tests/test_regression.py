@@ -66,9 +66,9 @@ def compute(out: Path, record: bool) -> None:
     import torch
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import quick_config
-
     from harness.runner import run
+
+    from conftest import quick_config
 
     torch.set_num_threads(2)
     results = {}

@@ -8,7 +8,6 @@ import time
 import urllib.request
 
 import pytest
-
 from harness.analysis.report import build_report
 from harness.analysis.runs import ReportError
 from harness.errors import UnknownNameError
@@ -43,7 +42,6 @@ def test_report_from_real_runs(quick, tmp_path):
 
 def test_heatmaps_take_the_largest_grid_and_leave_search_trials_out():
     import pandas as pd
-
     from harness.analysis.figures import _grid_core
 
     rows = [dict(model="cnn7", T=64, s=s, f=f, acc=0.9) for s in (0, 0.005, 0.01) for f in (1, 10, 100)]
@@ -57,7 +55,6 @@ def test_heatmaps_take_the_largest_grid_and_leave_search_trials_out():
 
 def test_surrogate_grid_draws_accuracy_and_gradient_ratio(tmp_path):
     import pandas as pd
-
     from harness.analysis.figures import surrogate_grid
     from harness.analysis.runs import RunTable
 
@@ -71,7 +68,6 @@ def test_surrogate_grid_draws_accuracy_and_gradient_ratio(tmp_path):
 
 def test_latency_curves_come_from_the_best_full_test_run_of_each_series(tmp_path):
     import pandas as pd
-
     from harness.analysis.figures import accuracy_vs_time
     from harness.analysis.runs import RunTable
 
@@ -178,3 +174,36 @@ def test_run_logged_to_a_real_mlflow_server(quick, tmp_path, monkeypatch):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_pareto_mask_by_hand():
+    import numpy as np
+    from harness.analysis.figures import pareto_mask
+
+    # columns: accuracy (max), energy (min)
+    pts = np.array([[0.9, 10.0], [0.95, 20.0], [0.8, 5.0], [0.85, 12.0], [0.9, 10.0], [0.7, 30.0],
+                    [np.nan, 1.0]])
+    mask = pareto_mask(pts, (True, False))
+    # (0.85, 12) is beaten by (0.9, 10); (0.7, 30) by everything; equal points both stay; NaN never
+    assert mask.tolist() == [True, True, True, False, True, False, False]
+    assert pareto_mask(np.array([[1.0, 1.0]]), (True, False)).tolist() == [True]
+    assert pareto_mask(pts[:3, :1], (False,)).tolist() == [False, False, True]
+
+
+def test_leaderboard_stars_the_front_of_each_data_set():
+    import pandas as pd
+    from harness.analysis.report import leaderboard
+    from harness.analysis.runs import RunTable
+
+    def row(method, dataset, acc, joules):
+        return {"run_id": f"{method}-{dataset}", "method": method, "model": "m", "dataset": dataset,
+                "test/accuracy": acc, "energy/cmos45-fp32/joules": joules, "eval_limit": 0, "start_time": 0}
+
+    runs = RunTable(pd.DataFrame([
+        row("ann", "a", 0.95, 10.0), row("rate", "a", 0.94, 20.0), row("ttfs", "a", 0.93, 1.0),
+        row("surrogate", "a", 0.92, 2.0),  # beaten by ttfs on both
+        row("ann", "b", 0.50, 10.0), row("rate", "b", 0.60, 20.0),  # another data set: its own front
+    ]), "e", "sqlite://")
+    lb = leaderboard(runs, ["cmos45-fp32"], "cmos45-fp32")
+    starred = {(r.method, r.dataset) for r in lb.itertuples() if r.pareto == "★"}
+    assert starred == {("ann", "a"), ("ttfs", "a"), ("ann", "b"), ("rate", "b")}

@@ -4,14 +4,20 @@ import math
 
 import pytest
 import torch
-from torch import nn
-
 from harness.errors import ConfigError
 from harness.methods.sharpen import (
-    InputEncoding, NHotDecode, SharpenableActivation, Sharpener, SharpenParams, build_sharpenable,
-    layer_sharpness, set_sharpness, to_spiking,
+    InputEncoding,
+    NHotDecode,
+    SharpenableActivation,
+    Sharpener,
+    SharpenParams,
+    build_sharpenable,
+    layer_sharpness,
+    set_sharpness,
+    to_spiking,
 )
 from harness.runner import run
+from torch import nn
 
 
 @pytest.mark.parametrize("s", [0.0, 0.3, 0.9, 0.999])

@@ -6,10 +6,16 @@ import sys
 from dataclasses import replace
 
 import pytest
-
 from harness.errors import ConfigError, HarnessError, UnknownNameError
 from harness.study import (
-    Objective, StudyConfig, StudyError, check_metric_key, default_storage, open_storage, parse_grid, run_study,
+    Objective,
+    StudyConfig,
+    StudyError,
+    check_metric_key,
+    default_storage,
+    open_storage,
+    parse_grid,
+    run_study,
 )
 
 
@@ -22,14 +28,24 @@ def test_objective_parsing():
         Objective.parse("test/accuracy:up")
 
 
-def test_unknown_metric_gets_did_you_mean():
-    check_metric_key("spikes_per_neuron", ["ttfs"])
-    check_metric_key("layer/conv1/synops", ["ttfs"])
-    check_metric_key("ttfs/test/accuracy_vs_t_max", ["ttfs"])
+def test_objectives_are_checked_against_the_metric_schema():
+    from harness.methods import resolve
+
+    ttfs, rate = resolve("ttfs"), resolve("rate")
+    check_metric_key("spikes_per_neuron", ttfs)
+    check_metric_key("layer/conv1/synops", ttfs)
+    check_metric_key("layer/relu1/u_th", ttfs)  # ttfs's own per-layer metric
+    check_metric_key("energy/loihi/ratio", rate)
+    with pytest.raises(UnknownNameError, match="unknown metric in --objective 'layer/relu1/u_th'"):
+        check_metric_key("layer/relu1/u_th", rate)  # rate writes no thresholds
     with pytest.raises(UnknownNameError, match="Did you mean 'spikes_per_neuron'"):
-        check_metric_key("spike_per_neuron", ["ttfs"])
-    with pytest.raises(UnknownNameError, match="loihi"):
-        check_metric_key("energy/lohi/joules", ["ttfs"])
+        check_metric_key("spike_per_neuron", ttfs)
+    with pytest.raises(UnknownNameError, match="unknown metric in --objective 'latency_steps'"):
+        check_metric_key("latency_steps", ttfs)  # no run writes it: refused before the first trial
+    with pytest.raises(ConfigError, match="is a curve"):
+        check_metric_key("ttfs/test/accuracy_vs_t_max", ttfs)
+    with pytest.raises(UnknownNameError, match="unknown energy model in objective 'energy/lohi/joules' 'lohi'"):
+        check_metric_key("energy/lohi/joules", ttfs)
 
 
 def _scfg(quick, **kw):
@@ -110,37 +126,31 @@ def test_multi_objective_study_has_a_pareto_front(quick, tmp_path):
     assert (tmp_path / "journal.log").stat().st_size > 0
 
 
-def test_pruning_callback_prunes_when_optuna_says_so():
+def test_median_pruner_prunes_a_trial_for_its_validation_accuracy(quick):
+    """Real Optuna, real training: a trial that learns nothing is pruned after its first epoch once
+    a good trial has set the median."""
     import optuna
-
+    from harness.runner import run
     from harness.study import _make_pruning_callback
 
-    class Trial:
-        reported = []
-
-        def report(self, value, step):
-            self.reported.append((step, value))
-
-        def should_prune(self):
-            return len(self.reported) >= 2
-
-    class Trainer:
-        sanity_checking = False
-        callback_metrics = {"val/accuracy": 0.25}
-
-    class Module:
-        current_epoch = 0
-
-    cb = _make_pruning_callback(Trial())
-    cb.on_validation_end(Trainer(), Module())
-    Module.current_epoch = 1
-    with pytest.raises(optuna.TrialPruned, match="epoch 1"):
-        cb.on_validation_end(Trainer(), Module())
+    study = optuna.create_study(direction="maximize",
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
+    sets = ("epochs=3", "timesteps=2")
+    good = study.ask()
+    cb = _make_pruning_callback(good)
+    res = run(quick(method="surrogate", model="dnn5", baseline=False, sets=(*sets, "lr=3e-3")), fit_callbacks=[cb])
+    study.tell(good, res.metrics["test/accuracy"])
+    assert len(cb.reported) == 3 and cb.reported[2] > 0.5
+    bad = study.ask()
+    cb = _make_pruning_callback(bad)
+    with pytest.raises(optuna.TrialPruned, match=r"pruned at epoch 0 \(val/accuracy 0\."):
+        run(quick(method="surrogate", model="dnn5", baseline=False, sets=(*sets, "lr=1e-9")), fit_callbacks=[cb])
+    assert list(cb.reported) == [0]
 
 
 def test_diverging_trial_is_pruned(quick, tmp_path, monkeypatch):
-    from harness.errors import DivergedError
     import harness.runner
+    from harness.errors import DivergedError
 
     def diverge(cfg, **kw):
         raise DivergedError("train loss became nan at epoch 0")
@@ -188,10 +198,16 @@ def test_training_trials_get_a_pruning_callback_except_in_a_grid(quick, tmp_path
     assert seen == [1, 0]
 
 
-def test_cli_study_errors_are_clear(tmp_path):
+def test_cli_study_errors_are_clear(tmp_path, capsys):
     from harness.cli import main
+    from harness.config import RunConfig
 
     assert main(["study", "--method", "rate", "--objective", "acuracy:max", "--trials", "1"]) == 2
-    with pytest.raises(HarnessError):
-        run_study(StudyConfig(run=__import__("harness.config", fromlist=["RunConfig"]).RunConfig.build(
-            method="rate", dataset="digits"), sampler="grid", progress=False))
+    err = capsys.readouterr().err
+    assert "unknown metric in --objective 'acuracy'" in err and "Traceback" not in err
+    assert main(["study", "--method", "rate", "--trials", "0"]) == 2
+    assert "--trials 0: valid range is [1, inf)" in capsys.readouterr().err
+    assert main(["study", "--method", "rate", "--grid", "synapse=0.1", "--sampler", "tpe"]) == 2
+    assert "--grid is for --sampler grid (got --sampler tpe)" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"--sampler grid needs --grid KEY=V1,V2,..."):
+        run_study(StudyConfig(run=RunConfig.build(method="rate", dataset="digits"), sampler="grid", progress=False))

@@ -4,12 +4,11 @@ import math
 
 import pytest
 import torch
-from torch import nn
-
 from harness.errors import ConfigError, DivergedError, HarnessError
 from harness.evaluation import evaluate
 from harness.methods.surrogate import FAMILIES, SpikingNet, SurrogateParams, WidthHeightSurrogate, surrogate_shape
 from harness.runner import run
+from torch import nn
 
 
 @pytest.mark.parametrize("family", FAMILIES)

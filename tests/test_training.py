@@ -2,10 +2,9 @@ import pickle
 
 import pytest
 import torch
-
 from harness.errors import TrackingError
-from harness.runner import run
 from harness.io import save_torch_atomic as save_atomic
+from harness.runner import run
 
 
 def test_ann_cache_reused(quick, tmp_path):

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
-from torch import nn
-
 from harness.errors import ConfigError
 from harness.graph import trace
 from harness.methods.ttfs import TTFSNetwork, encode, fire_codes, layer_rmse_grid, ttfs_problems
+from torch import nn
 
 
 def net_of(model, t_max, in_shape, **kw):
@@ -170,3 +169,44 @@ def test_fig2_grid_behaves():
     rmse = {(r["t_max"], r["u_th_fraction"]): r["rmse"] for r in rows}
     assert rmse[(64, 1.0)] < rmse[(8, 1.0)]  # finer clock, smaller error
     assert all(r["rmse"] >= 0 for r in rows)
+
+
+def test_encode_is_the_floor_of_t_max_x_over_x_max():
+    """Eq. 1 on the discrete clock, at the edges: a value on a code boundary gets that code."""
+    x = torch.tensor([0.0, 0.0625, 0.124, 0.125, 0.5, 0.999, 1.0])
+    assert encode(x, 8, 1.0, "error").tolist() == [0, 0, 0, 1, 4, 7, 8]
+    assert encode(torch.tensor([1.0, 2.0, 0.25, 0.24]), 8, 2.0, "error").tolist() == [4, 8, 1, 0]
+    assert encode(torch.tensor([-1.0, 3.0]), 8, 2.0, "clip").tolist() == [0, 8]
+
+
+class CatNet(nn.Module):
+    """Two branches of different scales concatenated, max-pooled, then one more layer."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.a = nn.Conv2d(1, 2, 3, padding=1)
+        self.b = nn.Conv2d(1, 3, 3, padding=1)
+        self.c = nn.Conv2d(5, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x):
+        h = torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1)
+        h = torch.relu(self.c(nn.functional.max_pool2d(h, 2)))
+        return self.fc(torch.flatten(h, 1))
+
+
+def test_concatenated_branches_keep_their_own_scales():
+    model = CatNet().double().eval()
+    net = net_of(model, 256, (1, 8, 8), dtype=torch.float64)
+    x = torch.rand(16, 1, 8, 8, dtype=torch.float64)
+    net.calibrate(x, 100.0)
+    scales = net.scales()
+    assert scales["relu"] != scales["relu_1"]  # two branches, two λ
+    assert isinstance(scales["cat"], torch.Tensor) and scales["cat"].shape == (1, 5, 8, 8)
+    _agree(net, x)  # closed form and stepped simulation agree with per-channel scales too
+    with torch.no_grad():
+        ann = model(x)
+    logits = net.closed_form(x)
+    assert (logits.argmax(-1) == ann.argmax(-1)).float().mean() > 0.9
+    assert torch.allclose(logits, ann, atol=0.1 * float(ann.abs().max()))

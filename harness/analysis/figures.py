@@ -13,12 +13,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-from .runs import RunTable  # noqa: E402
+from .runs import RunTable
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -323,7 +323,7 @@ def surrogate_grid(runs: RunTable, out: Path, energy_model: str) -> Figure:
     T, epochs = int(r["p.timesteps"]), int(r["p.epochs"])
     title = (f"surrogate: accuracy and gradient flow over width γ × height β ({r.model}, {r.dataset}, T={T}, "
              f"{epochs} epochs; escudero-*)")
-    panels = (Panel(),)
+    panels: tuple[Panel, ...] = (Panel(),)
     caption = f"{len(df)} surrogate runs of {r.model} on {r.dataset} at T = {T}, {epochs} epochs; mean per cell."
     ratio = "surrogate/grad_norm_ratio"
     if ratio in df and df[ratio].gt(0).any():

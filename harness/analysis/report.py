@@ -13,6 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -26,7 +27,7 @@ LEADERBOARD_DIRECTIONS = {
 ENERGY_COLUMN = "energy[{}] (J)"
 
 # Figures the seeds report (paper data sets named), next to which the harness's own are shown.
-PAPER = {
+PAPER: dict[str, Any] = {
     "lopez-randulfe (ttfs)": dict(data="MNIST 60k, the paper's CNN", ann_accuracy=0.9956, accuracy=0.9944,
                                   spikes_per_neuron=0.142, synops=1_015_015, ann_flops=14_316_496),
     "sandia (sharpen)": {  # original / spiking accuracy, MNIST 60k
@@ -191,7 +192,7 @@ def _table_html(df: pd.DataFrame, table_id: str, sortable: bool = False, directi
 def _table_md(df: pd.DataFrame) -> str:
     if df.empty:
         return "_no runs_\n"
-    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    esc = lambda s: str(s).replace("|", "\\|")
     lines = ["| " + " | ".join(esc(c) for c in df.columns) + " |", "|" + "---|" * len(df.columns)]
     for _, row in df.iterrows():
         lines.append("| " + " | ".join(esc(_fmt(row[c])) for c in df.columns) + " |")

@@ -8,6 +8,7 @@ Step metrics and artifacts are fetched on demand and cached.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 
 from ..errors import ReportError
 
+log = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
@@ -32,9 +34,12 @@ class RunTable:
         """A step metric's values in step order ([] if the run has none)."""
         k = (run_id, key)
         if k not in self._histories:
+            from mlflow.exceptions import MlflowException
+
             try:
                 hist = self.client.get_metric_history(run_id, key)
-            except Exception:  # noqa: BLE001 - a missing metric is an empty curve
+            except MlflowException as exc:  # a missing metric is an empty curve
+                log.info("run %s has no %s: %s", run_id, key, exc)
                 hist = []
             self._histories[k] = [m.value for m in sorted(hist, key=lambda m: m.step)]
         return self._histories[k]
@@ -45,9 +50,12 @@ class RunTable:
             self._tmp = tempfile.TemporaryDirectory(prefix="harness-report-")
         dst = Path(self._tmp.name) / run_id
         dst.mkdir(exist_ok=True)
+        from mlflow.exceptions import MlflowException
+
         try:
             return Path(self.client.download_artifacts(run_id, name, str(dst)))
-        except Exception:  # noqa: BLE001 - older runs may lack the artifact
+        except (MlflowException, OSError) as exc:  # older runs may lack the artifact
+            log.info("run %s has no artifact %s: %s", run_id, name, exc)
             return None
 
     def of(self, *methods: str):
@@ -91,8 +99,8 @@ def load_runs(tracking_uri: str | None = None, experiment: str | None = None) ->
     if raw.empty:
         raise ReportError(f"experiment {name!r} in {uri} has no runs")
     df = pd.DataFrame({"run_id": raw["run_id"], "state": raw["status"], "start_time": raw["start_time"]})
-    tag = lambda k: raw.get(f"tags.{k}", pd.Series([None] * len(raw)))  # noqa: E731
-    par = lambda k: raw.get(f"params.{k}", pd.Series([None] * len(raw)))  # noqa: E731
+    tag = lambda k: raw.get(f"tags.{k}", pd.Series([None] * len(raw)))
+    par = lambda k: raw.get(f"params.{k}", pd.Series([None] * len(raw)))
     df["kind"] = tag("harness.kind")
     df["method"] = par("method").fillna(tag("method"))
     df["model"], df["dataset"], df["seed"] = par("model"), par("dataset"), par("seed")

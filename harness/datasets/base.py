@@ -60,7 +60,7 @@ class Dataset:
 
     @property
     def split_sizes(self) -> dict[str, int]:
-        return {s: int(len(self.y[s])) for s in SPLITS}
+        return {s: len(self.y[s]) for s in SPLITS}
 
     def describe(self) -> dict:
         return dict(name=self.name, version=self.version, source=self.source,
@@ -91,7 +91,7 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
         rng.shuffle(idx)
-        n_held = int(round(len(idx) * fraction))
+        n_held = round(len(idx) * fraction)
         held.append(idx[:n_held])
         keep.append(idx[n_held:])
     keep_a, held_a = np.concatenate(keep), np.concatenate(held)
@@ -201,6 +201,8 @@ def _as_arrays(split: Any, name: str, what: str) -> tuple[np.ndarray, np.ndarray
         raise DataError(f"{name}: {what} labels must be integers (class indices), got {y.dtype}")
     if x.ndim < 2:
         raise DataError(f"{name}: {what} inputs must have shape (N, ...) with at least 2 dimensions, got {x.shape}")
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataError(f"{name}: the {what} split has {len(x)} inputs but {len(y)} labels (shape {y.shape})")
     return x.astype(np.float32), y.astype(np.int64)
 
 

@@ -98,6 +98,6 @@ def load_cifar10(data_dir: str | None = None, download: bool = True) -> Dataset:
     x_te, y_te = read_batch(found / TEST_BATCH)
     digest = files_digest([found / n for n in (*TRAIN_BATCHES, TEST_BATCH)])
     version = f"cifar10-py/{len(y_tr)}+{len(y_te)}/split-v1/sha-{digest}"
-    to_f = lambda a: a.astype(np.float32) / 255.0  # noqa: E731
+    to_f = lambda a: a.astype(np.float32) / 255.0
     return make_dataset("cifar10", version, to_f(x_tr), y_tr, to_f(x_te), y_te, num_classes=10,
                         source=str(found), classes=CLASSES)

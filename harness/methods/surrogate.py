@@ -43,9 +43,11 @@ from torch import nn
 
 from ..api import Method, Preparation
 from ..config import ConfigError, Params, param
+from ..errors import UnknownNameError
 from ..evaluation import GraphSNN, Outputs
 from ..graph import Graph, Kind, Op, build, insert_after, register_module_kind, set_module, symbolic_trace
 from ..metrics import MetricSpec
+
 FAMILIES = ("triangle", "fast-sigmoid", "arctan", "sigmoid")
 
 
@@ -60,7 +62,7 @@ def surrogate_shape(family: str, z: torch.Tensor) -> torch.Tensor:
     if family == "sigmoid":
         s = torch.sigmoid(4.0 * z)
         return 4.0 * s * (1.0 - s)
-    raise ValueError(f"unknown surrogate family {family!r}")
+    raise UnknownNameError("surrogate family", family, FAMILIES)
 
 
 class _Spike(torch.autograd.Function):

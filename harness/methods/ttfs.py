@@ -41,7 +41,7 @@ writes the paper's Fig. 2 grid (the first layer's RMSE over t_max × u_th) as a 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeAlias
 
 import torch
 from torch import nn
@@ -50,7 +50,7 @@ from ..api import Extras, Method, Preparation
 from ..config import Params, param
 from ..errors import ConfigError
 from ..evaluation import Evaluable, Outputs
-from ..graph import Graph, Kind, Op, apply_op
+from ..graph import Graph, Kind, Op, apply_op, weight_of
 from ..io import write_csv
 from ..meters import Meters
 from ..metrics import MetricSpec
@@ -106,18 +106,25 @@ def _reaches_output(graph: Graph, name: str) -> bool:
 
 
 def _linear_op(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    w = (layer.weight if weight is None else weight).to(x.dtype)
+    w = (weight_of(layer) if weight is None else weight).to(x.dtype)
     if isinstance(layer, nn.Linear):
         return nn.functional.linear(x, w)
-    conv = nn.functional.conv2d if isinstance(layer, nn.Conv2d) else nn.functional.conv1d
-    return conv(x, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)  # type: ignore[arg-type]
+    conv: Any = nn.functional.conv2d if isinstance(layer, nn.Conv2d) else nn.functional.conv1d
+    c: Any = layer
+    return conv(x, w, None, c.stride, c.padding, c.dilation, c.groups)
+
+
+def _bias(layer: nn.Module) -> torch.Tensor | None:
+    b = getattr(layer, "bias", None)
+    return b if isinstance(b, torch.Tensor) else None
 
 
 def _bias_offset(layer: nn.Module, t_max: int, lam_in: float, dtype, ndim: int) -> torch.Tensor | float:
     """The bias as an initial membrane potential: t_max · b / λ_in, broadcast over the output."""
-    if layer.bias is None:
+    bias = _bias(layer)
+    if bias is None:
         return 0.0
-    b = layer.bias.detach().to(dtype) * (t_max / lam_in)
+    b = bias.detach().to(dtype) * (t_max / lam_in)
     return b.view(-1, *([1] * (ndim - 2))) if ndim > 2 else b
 
 
@@ -150,7 +157,7 @@ def encode(x: torch.Tensor, t_max: int, x_max: float, out_of_range: str) -> torc
     return torch.floor(x * (t_max / x_max)).clamp_(0, t_max)
 
 
-Scale = "float | torch.Tensor"  # λ of a code tensor: one number, or one per element (after a cat)
+Scale: TypeAlias = float | torch.Tensor  # λ of a code tensor: one number, or one per element (after a cat)
 
 
 def _ref(scale) -> float:
@@ -246,8 +253,8 @@ class TTFSNetwork(nn.Module):
         if not isinstance(lam_in, torch.Tensor):
             return None
         if op.name not in self._weights:
-            rel = (lam_in[0] / lam_in.max()).to(op.module.weight.dtype)  # type: ignore[union-attr]
-            w = op.module.weight.detach()  # type: ignore[union-attr]
+            w = weight_of(op.layer).detach()
+            rel = (lam_in[0] / lam_in.max()).to(w.dtype)
             if isinstance(op.module, nn.Linear):
                 factor = rel.reshape(1, -1)
             else:  # per input channel (constant over space: scales are per layer or per channel)
@@ -469,12 +476,13 @@ def layer_rmse_grid(layer: nn.Module, x: torch.Tensor, t_values, fractions, x_ma
     of t_max × u_th, with u_th a fraction of u_max = t_max · max_i (Σ_j W⁺_ij · x_max + b⁺_i) / x_max,
     the largest potential the layer can reach (eq. 5, bias included)."""
     x = x.double()
-    w = layer.weight.detach().double()
-    ann_out = torch.relu(_linear_op(layer, x, w) + (0 if layer.bias is None else
-                         layer.bias.detach().double().view(-1, *([1] * (x.dim() - 2)))))
+    w = weight_of(layer).detach().double()
+    bias = _bias(layer)
+    ann_out = torch.relu(_linear_op(layer, x, w) + (0 if bias is None else
+                         bias.detach().double().view(-1, *([1] * (x.dim() - 2)))))
     pos = w.clamp(min=0).flatten(1).sum(1) * x_max
-    if layer.bias is not None:
-        pos = pos + layer.bias.detach().double().clamp(min=0)
+    if bias is not None:
+        pos = pos + bias.detach().double().clamp(min=0)
     rows = []
     for T in t_values:
         u_max = T * float(pos.max()) / x_max
@@ -495,6 +503,6 @@ def fig2_rmse(ctx, net: TTFSNetwork, params):
     (``harness report`` draws it)."""
     first = next(op for op in net.graph.synapses if op.inputs[0] == net.graph.input.name)
     x, _ = ctx.dataset.subset("val", params.fig2_samples)
-    rows = layer_rmse_grid(first.module, torch.from_numpy(x).to(ctx.device), params.fig2_t_max,
+    rows = layer_rmse_grid(first.layer, torch.from_numpy(x).to(ctx.device), params.fig2_t_max,
                            params.fig2_fractions, params.x_max)
     return write_csv(rows, ctx.artifact("ttfs_fig2_rmse.csv"))
