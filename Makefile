@@ -26,6 +26,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
+	$(PIP) install -q -c constraints.txt -e '.[test,bench]'
+	$(BIN)/python tools/check_install.py
 	$(BIN)/python -m pytest benchmarks -o python_files="bench_*.py" --benchmark-only $(PYTEST_ARGS)
 
 clean:

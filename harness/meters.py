@@ -187,10 +187,10 @@ class Meters:
         if spikes:
             counts = flat.float().sum(0)
             st.input_spikes += float(counts.sum(dtype=torch.float64))
-            st.effective_ops += float((counts * fan).sum())
+            st.effective_ops += float((counts.double() * fan.double()).sum())
         else:
             nz = (flat != 0).float().sum(0)
-            st.effective_ops += float((nz * fan).sum())
+            st.effective_ops += float((nz.double() * fan.double()).sum())
 
     @torch.no_grad()
     def record_neurons(self, name: str, out: torch.Tensor, *, kind: str = "", spiking: bool = True) -> None:

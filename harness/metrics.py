@@ -52,14 +52,14 @@ class MetricSpec:
         if math.isinf(v) and not (self.allow_inf and v > 0):
             return f"{key} = {v} is not finite"
         if not (self.low <= v <= self.high):
-            return f"{key} = {v:g} lies outside its valid range [{self.low:g}, {self.high:g}]"
+            return f"{key} = {v:g} lies outside its valid range {self.range_text}"
         return None
 
     @property
     def range_text(self) -> str:
-        lo = "-inf" if self.low == -INF else f"{self.low:g}"
-        hi = "inf" if self.high == INF else f"{self.high:g}"
-        return f"[{lo}, {hi}]"
+        lo = "(-inf" if self.low == -INF else f"[{self.low:g}"
+        hi = (("inf]" if self.allow_inf else "inf)") if self.high == INF else f"{self.high:g}]")
+        return f"{lo}, {hi}"
 
 
 def _s(key, description, unit, better=None, low=-INF, high=INF, **kw) -> MetricSpec:
@@ -76,7 +76,8 @@ CORE: tuple[MetricSpec, ...] = (
     _s("test/accuracy_at_t", "test accuracy after each time step (accuracy vs latency)", "fraction", "max",
        curve=True, **FRACTION),
     _s("samples", "test samples evaluated", "count", **COUNT),
-    _s("timesteps", "latency of one inference: T (rate, surrogate), t_max x (layers) (ttfs), 1 (sharpen, ANN)",
+    _s("timesteps", "latency of one inference: T (rate, surrogate), t_max × (neuron layers + 1) (ttfs), 1 "
+       "(sharpen, ANN)",
        "steps", "min", low=1.0),
     _s("spikes", "spikes of all spiking neurons in one inference (ANN: non-zero activations)", "count", "min",
        **COUNT),

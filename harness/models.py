@@ -212,6 +212,7 @@ def resnet_small(input_shape: Shape, num_classes: int, widths: tuple[int, int, i
             c = input_shape[0]
             self.conv1 = nn.Conv2d(c, widths[0], 3, padding=1, bias=False)
             self.bn1 = nn.BatchNorm2d(widths[0])
+            self.relu = nn.ReLU()
             c = widths[0]
             stages = []
             for i, wd in enumerate(widths):
@@ -226,7 +227,7 @@ def resnet_small(input_shape: Shape, num_classes: int, widths: tuple[int, int, i
             self.fc = nn.Linear(c, num_classes)
 
         def forward(self, x):
-            x = nn.functional.relu(self.bn1(self.conv1(x)))
+            x = self.relu(self.bn1(self.conv1(x)))
             x = self.layer3(self.layer2(self.layer1(x)))
             return self.fc(torch.flatten(self.pool(x), 1))
 

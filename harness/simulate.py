@@ -214,11 +214,15 @@ class Simulator:
         acc = None  # decoded output accumulated over time
         out_preds = []
         static_env = dict(env)
+        # metering: spike counts per neuron and sample, summed over the batch's steps; events
+        # through max pooling (step by step) summed likewise. Recorded once per batch, so metering
+        # adds one accumulation per neuron op and step to the simulation.
+        spike_counts: dict[str, torch.Tensor] = {}
+        step_events: dict[str, torch.Tensor] = {}
         for t0 in range(0, T, chunk):
             tc = min(chunk, T - t0)
             env = dict(static_env)
             raw: dict[str, torch.Tensor] = {}  # this chunk's spikes, [tc·B, ...]
-            summed: dict[str, torch.Tensor] = {}  # ... summed over the chunk, [B, ...]
             for op in self.dynamic_plan:
                 if op.kind == Kind.NEURON:
                     (inp,) = self._inputs(op, env, tc, B, expand=False)
@@ -228,24 +232,17 @@ class Simulator:
                     else:
                         s = pool(inp.reshape(tc, B, *inp.shape[1:]))
                     if meters is not None:
-                        counts = s.sum(0)
-                        summed[op.name] = counts
-                        _record_neurons(meters, op.name, pool.kind, s, counts)
+                        _accumulate(spike_counts, op.name, s[0] if tc == 1 else s.sum(0))
                     raw[op.name] = s.reshape(tc * B, *s.shape[2:])
                     env[op.name] = self.filter(op.name, s).reshape(tc * B, *s.shape[2:])
                     continue
                 args = self._inputs(op, env, tc, B, expand=True)
                 if op.kind == Kind.SYNAPSE:
-                    layer = self.net.layers[op.name]
-                    if meters is not None:
-                        path = self.paths[op.name]
-                        if path.per_step:
-                            ev = event_counts(self.g, path, {s: raw[s] for s in path.sources})
-                            counts = ev.reshape(tc, B, *ev.shape[1:]).sum(0)
-                        else:
-                            counts = event_counts(self.g, path, {s: summed[s] for s in path.sources})
-                        meters.record_synapse(op.name, layer, counts, spikes=True, rows=tc * B, reads_input=False)
-                    env[op.name] = layer(args[0])
+                    path = self.paths[op.name]
+                    if meters is not None and path.per_step:
+                        ev = event_counts(self.g, path, {s: raw[s] for s in path.sources})
+                        _accumulate(step_events, op.name, ev if tc == 1 else ev.reshape(tc, B, *ev.shape[1:]).sum(0))
+                    env[op.name] = self.net.layers[op.name](args[0])
                 else:
                     env[op.name] = apply_op(op, args)
             h = env[self.readout]
@@ -261,7 +258,26 @@ class Simulator:
                 steps += acc
             acc = steps[-1]
             out_preds.append(steps.argmax(-1))
+        if meters is not None:
+            self._record(meters, spike_counts, step_events, T, B)
         return torch.cat(out_preds, dim=0)
+
+    def _record(self, meters: Meters, spike_counts: dict, step_events: dict, T: int, B: int) -> None:
+        """Record one batch: neurons in op order, each synaptic layer before the neurons it feeds."""
+        for op in self.dynamic_plan:
+            if op.kind == Kind.SYNAPSE:
+                path = self.paths[op.name]
+                counts = (step_events[op.name] if path.per_step else
+                          event_counts(self.g, path, {s: spike_counts[s] for s in path.sources}))
+                meters.record_synapse(op.name, self.net.layers[op.name], counts, spikes=True, rows=T * B,
+                                      reads_input=False)
+            elif op.kind == Kind.NEURON:
+                counts = spike_counts[op.name]
+                per_neuron = counts.sum(0)
+                total = float(per_neuron.sum(dtype=torch.float64))
+                entries = float(T * counts.numel())
+                meters.record_neuron_counts(op.name, spikes=total, entries=entries, zeros=entries - total,
+                                            kind=self.net.neurons[op.name].kind, per_neuron=per_neuron)
 
     def _decode(self, current: torch.Tensor) -> torch.Tensor:
         if self.out_neuron is not None:
@@ -271,9 +287,8 @@ class Simulator:
         return current  # "membrane": a non-leaky integrator of the readout current
 
 
-def _record_neurons(meters: Meters, name: str, kind: str, spikes: torch.Tensor, counts: torch.Tensor) -> None:
-    per_neuron = counts.sum(0)
-    total = float(per_neuron.sum())
-    entries = float(spikes.numel())
-    meters.record_neuron_counts(name, spikes=total, entries=entries, zeros=entries - total, kind=kind,
-                                per_neuron=per_neuron)
+def _accumulate(into: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:
+    if key in into:
+        into[key].add_(value)
+    else:
+        into[key] = value.clone()
