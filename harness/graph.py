@@ -396,6 +396,42 @@ class Graph:
         raise ConfigError(f"{op.describe()} cannot be converted by {method}{': ' + why if why else ''}{tail}{more}")
 
 
+FOREIGN = (Kind.OTHER, Kind.ENCODER, Kind.EXPAND, Kind.DECODE)
+
+
+def unsupported_ops(graph: Graph, reasons: dict[Kind, str], foreign: str) -> list[tuple[Op, str]]:
+    """Ops whose kind a method cannot take: those in ``reasons`` (with the reason) and ops the
+    graph does not classify or that belong to another method's rebuilt network (``foreign``)."""
+    out: list[tuple[Op, str]] = []
+    for op in graph:
+        if op.kind in reasons:
+            out.append((op, reasons[op.kind]))
+        elif op.kind in FOREIGN:
+            out.append((op, foreign))
+    return out
+
+
+def spike_paths(graph: Graph, static: set[str]) -> tuple[dict[str, EventPath], list[tuple[Op, str]]]:
+    """The event path of every synaptic op that is not computed from the input alone, and the
+    problems: ops between spikes and a layer that do not carry spikes, or a layer fed by another
+    layer's current without a neuron between."""
+    paths: dict[str, EventPath] = {}
+    problems: list[tuple[Op, str]] = []
+    for op in graph.synapses:
+        if op.inputs[0] in static:
+            continue
+        try:
+            path = graph.event_path(op.name)
+        except ConfigError as exc:
+            problems.append((op, str(exc)))
+            continue
+        if not path.sources:
+            problems.append((op, "fed by another layer's current without a neuron between"))
+            continue
+        paths[op.name] = path
+    return paths, problems
+
+
 def accepting_methods(graph: Graph, op: Op, exclude: str) -> list[str]:
     """Built-in and plug-in methods that would accept ``op`` in ``graph`` (for error messages)."""
     from .methods import METHODS

@@ -17,13 +17,16 @@ from typing import Any
 
 import pandas as pd
 
+from ..metrics import SCHEMA
 from .runs import RunTable, load_runs
 
 # Better direction of each leaderboard column (energy columns, added per energy model, are "min").
-LEADERBOARD_DIRECTIONS = {
-    "accuracy": "max", "drop": "min", "spikes_per_neuron": "min", "synops": "min", "macs": "min",
-    "latency_steps": "min",
+# Leaderboard columns and the metric each shows: their better direction comes from the metric schema.
+LEADERBOARD_COLUMNS = {
+    "accuracy": "test/accuracy", "drop": "test/accuracy_drop", "spikes_per_neuron": "spikes_per_neuron",
+    "synops": "synops", "macs": "macs", "latency_steps": "timesteps",
 }
+LEADERBOARD_DIRECTIONS = {col: SCHEMA.better(key) for col, key in LEADERBOARD_COLUMNS.items()}
 ENERGY_COLUMN = "energy[{}] (J)"
 
 # Figures the seeds report (paper data sets named), next to which the harness's own are shown.
@@ -256,7 +259,8 @@ def build_report(experiment: str | None = None, out_dir: str | Path = "report", 
     runs.df.drop(columns=["kind"], errors="ignore").to_csv(runs_csv, index=False)
     lb_csv = out / "leaderboard.csv"
     lb.to_csv(lb_csv, index=False)
-    directions = dict(LEADERBOARD_DIRECTIONS, **{ENERGY_COLUMN.format(m): "min" for m in energy_models})
+    directions = dict(LEADERBOARD_DIRECTIONS,
+                      **{ENERGY_COLUMN.format(m): SCHEMA.better(f"energy/{m}/joules") for m in energy_models})
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     intro = (f"experiment <b>{html.escape(runs.experiment)}</b> in <code>{html.escape(runs.tracking_uri)}</code>; "
              f"{len(runs.df)} runs; generated {stamp}; energy model for the Pareto mark: "

@@ -39,7 +39,7 @@ from torch import nn
 from ..api import Extras, Method, Preparation
 from ..config import ConfigError, Params, param
 from ..evaluation import Evaluable, Outputs
-from ..graph import Graph, Kind, Op, weight_of
+from ..graph import Graph, Kind, Op, spike_paths, unsupported_ops, weight_of
 from ..metrics import MetricSpec
 from ..simulate import NeuronPool, RateNetwork, Simulator
 
@@ -81,29 +81,13 @@ class RateParams(Params):
 
 def rate_problems(graph: Graph) -> list[tuple[Op, str]]:
     """Ops of the folded graph that rate coding cannot map (empty: it can convert the network)."""
-    problems: list[tuple[Op, str]] = []
-    for op in graph:
-        if op.kind == Kind.NORM:
-            problems.append((op, "a BatchNorm that does not directly follow a Conv/Linear layer (nothing to "
-                                 "fold it into)"))
-        elif op.kind == Kind.ACTIVATION:
-            problems.append((op, "a non-linearity other than ReLU"))
-        elif op.kind in (Kind.OTHER, Kind.ENCODER, Kind.EXPAND, Kind.DECODE, Kind.SCALE):
-            problems.append((op, "an op without a rate-coded equivalent"))
+    problems = unsupported_ops(graph, {
+        Kind.NORM: "a BatchNorm that does not directly follow a Conv/Linear layer (nothing to fold it into)",
+        Kind.ACTIVATION: "a non-linearity other than ReLU",
+        Kind.SCALE: "an op without a rate-coded equivalent"}, "an op without a rate-coded equivalent")
     if problems:
         return problems
-    static = graph.static_ops()
-    for op in graph.synapses:
-        src = op.inputs[0]
-        if src in static:
-            continue
-        try:
-            path = graph.event_path(op.name)
-        except ConfigError as exc:
-            problems.append((op, str(exc)))
-            continue
-        if not path.sources:
-            problems.append((op, "fed by another layer's current without a neuron between"))
+    problems = spike_paths(graph, graph.static_ops())[1]
     feed = graph[graph.output.inputs[0]]
     if _fixed_origin(graph, feed.name):
         problems.append((graph.output, "the network ends in a neuron (ReLU); it must end in a linear readout"))

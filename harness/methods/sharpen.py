@@ -47,7 +47,18 @@ from torch import nn
 from ..api import Extras, Method, Preparation
 from ..config import ConfigError, Params, param
 from ..evaluation import GraphSNN, Outputs
-from ..graph import Graph, Kind, Op, build, insert_after, register_module_kind, set_module, symbolic_trace
+from ..graph import (
+    Graph,
+    Kind,
+    Op,
+    build,
+    insert_after,
+    register_module_kind,
+    set_module,
+    spike_paths,
+    symbolic_trace,
+    unsupported_ops,
+)
 from ..metrics import MetricSpec
 
 SIGMOID_K = 4.0 * math.log(2.0 + math.sqrt(3.0))
@@ -180,30 +191,18 @@ register_module_kind(NHotDecode, Kind.DECODE)
 
 def sharpen_problems(graph: Graph) -> list[tuple[Op, str]]:
     """Ops a one-step binary network cannot carry (empty: the architecture can be sharpened)."""
-    problems: list[tuple[Op, str]] = []
-    for op in graph:
-        if op.kind in (Kind.AVGPOOL, Kind.ADAPTIVE_AVGPOOL):
-            problems.append((op, "average pooling makes binary activations non-binary"))
-        elif op.kind == Kind.ACTIVATION:
-            problems.append((op, "a non-linearity other than ReLU"))
-        elif op.kind in (Kind.OTHER, Kind.ENCODER, Kind.EXPAND, Kind.DECODE, Kind.SCALE):
-            problems.append((op, "an op without a binary equivalent"))
+    not_binary = "average pooling makes binary activations non-binary"
+    problems = unsupported_ops(graph, {
+        Kind.AVGPOOL: not_binary, Kind.ADAPTIVE_AVGPOOL: not_binary,
+        Kind.ACTIVATION: "a non-linearity other than ReLU", Kind.SCALE: "an op without a binary equivalent"},
+        "an op without a binary equivalent")
     if problems:
         return problems
-    static = graph.static_ops()
-    for op in graph.synapses:
-        if op.inputs[0] in static:
-            continue
-        try:
-            path = graph.event_path(op.name)
-        except ConfigError as exc:
-            problems.append((op, str(exc)))
-            continue
+    paths, problems = spike_paths(graph, graph.static_ops())
+    for path in paths.values():
         joins = [graph[n] for n in path.ops if graph[n].kind == Kind.ADD]
         if joins:
             problems.append((joins[0], "a sum of spike trains is not binary"))
-        elif not path.sources:
-            problems.append((op, "fed by another layer's current without a neuron between"))
     readout = _readout(graph)
     if readout is None:
         problems.append((graph.output, "the network must end in a linear readout layer"))

@@ -42,10 +42,21 @@ import torch.fx as fx
 from torch import nn
 
 from ..api import Method, Preparation
-from ..config import ConfigError, Params, param
+from ..config import Params, param
 from ..errors import UnknownNameError
 from ..evaluation import GraphSNN, Outputs
-from ..graph import Graph, Kind, Op, build, insert_after, register_module_kind, set_module, symbolic_trace
+from ..graph import (
+    Graph,
+    Kind,
+    Op,
+    build,
+    insert_after,
+    register_module_kind,
+    set_module,
+    spike_paths,
+    symbolic_trace,
+    unsupported_ops,
+)
 from ..metrics import MetricSpec
 
 FAMILIES = ("triangle", "fast-sigmoid", "arctan", "sigmoid")
@@ -179,25 +190,11 @@ register_module_kind(PoissonInput, Kind.ENCODER)
 
 def surrogate_problems(graph: Graph) -> list[tuple[Op, str]]:
     """Ops a multistep LIF network cannot be rebuilt from (empty: it can)."""
-    problems: list[tuple[Op, str]] = []
-    for op in graph:
-        if op.kind == Kind.ACTIVATION:
-            problems.append((op, "a non-linearity other than ReLU"))
-        elif op.kind in (Kind.OTHER, Kind.ENCODER, Kind.EXPAND, Kind.DECODE):
-            problems.append((op, "an op without a spiking equivalent"))
+    problems = unsupported_ops(graph, {Kind.ACTIVATION: "a non-linearity other than ReLU"},
+                               "an op without a spiking equivalent")
     if problems:
         return problems
-    static = _static_before_norm(graph)
-    for op in graph.synapses:
-        if op.inputs[0] in static:
-            continue
-        try:
-            path = graph.event_path(op.name)
-        except ConfigError as exc:
-            problems.append((op, str(exc)))
-            continue
-        if not path.sources:
-            problems.append((op, "fed by another layer's current without a neuron between"))
+    problems = spike_paths(graph, _static_before_norm(graph))[1]
     feed = graph[graph.output.inputs[0]]
     while feed.kind in (Kind.FLATTEN, Kind.IDENTITY, Kind.AVGPOOL, Kind.ADAPTIVE_AVGPOOL):
         feed = graph[feed.inputs[0]]
