@@ -23,6 +23,10 @@ def test_help_and_ls_import_nothing_heavy():
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stdout
     assert "ttfs-cnn" in proc.stdout and "cmos45-fp32" in proc.stdout and "mnist-5k" in proc.stdout
+    # every energy model is listed with its per-op costs and its source
+    assert "45 nm CMOS, fp32: MAC 4.6 pJ, AC 0.9 pJ [Horowitz, 'Computing's energy problem', ISSCC 2014" \
+        in proc.stdout
+    assert "[Davies et al., IEEE Micro 2018" in proc.stdout
 
 
 @pytest.mark.parametrize("argv,needle", [

@@ -159,3 +159,20 @@ def test_meter_ann_counts_dense_macs():
     assert metrics["activation_sparsity"] == pytest.approx(float((relu_out == 0).float().mean()))
     assert metrics["neurons"] == 8
     assert metrics["synops"] == 0.0
+
+
+def test_per_neuron_counts_keep_the_layer_shape():
+    m = Meters(timesteps=2, keep_per_neuron=True)
+    spikes = torch.zeros(2, 3, 2, 2, 2)  # [T, B, C, H, W]
+    spikes[0, 0, 1, 0, 1] = 1
+    spikes[1, 2, 1, 0, 1] = 1
+    spikes[1, 1, 0, 1, 0] = 1
+    m.record_neurons("conv", spikes)
+    m.record_neurons("conv_folded", spikes.reshape(6, 2, 2, 2))  # time folded into the batch
+    m.record_batch(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long))
+    for name in ("conv", "conv_folded"):
+        per = m.neurons[name].per_neuron
+        assert per.shape == (2, 2, 2)  # one count per neuron
+        assert per[1, 0, 1] == 2 and per[0, 1, 0] == 1 and per.sum() == 3
+    rates = m.firing_rates()["conv"]
+    assert rates.shape == (8,) and rates.max() == pytest.approx(2 / (3 * 2 * 1e-3))

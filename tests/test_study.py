@@ -211,3 +211,47 @@ def test_cli_study_errors_are_clear(tmp_path, capsys):
     assert "--grid is for --sampler grid (got --sampler tpe)" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"--sampler grid needs --grid KEY=V1,V2,..."):
         run_study(StudyConfig(run=RunConfig.build(method="rate", dataset="digits"), sampler="grid", progress=False))
+
+
+def test_stale_trial_recovery_touches_only_dead_owners_on_this_host():
+    import socket
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from harness.study import recover_stale_trials
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    study = optuna.create_study()
+    host = socket.gethostname()
+    owners = {"dead": f"{host}:{dead}", "alive": f"{host}:{os.getpid()}", "elsewhere": f"other-host:{dead}",
+              "none": None}
+    trials = {}
+    for key, owner in owners.items():
+        t = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        if owner is not None:
+            t.set_user_attr("harness.owner", owner)
+        trials[key] = t
+    assert recover_stale_trials(study) == [trials["dead"].number]
+    states = {k: study.trials[t.number].state for k, t in trials.items()}
+    assert states == {"dead": TrialState.FAIL, "alive": TrialState.RUNNING, "elsewhere": TrialState.RUNNING,
+                      "none": TrialState.RUNNING}
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)  # the re-queued trial runs first
+    retry = study.get_trials(states=(TrialState.COMPLETE,))[0]
+    assert retry.params == trials["dead"].params and retry.user_attrs["harness.retry_of"] == trials["dead"].number
+
+
+def test_sampler_names_make_the_samplers_they_say():
+    import optuna
+
+    from harness.study import _sampler
+
+    assert isinstance(_sampler("tpe", 0, {}), optuna.samplers.TPESampler)
+    assert isinstance(_sampler("nsga2", 0, {}), optuna.samplers.NSGAIISampler)
+    assert isinstance(_sampler("random", 0, {}), optuna.samplers.RandomSampler)
+    assert isinstance(_sampler("grid", 0, {"x": [1, 2]}), optuna.samplers.GridSampler)
+    a = [_sampler("random", 7, {}).sample_independent(None, None, "x", optuna.distributions.FloatDistribution(0, 1))
+         for _ in range(2)]
+    assert a[0] == a[1]  # the seed is passed on: the same seed draws the same value
