@@ -241,3 +241,32 @@ def test_layer_scaling_pairs_are_valid_mlflow_keys(quick):
     run_ = MlflowClient(res.tracking["tracking_uri"]).get_run(res.tracking["run_id"])
     assert "layer_scaling/relu_fc1:relu_fc2/accuracy" in run_.data.metrics
     assert len(res.step_metrics["test/accuracy_at_t"]) == 8
+
+
+class StaticSkip(nn.Module):
+    """A skip connection from the input: relu(conv2(relu(conv1(x))) + skip(x)). The skip's current
+    depends on the input alone (computed once), the other on spikes (every step)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.conv1, self.conv2 = nn.Conv2d(1, 3, 3, padding=1), nn.Conv2d(3, 3, 3, padding=1)
+        self.skip = nn.Conv2d(1, 3, 1)
+        self.fc = nn.Linear(3 * 8 * 8, 4)
+
+    def forward(self, x):
+        h = F.relu(self.conv2(F.relu(self.conv1(x))) + self.skip(x))
+        return self.fc(torch.flatten(h, 1))
+
+
+def test_a_static_current_joining_spikes_is_broadcast_over_time():
+    ann = StaticSkip().eval()
+    torch.manual_seed(5)
+    x = torch.rand(16, 1, 8, 8)
+    graph = trace(ann, (1, 8, 8)).folded()
+    assert {"conv1", "skip"} <= graph.static_ops() and "add" not in graph.static_ops()
+    lams = calibrate_scales(graph, x, "max", 100.0)
+    net = RateModel(graph, lams).convert(RateParams(timesteps=256))
+    preds = [Simulator(net, time_chunk=c, batch_chunk=8).run(x, 256) for c in (1, 7, 256)]
+    assert torch.equal(preds[0], preds[1]) and torch.equal(preds[0], preds[2])
+    assert (preds[0][-1] == ann(x).argmax(-1)).float().mean() > 0.85

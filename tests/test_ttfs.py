@@ -210,3 +210,23 @@ def test_concatenated_branches_keep_their_own_scales():
     logits = net.closed_form(x)
     assert (logits.argmax(-1) == ann.argmax(-1)).float().mean() > 0.9
     assert torch.allclose(logits, ann, atol=0.1 * float(ann.abs().max()))
+
+
+def test_every_layer_is_checked_and_pooling_before_relu_gets_a_hint():
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.Linear(4, 2))  # 2nd layer: no ReLU
+    assert _problems(net, (4,)) == [
+        ("2", "a layer whose output is not the input of exactly one ReLU (nor the readout)")]
+    pooled = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(),
+                           nn.Linear(2 * 4 * 4, 2))
+    (op, why), *_ = _problems(pooled, (1, 8, 8))
+    assert op == "2" and why.endswith("(put the ReLU first: pooling and ReLU commute)")
+
+
+def test_explicit_thresholds_are_used_as_given(quick):
+    from harness.runner import run
+
+    res = run(quick(method="ttfs", sets=("t_max=8", "t_max_sweep=", "fig2=false", "u_th=3,5,7")))
+    m = res.metrics
+    assert (m["layer/relu1/u_th"], m["layer/relu2/u_th"], m["layer/relu_fc1/u_th"]) == (3.0, 5.0, 7.0)
+    assert m["layer/relu1/lambda"] == 3.0 * 1.0 / 8  # λ_1 = u_th · λ_0 / t_max
+    assert m["layer/relu2/lambda"] == 5.0 * (3.0 / 8) / 8
