@@ -71,8 +71,10 @@ COUNT = dict(low=0.0)
 
 CORE: tuple[MetricSpec, ...] = (
     _s("test/accuracy", "top-1 accuracy of the method's network on the test split", "fraction", "max", **FRACTION),
-    _s("ann/test/accuracy", "top-1 accuracy of the trained ANN (the baseline)", "fraction", "max", **FRACTION),
-    _s("test/accuracy_drop", "ANN accuracy minus the method's accuracy", "fraction", "min", low=-1.0, high=1.0),
+    _s("ann/test/accuracy", "top-1 accuracy of the trained ANN (the baseline), on the test images the method was "
+       "evaluated on", "fraction", "max", **FRACTION),
+    _s("test/accuracy_drop", "ANN accuracy minus the method's accuracy, on the same test images", "fraction", "min",
+       low=-1.0, high=1.0),
     _s("test/accuracy_at_t", "test accuracy after each time step (accuracy vs latency)", "fraction", "max",
        curve=True, **FRACTION),
     _s("samples", "test samples evaluated", "count", **COUNT),

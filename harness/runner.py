@@ -10,6 +10,7 @@ every metric against the schema (:mod:`harness.metrics`) before anything is logg
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import platform
@@ -170,9 +171,10 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None, fit_c
             ctx.info["ann_cache"] = "bypassed (--weights)"
         elif needs_ann:
             ann, history = train_ann(ctx)
-        ann_metrics = None
-        if cfg.baseline and ann is not None:
-            ann_metrics = ctx.evaluate(ann, desc="evaluate ANN", what="the ANN baseline").metrics
+        # the baseline is evaluated after the method has built its network, on the same test
+        # samples (a method evaluating the first N only is compared with the ANN on those N);
+        # a copy keeps it safe from a method that changes the network it was given
+        reference = copy.deepcopy(ann) if cfg.baseline and ann is not None else None
         ctx.fit_callbacks = list(fit_callbacks or [])
 
         # ---- the method: it prepares, the harness evaluates ----------------------------------
@@ -192,6 +194,10 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None, fit_c
             current = prep.model
         assert prep is not None
         evaluation = ctx.evaluate(current, desc=f"evaluate {cfg.method}", what=f"the {cfg.method} network")
+        ann_metrics = None
+        if reference is not None:
+            limit = getattr(current, "limit", None)
+            ann_metrics = ctx.evaluate(reference, limit=limit, desc="evaluate ANN", what="the ANN baseline").metrics
         extras = methods[-1].analyse(ctx, prep, evaluation, params[-1]) or Extras()
 
         metrics = dict(evaluation.metrics)

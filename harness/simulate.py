@@ -45,11 +45,11 @@ logging.getLogger("torch._library.triton").setLevel(logging.ERROR)
 
 class NeuronPool(nn.Module):
     """IF (``tau=None``) or LIF (membrane time constant ``tau`` in steps) neurons, threshold 1, soft
-    reset: v ← v·(1 − 1/τ) + x;  s = [v ≥ 1];  v ← v − s."""
+    reset: v ← v·(1 − 1/τ) + x;  s = [v ≥ 1];  v ← v − s. The membrane starts at ``v_init``."""
 
-    def __init__(self, tau: float | None = None, backend: str = "inplace"):
+    def __init__(self, tau: float | None = None, backend: str = "inplace", v_init: float = 0.0):
         super().__init__()
-        self.tau, self.backend = tau, backend
+        self.tau, self.backend, self.v_init = tau, backend, float(v_init)
         self.v: torch.Tensor | None = None
         self._sj = None
         if backend == "spikingjelly":
@@ -57,6 +57,7 @@ class NeuronPool(nn.Module):
 
             self._sj = (neuron.IFNode(v_threshold=1.0, v_reset=None, step_mode="m") if tau is None else
                         neuron.LIFNode(tau=tau, decay_input=False, v_threshold=1.0, v_reset=None, step_mode="m"))
+            self._sj.v = self.v_init  # a float: SpikingJelly broadcasts it to the input's shape
 
     @property
     def kind(self) -> str:
@@ -68,6 +69,7 @@ class NeuronPool(nn.Module):
             from spikingjelly.activation_based import functional
 
             functional.reset_net(self._sj)
+            self._sj.v = self.v_init
 
     def forward(self, x: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """``x``: ``[T, B, ...]`` currents, or ``[B, ...]`` constant over ``steps`` steps."""
@@ -78,7 +80,7 @@ class NeuronPool(nn.Module):
             return self._sj(seq)
         shape = x.shape if constant else x.shape[1:]
         if self.v is None:
-            self.v = torch.zeros(shape, dtype=x.dtype, device=x.device)
+            self.v = torch.full(shape, self.v_init, dtype=x.dtype, device=x.device)
         v = self.v
         out = torch.empty((T, *shape), dtype=x.dtype, device=x.device)
         decay = None if self.tau is None else 1.0 - 1.0 / self.tau
@@ -130,12 +132,6 @@ class RateNetwork:
     def neuron_kind(self, name: str) -> str:
         return self.neurons[name].kind
 
-
-def fold(x: torch.Tensor, fn) -> torch.Tensor:
-    """Apply a stateless op to ``[T, B, ...]`` by folding time into the batch."""
-    T, B = x.shape[:2]
-    y = fn(x.reshape(T * B, *x.shape[2:]))
-    return y.reshape(T, B, *y.shape[1:])
 
 
 class Simulator:

@@ -60,3 +60,21 @@ def test_no_baseline_gives_only_joules():
     out = energy_metrics(snn, None, spiking=True)
     assert set(out) == {f"energy/{m}/joules" for m in ENERGY_MODELS}
     assert out["energy/cmos45-fp32/joules"] == pytest.approx((10 * 4.6 + 20 * 0.9) * PJ)
+
+
+def test_a_silent_network_breaks_even_through_its_synaptic_capacity():
+    """No spikes were seen: the synops a spike would cost come from the capacity (every neuron
+    spiking once), capacity / neurons per spike."""
+    em = ENERGY_MODELS.get("cmos45-fp32")
+    snn = dict(macs=100.0, synops=0.0, neuron_updates=40.0, neurons=20.0, spikes=0.0, synop_capacity=600.0)
+    # E(s) = 100·4.6 + s·20·(600/20)·0.9 pJ = 460 + 540·s pJ; ANN 4600 pJ -> s = 4140 / 540
+    assert em.break_even_spikes_per_neuron(snn, 4600 * PJ) == pytest.approx(4140 / 540)
+
+
+def test_an_ann_without_energy_gives_no_ratio():
+    ann = dict(macs=0.0, neurons=10.0, input_layer_macs=0.0, synops_if_spiking=0.0, spikes=0.0, synops=0.0,
+               neuron_updates=10.0)
+    out = energy_metrics(dict(macs=0.0, synops=5.0, neuron_updates=10.0, neurons=10.0, spikes=1.0), ann,
+                         spiking=True)
+    assert math.isnan(out["energy/cmos45-fp32/ratio"])  # 0 J against 0 J has no ratio
+    assert out["energy/cmos45-fp32/joules"] == pytest.approx(5 * 0.9 * PJ)

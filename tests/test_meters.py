@@ -57,6 +57,36 @@ def test_conv_fanout_by_hand():
     assert metrics["layer/conv/synops"] == 3.0  # 0 + 3
     assert metrics["layer/conv_a/macs"] == 16.0
     assert metrics["layer/conv_a/macs_effective"] == 4.0  # 1 + 3
+    # NeuroBench's Dense counts every tap that lands on the input, zero weights included
+    assert metrics["macs_dense_nopad"] == 16.0
+
+
+def test_conv1d_by_hand():
+    conv = nn.Conv1d(1, 2, 2, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[[1.0, 2.0]], [[0.0, 3.0]]]))
+    # input positions 0..2 of length 3; outputs 0..1; tap k of output o reads position o + k
+    assert fanout_map(conv, (1, 3)).tolist() == [[1.0, 3.0, 2.0]]
+    m = Meters()
+    m.record_synapse("c", conv, torch.tensor([[[1.0, 0.0, 1.0]], [[0.0, 1.0, 0.0]]]), spikes=True)  # B = 2
+    m.record_batch(torch.zeros(2, 2), torch.zeros(2, dtype=torch.long))
+    assert m.summary()[0]["layer/c/synops"] == (1.0 + 2.0 + 3.0) / 2  # per inference
+
+
+def test_counts_accumulate_over_batches():
+    m = Meters(timesteps=1)
+    m.record_neurons("n", torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+    m.record_predictions(torch.tensor([1, 0]), torch.tensor([1, 1]))
+    m.record_neurons("n", torch.tensor([[1.0, 1.0]]))
+    m.record_predictions(torch.tensor([2]), torch.tensor([2]))
+    # pre-aggregated counts (the rate simulator's and ttfs's path) add up the same way
+    m.record_neuron_counts("agg", spikes=1.0, entries=4.0, zeros=3.0)
+    m.record_neuron_counts("agg", spikes=3.0, entries=2.0, zeros=0.0)
+    metrics, _ = m.summary()
+    assert metrics["test/accuracy"] == 2 / 3 and metrics["samples"] == 3
+    assert metrics["layer/n/neurons"] == 2 and metrics["layer/n/spikes_per_neuron"] == 3 / 6
+    assert metrics["layer/agg/neurons"] == 2 and metrics["layer/agg/spikes_per_neuron"] == 4 / 6
+    assert metrics["layer/agg/activation_sparsity"] == 3 / 6
 
 
 def test_neuron_counts_by_hand():

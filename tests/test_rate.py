@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from harness.errors import ConfigError, HarnessError
 from harness.graph import trace
+from harness.meters import Meters
 from harness.methods.rate import RateModel, RateParams, calibrate_scales, plan_scales, rate_problems
 from harness.simulate import NeuronPool, Simulator
 from torch import nn
@@ -23,7 +24,7 @@ def _ann(seed=0):
     ).eval()
 
 
-def reference(net, x, T, *, tau_lif=None, synapse=None, dt=1e-3, decode="membrane"):
+def reference(net, x, T, *, tau_lif=None, synapse=None, dt=1e-3, decode="membrane", v_init=0.0):
     """The converted sequential network of ``_ann`` stepped one time step at a time, written from
     the formulas: v ← v·(1 − 1/τ) + I; s = [v ≥ 1]; v ← v − s; y ← a·y + (1 − a)·s with
     a = exp(−dt/τ_syn); the readout current integrated over time (membrane), its IF spikes
@@ -42,7 +43,7 @@ def reference(net, x, T, *, tau_lif=None, synapse=None, dt=1e-3, decode="membran
     for _ in range(T):
         h = current0
         for i in range(3):
-            v[i] = (torch.zeros_like(h) if v[i] is None else v[i] * decay) + h
+            v[i] = (torch.full_like(h, v_init) if v[i] is None else v[i]) * decay + h
             s = (v[i] >= 1.0).to(h.dtype)
             v[i] = v[i] - s
             if a is not None:
@@ -69,17 +70,19 @@ def _converted(params, x, scales=None, seed=0):
     return RateModel(graph, lams).convert(params, scales)
 
 
-@pytest.mark.parametrize("decode,synapse,neuron", [
-    ("membrane", None, "if"), ("spikes", None, "if"), ("filtered", 0.005, "if"), ("membrane", 0.002, "lif"),
+@pytest.mark.parametrize("decode,synapse,neuron,v_init", [
+    ("membrane", None, "if", 0.0), ("spikes", None, "if", 0.0), ("filtered", 0.005, "if", 0.0),
+    ("membrane", 0.002, "lif", 0.0), ("membrane", None, "if", 0.5), ("membrane", 0.002, "lif", 0.5),
 ])
 @pytest.mark.parametrize("backend", ["inplace", "spikingjelly"])
-def test_simulator_equals_the_formulas(decode, synapse, neuron, backend):
+def test_simulator_equals_the_formulas(decode, synapse, neuron, v_init, backend):
     torch.manual_seed(3)
     x = torch.rand(7, 1, 8, 8)
-    params = RateParams(timesteps=23, decode=decode, synapse=synapse, neuron=neuron, neuron_backend=backend)
+    params = RateParams(timesteps=23, decode=decode, synapse=synapse, neuron=neuron, neuron_backend=backend,
+                        v_init=v_init)
     net = _converted(params, x, {"1": 3.0, "4": 3.0, "8": 3.0})
     expected = reference(net, x, 23, tau_lif=None if neuron == "if" else params.lif_tau, synapse=synapse,
-                         decode=decode)
+                         decode=decode, v_init=v_init)
     for time_chunk, batch_chunk, memory_mb in ((23, 7, 512), (5, 3, 512), (1, 7, 512), (23, 7, 0.001), (23, 7, 0)):
         sim = Simulator(net, synapse=synapse, decode=decode, time_chunk=time_chunk, batch_chunk=batch_chunk,
                         memory_mb=memory_mb)
@@ -111,11 +114,32 @@ def test_neurons_at_exactly_threshold_fire_in_both_backends():
         assert torch.equal(pool(x[0:1], steps=12)[:, 0], expected), backend  # constant input
 
 
+def test_half_threshold_initial_membrane_rounds_instead_of_flooring():
+    """v_init = 0.5: a constant input a gives round(T·a) spikes in T steps (floor with v_init = 0);
+    dyadic inputs put T·a + 0.5 exactly on an integer (the tie fires, [v ≥ 1])."""
+    currents = [0.0, 0.125, 0.25, 0.375, 0.5, 0.8125, 1.0]
+    T = 12
+    x = torch.tensor(currents).repeat(T, 1).unsqueeze(1)  # [T, B=1, N]
+    for backend in ("inplace", "spikingjelly"):
+        for v_init, expect in ((0.0, [math.floor(T * a) for a in currents]),
+                               (0.5, [math.floor(T * a + 0.5) for a in currents])):
+            pool = NeuronPool(None, backend, v_init)
+            got = torch.cat([pool(x[:5]), pool(x[5:])]).sum(0)[0]  # state carries across chunks
+            assert got.tolist() == expect, (backend, v_init)
+            pool.reset()
+            assert pool(x).sum(0)[0].tolist() == expect, (backend, v_init)  # reset restores v_init
+    assert [math.floor(T * a + 0.5) for a in currents] != [math.floor(T * a) for a in currents]
+
+
 @pytest.mark.parametrize("tau", [None, 5.0])
 def test_inplace_neurons_equal_spikingjelly(tau):
     torch.manual_seed(0)
     x = torch.randint(-2, 9, (40, 3, 5, 6)).float() / 8  # multiples of 1/8: membranes hit 1.0 exactly
     fast, ref = NeuronPool(tau, "inplace"), NeuronPool(tau, "spikingjelly")
+    from spikingjelly.activation_based import neuron
+
+    assert isinstance(ref._sj, neuron.IFNode if tau is None else neuron.LIFNode)  # SpikingJelly's, not a copy
+    assert fast._sj is None
     got = torch.cat([fast(x[:13]), fast(x[13:])])  # state carries across chunks
     assert torch.equal(got, ref(x))
     assert got.sum() > 0
@@ -176,10 +200,20 @@ def test_residual_network_approaches_its_ann():
     graph = trace(ann, (1, 8, 8)).folded()
     lams = calibrate_scales(graph, x, "max", 100.0)
     net = RateModel(graph, lams).convert(RateParams(timesteps=512))
-    preds = Simulator(net).run(x, 512)
+    meters = Meters(timesteps=512, keep_per_neuron=True)
+    preds = Simulator(net).run(x, 512, meters)
     agree = (preds[-1] == ann(x).argmax(-1)).float().mean()
     assert agree > 0.9
     assert agree >= (preds[7] == ann(x).argmax(-1)).float().mean()
+    # every neuron fires at its ANN activation over λ (clipped to one spike per step), within a
+    # few spikes in 512 steps, after the joins too (an unscaled shortcut is off by 0.05 and more)
+    acts = {}
+    with torch.no_grad():
+        graph.run(x, lambda op, args, out: acts.__setitem__(op.name, out) if op.name in lams else None)
+    for name, lam in lams.items():
+        rate = meters.neurons[name].per_neuron / (64 * 512)
+        expected = (acts[name] / lam).clamp(0, 1).mean(0)
+        assert float((rate - expected).abs().max()) < 0.01, name
 
 
 @pytest.mark.parametrize("key,value,needle", [
@@ -270,3 +304,45 @@ def test_a_static_current_joining_spikes_is_broadcast_over_time():
     preds = [Simulator(net, time_chunk=c, batch_chunk=8).run(x, 256) for c in (1, 7, 256)]
     assert torch.equal(preds[0], preds[1]) and torch.equal(preds[0], preds[2])
     assert (preds[0][-1] == ann(x).argmax(-1)).float().mean() > 0.85
+    # both layers reading the input are metered as input layers: dense MACs once per inference,
+    # conv1 192 outputs x 9 taps, skip 192 outputs x 1 tap
+    m = Meters(timesteps=256)
+    out = Simulator(net, time_chunk=7, batch_chunk=8).run(x, 256, m)
+    m.record_predictions(out[-1], out[-1])
+    metrics = m.summary()[0]
+    assert metrics["input_layer_macs"] == metrics["macs"] == 3 * 64 * 9 + 3 * 64
+    assert metrics["layer/conv2/synops"] > 0 and metrics["layer/skip/synops"] == 0
+
+
+def test_subset_evaluation_is_compared_with_the_ann_on_the_same_samples(quick):
+    """eval_samples=N: the drop is against the ANN's accuracy on those N test images, not on all."""
+    from harness.datasets import load_dataset
+    from harness.models import build_model
+    from harness.runner import run
+
+    res = run(quick(method="rate", model="dnn5", sets=("timesteps=8", "eval_samples=37")))
+    blob = torch.load(res.provenance["ann_cache_file"], weights_only=True)
+    ds = load_dataset("digits")
+    ann = build_model("dnn5", ds.input_shape, ds.num_classes)
+    ann.load_state_dict(blob["state_dict"])
+    x, y = torch.from_numpy(ds.x["test"][:37]), torch.from_numpy(ds.y["test"][:37])
+    with torch.no_grad():
+        correct = int((ann.eval()(x).argmax(-1) == y).sum())
+    assert res.metrics["ann/test/accuracy"] == correct / 37
+    assert res.metrics["test/accuracy_drop"] == res.metrics["ann/test/accuracy"] - res.metrics["test/accuracy"]
+
+
+@pytest.mark.parametrize("model", ["cnn7", "ttfs-cnn"])  # average pooling; max pooling (metered per step)
+def test_metrics_do_not_depend_on_batching_or_time_chunks(quick, model):
+    """Counts accumulate over batches and chunks: several small batches, and chunks of 2 or 3 steps
+    (the last one shorter), meter exactly what one batch of one chunk meters."""
+    from harness.runner import run
+
+    base = ("timesteps=7", "time_chunk=7", "batch_chunk=500")  # digits' 359 test images in one batch
+    ref = run(quick(method="rate", model=model, sets=base)).metrics
+    assert ref["synops"] > 0
+    for sets in (("batch_chunk=97",), ("time_chunk=2",), ("time_chunk=3", "batch_chunk=50")):
+        got = run(quick(method="rate", model=model, sets=base + sets)).metrics
+        assert got["samples"] == ref["samples"] == 359  # four batches of 97, eight of 50
+        for k, v in ref.items():
+            assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-12), (sets, k)

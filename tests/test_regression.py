@@ -11,6 +11,13 @@ layers with the one-step IF network, while the meters' hooks were attached, so e
 was counted twice (SynOps, dense MACs and energy doubled); the recording computed the sharpened
 network's decisions before attaching the hooks.
 
+Rate coding's defaults changed since (``percentile`` 99.99 → 99.9, initial membrane ``v_init`` 0 →
+0.5); ``rate`` and ``layer-scaling`` are checked with the recording's values set explicitly
+(``CURRENT_ONLY`` below). One intended change since: ``layer-scaling`` evaluates the first 200 test images, and its ANN
+baseline (``ann/*``, and so ``test/accuracy_drop``) is now measured on those same 200 images instead
+of the whole test split. Those keys are left out of its comparison; ``test_rate.py`` checks the
+baseline on a subset against the ANN's own forward pass.
+
 Floats are compared exactly (same data, seeds and arithmetic). So that the comparison does not
 depend on the machine, every case runs in one child process whose kernels are pinned: two threads,
 AVX2 code paths in ATen, oneDNN and MKL (``ENV`` below), as the recording was.
@@ -44,6 +51,10 @@ SMOKE = {
 }
 # only when recording against the old simulator (see the module docstring)
 RECORD_ONLY = {"rate": ("time_chunk=1",), "layer-scaling": ("time_chunk=1",)}
+# only when checking the current code: defaults changed since the recording (see the module docstring)
+CURRENT_ONLY = {"rate": ("percentile=99.99", "v_init=0"), "layer-scaling": ("percentile=99.99", "v_init=0")}
+# baselines now measured on the method's evaluation subset (see the module docstring)
+SUBSET_BASELINE = ("layer-scaling",)
 NO_AVGPOOL = ("ttfs", "sharpen")  # cnn7 averages; these methods refuse it
 
 CASES = [(model, method) for model in MODELS for method in SMOKE
@@ -56,7 +67,8 @@ def _sets(method: str, record: bool) -> tuple[str, ...]:
     sets: tuple[str, ...] = ()
     for p in parts[:-1]:
         sets += tuple(f"{p}.{s}" for s in SMOKE[p])
-    return sets + SMOKE[parts[-1]] + (RECORD_ONLY.get(parts[-1], ()) if record else ())
+    last = parts[-1]
+    return sets + SMOKE[last] + (RECORD_ONLY.get(last, ()) if record else CURRENT_ONLY.get(last, ()))
 
 
 def compute(out: Path, record: bool) -> None:
@@ -102,6 +114,8 @@ def test_seed_models_keep_their_metrics(model, method, computed):
     want, got = json.loads(DATA.read_text())[key], computed[key]
     missing = sorted(set(want) - set(got))
     assert not missing, f"{key}: metrics no longer written: {missing[:10]}"
+    if method in SUBSET_BASELINE:
+        want = {k: v for k, v in want.items() if not (k.startswith("ann/") or k == "test/accuracy_drop")}
     diff = {k: (want[k], got[k]) for k in want
             if not (want[k] == got[k] or (math.isnan(want[k]) and math.isnan(got[k])))}
     assert not diff, f"{key}: {len(diff)} metrics changed, e.g. {dict(list(diff.items())[:8])}"

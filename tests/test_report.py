@@ -66,7 +66,7 @@ def test_surrogate_grid_draws_accuracy_and_gradient_ratio(tmp_path):
     assert fig.path.stat().st_size > 0 and "gradient" in fig.caption and "9 surrogate runs" in fig.caption
 
 
-def test_latency_curves_come_from_the_best_full_test_run_of_each_series(tmp_path):
+def test_latency_curves_come_from_the_best_full_test_run_of_each_series(tmp_path, monkeypatch):
     import pandas as pd
     from harness.analysis.figures import accuracy_vs_time
     from harness.analysis.runs import RunTable
@@ -86,8 +86,23 @@ def test_latency_curves_come_from_the_best_full_test_run_of_each_series(tmp_path
             fetched.append(run_id)
             return [0.5, 0.6]
 
+    import harness.analysis.figures as figures
+
+    drawn = []
+    real_lineplot = figures.sns.lineplot
+
+    def lineplot(data, **kw):
+        drawn.append(data.copy())
+        return real_lineplot(data=data, **kw)
+
+    monkeypatch.setattr(figures.sns, "lineplot", lineplot)
     fig = accuracy_vs_time(Runs(pd.DataFrame(rows), "e", "sqlite://"), tmp_path, "cmos45-fp32")
     assert sorted(fetched) == ["rate-best", "sur-T2", "sur-T4", "ttfs-sweep"] and fig.path.exists()
+    ttfs = [d for d in drawn if d["panel"].str.startswith("ttfs").all()]
+    assert len(ttfs) == 1 and ttfs[0]["x"].tolist() == [8, 16] and ttfs[0]["acc"].tolist() == [0.5, 0.6]
+    steps = [d for d in drawn if d["panel"].str.startswith("rate").all()][0]
+    assert sorted(steps["series"].unique()) == ["rate / m / digits", "surrogate / m / digits T=2",
+                                                 "surrogate / m / digits T=4"]
 
 
 def test_text_from_runs_is_escaped_and_missing_metrics_are_named(tmp_path):

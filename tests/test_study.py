@@ -233,13 +233,17 @@ def test_stale_trial_recovery_touches_only_dead_owners_on_this_host():
         if owner is not None:
             t.set_user_attr("harness.owner", owner)
         trials[key] = t
+    finished = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})  # its process ended normally
+    finished.set_user_attr("harness.owner", f"{host}:{dead}")
+    study.tell(finished, 0.5)
     assert recover_stale_trials(study) == [trials["dead"].number]
     states = {k: study.trials[t.number].state for k, t in trials.items()}
     assert states == {"dead": TrialState.FAIL, "alive": TrialState.RUNNING, "elsewhere": TrialState.RUNNING,
                       "none": TrialState.RUNNING}
+    assert study.trials[finished.number].state == TrialState.COMPLETE  # finished trials are left alone
     assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)  # the re-queued trial runs first
-    retry = study.get_trials(states=(TrialState.COMPLETE,))[0]
+    retry = study.get_trials(states=(TrialState.COMPLETE,))[-1]
     assert retry.params == trials["dead"].params and retry.user_attrs["harness.retry_of"] == trials["dead"].number
 
 
@@ -255,3 +259,24 @@ def test_sampler_names_make_the_samplers_they_say():
     a = [_sampler("random", 7, {}).sample_independent(None, None, "x", optuna.distributions.FloatDistribution(0, 1))
          for _ in range(2)]
     assert a[0] == a[1]  # the seed is passed on: the same seed draws the same value
+
+
+@pytest.mark.parametrize("name", ["tpe", "random", "nsga2"])
+def test_samplers_are_seeded(name):
+    """The same --seed proposes the same parameters; another seed proposes others."""
+    import optuna
+    from harness.study import _sampler
+
+    def proposals(seed):
+        study = optuna.create_study(sampler=_sampler(name, seed, {}))
+        out = []
+        for _ in range(12):  # past TPE's random start-up trials
+            trial = study.ask()
+            x = trial.suggest_float("x", 0.0, 1.0)
+            study.tell(trial, x)
+            out.append(x)
+        return out
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    assert proposals(3) == proposals(3)
+    assert proposals(3) != proposals(4)

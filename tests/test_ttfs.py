@@ -220,6 +220,9 @@ def test_every_layer_is_checked_and_pooling_before_relu_gets_a_hint():
                            nn.Linear(2 * 4 * 4, 2))
     (op, why), *_ = _problems(pooled, (1, 8, 8))
     assert op == "2" and why.endswith("(put the ReLU first: pooling and ReLU commute)")
+    flat = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.ReLU(), nn.Linear(2 * 8 * 8, 2))
+    (op, why), *_ = _problems(flat, (1, 8, 8))
+    assert op == "2" and why.endswith("rather than directly by a Conv/Linear layer")  # no pooling hint
 
 
 def test_explicit_thresholds_are_used_as_given(quick):
