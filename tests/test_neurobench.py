@@ -73,11 +73,11 @@ class _StepNet(nn.Module):
     reach each layer: the first layer once (a constant current), the second with the average pool
     folded into it (kernel 6, stride 2, padding 2, weights W/4 on each 2x2 block), the readout."""
 
-    def __init__(self, rate_net, T):
+    def __init__(self, rate_net, T, v_init):
         super().__init__()
         self.T = T
         self.dyn = {k: rate_net.layers[k] for k in ("0", "3", "6")}
-        self.if1, self.if2 = NeuronPool(), NeuronPool()
+        self.if1, self.if2 = NeuronPool(v_init=v_init), NeuronPool(v_init=v_init)
         self.conv1 = rate_net.layers["0"]
         w = rate_net.layers["3"].weight.detach()
         self.conv2_pooled = nn.Conv2d(4, 6, 6, stride=2, padding=2, bias=False)
@@ -105,7 +105,7 @@ def test_converted_network_metrics_equal_neurobench():
     params = RateParams(timesteps=10, time_chunk=1)
     ev = RateEvaluable(model, params)
     ours = evaluate(ev, [(x, y)]).metrics
-    step = _StepNet(model.convert(params), params.timesteps)
+    step = _StepNet(model.convert(params), params.timesteps, params.v_init)
     nb = _neurobench(step, x, y, activation_types=(NeuronPool,))
     ops = nb["SynapticOperations"]
     assert ours["synops"] > 0 and 0 < ours["activation_sparsity"] < 1
