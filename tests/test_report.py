@@ -64,6 +64,26 @@ def test_surrogate_grid_draws_accuracy_and_gradient_ratio(tmp_path):
             for g in (0.3, 1, 3) for b in (0.3, 1, 3)]
     fig = surrogate_grid(RunTable(pd.DataFrame(rows), "e", "sqlite://"), tmp_path, "cmos45-fp32")
     assert fig.path.stat().st_size > 0 and "gradient" in fig.caption and "9 surrogate runs" in fig.caption
+    # the same 3 x 3 grid at another T is another grid, not 9 more runs of this one
+    other_t = [dict(r, run_id=r["run_id"] + "-T2", **{"p.timesteps": "2"}) for r in rows]
+    fig = surrogate_grid(RunTable(pd.DataFrame(rows + other_t), "e", "sqlite://"), tmp_path, "cmos45-fp32")
+    assert "9 surrogate runs" in fig.caption
+
+
+def test_pruning_curve_draws_each_chain(tmp_path, monkeypatch):
+    import harness.analysis.figures as figures
+    import pandas as pd
+    from harness.analysis.runs import RunTable
+
+    rows = [{"run_id": f"{m}{s}", "method": m, "model": "cnn7", "connection_sparsity": s, "test/accuracy": 0.9 - s / 10}
+            for m in ("prune", "prune+rate") for s in (0.0, 0.5, 0.8)]
+    rows.append({"run_id": "rate", "method": "rate", "model": "cnn7", "connection_sparsity": 0.0, "test/accuracy": 0.5})
+    drawn = []
+    real = figures.sns.lineplot
+    monkeypatch.setattr(figures.sns, "lineplot", lambda data, **kw: drawn.append(data.copy()) or real(data=data, **kw))
+    fig = figures.pruning_curve(RunTable(pd.DataFrame(rows), "e", "sqlite://"), tmp_path, "cmos45-fp32")
+    assert fig.key == "pruning" and fig.path.exists() and fig.caption.startswith("6 runs")
+    assert sorted(drawn[0]["series"].unique()) == ["prune / cnn7", "prune+rate / cnn7"]
 
 
 def test_latency_curves_come_from_the_best_full_test_run_of_each_series(tmp_path, monkeypatch):
