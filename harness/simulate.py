@@ -57,7 +57,7 @@ class NeuronPool(nn.Module):
 
             self._sj = (neuron.IFNode(v_threshold=1.0, v_reset=None, step_mode="m") if tau is None else
                         neuron.LIFNode(tau=tau, decay_input=False, v_threshold=1.0, v_reset=None, step_mode="m"))
-            self._sj.v = self.v_init  # a float: SpikingJelly broadcasts it to the input's shape
+            self.reset()
 
     @property
     def kind(self) -> str:
@@ -69,7 +69,7 @@ class NeuronPool(nn.Module):
             from spikingjelly.activation_based import functional
 
             functional.reset_net(self._sj)
-            self._sj.v = self.v_init
+            self._sj.v = self.v_init  # a float: SpikingJelly broadcasts it to the input's shape
 
     def forward(self, x: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """``x``: ``[T, B, ...]`` currents, or ``[B, ...]`` constant over ``steps`` steps."""
@@ -131,7 +131,6 @@ class RateNetwork:
 
     def neuron_kind(self, name: str) -> str:
         return self.neurons[name].kind
-
 
 
 class Simulator:

@@ -70,7 +70,23 @@ def test_surrogate_grid_draws_accuracy_and_gradient_ratio(tmp_path):
     assert "9 surrogate runs" in fig.caption
 
 
-def test_pruning_curve_draws_each_chain(tmp_path, monkeypatch):
+@pytest.fixture
+def drawn_lines(monkeypatch):
+    """The data frames the figures pass to seaborn's lineplot (still drawn)."""
+    import harness.analysis.figures as figures
+
+    drawn = []
+    real = figures.sns.lineplot
+
+    def lineplot(data, **kw):
+        drawn.append(data.copy())
+        return real(data=data, **kw)
+
+    monkeypatch.setattr(figures.sns, "lineplot", lineplot)
+    return drawn
+
+
+def test_pruning_curve_draws_each_chain(tmp_path, drawn_lines):
     import harness.analysis.figures as figures
     import pandas as pd
     from harness.analysis.runs import RunTable
@@ -78,15 +94,12 @@ def test_pruning_curve_draws_each_chain(tmp_path, monkeypatch):
     rows = [{"run_id": f"{m}{s}", "method": m, "model": "cnn7", "connection_sparsity": s, "test/accuracy": 0.9 - s / 10}
             for m in ("prune", "prune+rate") for s in (0.0, 0.5, 0.8)]
     rows.append({"run_id": "rate", "method": "rate", "model": "cnn7", "connection_sparsity": 0.0, "test/accuracy": 0.5})
-    drawn = []
-    real = figures.sns.lineplot
-    monkeypatch.setattr(figures.sns, "lineplot", lambda data, **kw: drawn.append(data.copy()) or real(data=data, **kw))
     fig = figures.pruning_curve(RunTable(pd.DataFrame(rows), "e", "sqlite://"), tmp_path, "cmos45-fp32")
     assert fig.key == "pruning" and fig.path.exists() and fig.caption.startswith("6 runs")
-    assert sorted(drawn[0]["series"].unique()) == ["prune / cnn7", "prune+rate / cnn7"]
+    assert sorted(drawn_lines[0]["series"].unique()) == ["prune / cnn7", "prune+rate / cnn7"]
 
 
-def test_latency_curves_come_from_the_best_full_test_run_of_each_series(tmp_path, monkeypatch):
+def test_latency_curves_come_from_the_best_full_test_run_of_each_series(tmp_path, drawn_lines):
     import pandas as pd
     from harness.analysis.figures import accuracy_vs_time
     from harness.analysis.runs import RunTable
@@ -106,21 +119,11 @@ def test_latency_curves_come_from_the_best_full_test_run_of_each_series(tmp_path
             fetched.append(run_id)
             return [0.5, 0.6]
 
-    import harness.analysis.figures as figures
-
-    drawn = []
-    real_lineplot = figures.sns.lineplot
-
-    def lineplot(data, **kw):
-        drawn.append(data.copy())
-        return real_lineplot(data=data, **kw)
-
-    monkeypatch.setattr(figures.sns, "lineplot", lineplot)
     fig = accuracy_vs_time(Runs(pd.DataFrame(rows), "e", "sqlite://"), tmp_path, "cmos45-fp32")
     assert sorted(fetched) == ["rate-best", "sur-T2", "sur-T4", "ttfs-sweep"] and fig.path.exists()
-    ttfs = [d for d in drawn if d["panel"].str.startswith("ttfs").all()]
+    ttfs = [d for d in drawn_lines if d["panel"].str.startswith("ttfs").all()]
     assert len(ttfs) == 1 and ttfs[0]["x"].tolist() == [8, 16] and ttfs[0]["acc"].tolist() == [0.5, 0.6]
-    steps = [d for d in drawn if d["panel"].str.startswith("rate").all()][0]
+    steps = [d for d in drawn_lines if d["panel"].str.startswith("rate").all()][0]
     assert sorted(steps["series"].unique()) == ["rate / m / digits", "surrogate / m / digits T=2",
                                                  "surrogate / m / digits T=4"]
 
