@@ -13,7 +13,8 @@ network's decisions before attaching the hooks.
 
 Rate coding's defaults changed since (``percentile`` 99.99 → 99.9, initial membrane ``v_init`` 0 →
 0.5); ``rate`` and ``layer-scaling`` are checked with the recording's values set explicitly
-(``CURRENT_ONLY`` below). One intended change since: ``layer-scaling`` evaluates the first 200 test
+(``CURRENT_ONLY`` below); so is ``sharpen``, whose ties now go to the class with the highest output
+potential and whose learning rate drops while sharpening on large data. One intended change since: ``layer-scaling`` evaluates the first 200 test
 images, and its ANN baseline (``ann/*``, and so ``test/accuracy_drop``) is now measured on those same
 200 images instead of the whole test split. Those keys are left out of its comparison; ``test_rate.py`` checks the
 baseline on a subset against the ANN's own forward pass.
@@ -53,7 +54,9 @@ SMOKE = {
 RECORD_ONLY = {"rate": ("time_chunk=1",), "layer-scaling": ("time_chunk=1",)}
 # only when checking the current code: defaults changed since the recording (see the module docstring)
 RECORDED_RATE_DEFAULTS = ("percentile=99.99", "v_init=0")
-CURRENT_ONLY = {"rate": RECORDED_RATE_DEFAULTS, "layer-scaling": RECORDED_RATE_DEFAULTS}
+# sharpen: ties to the lowest class index, one learning rate throughout (the recording's behaviour)
+RECORDED_SHARPEN = ("tie_break=first", "sharpen_lr=3e-3", "lr_floor=1")
+CURRENT_ONLY = {"rate": RECORDED_RATE_DEFAULTS, "layer-scaling": RECORDED_RATE_DEFAULTS, "sharpen": RECORDED_SHARPEN}
 # baselines now measured on the method's evaluation subset (see the module docstring)
 SUBSET_BASELINE = ("layer-scaling",)
 NO_AVGPOOL = ("ttfs", "sharpen")  # cnn7 averages; these methods refuse it

@@ -14,6 +14,7 @@ from harness.methods.sharpen import (
     build_sharpenable,
     layer_sharpness,
     set_sharpness,
+    sharpening_lr,
     to_spiking,
 )
 from harness.runner import run
@@ -113,6 +114,88 @@ def test_n_hot_decode_picks_the_class_whose_outputs_fire():
     assert dec(y).argmax(-1).tolist() == [1, 2]
 
 
+def test_ties_go_to_the_highest_summed_potential_among_the_tied_classes_only():
+    dec = NHotDecode(3, 2)  # class c owns outputs 2c, 2c + 1
+    y = torch.tensor([[1.0, 0, 1, 0, 0, 0],   # classes 0 and 1 tie (one output each)
+                      [0.0, 0, 1, 1, 0, 0],   # class 1 wins outright
+                      [0.0, 0, 0, 0, 0, 0]])  # nothing fires: all three tie
+    pot = torch.tensor([[0.6, 0.1, 0.9, 0.3, 0.4, 0.4],  # tied: class 0 sums 0.7, class 1 sums 1.2
+                        [0.0, 0.0, 0.6, 0.7, 5.0, 5.0],  # class 2 has the most potential but did not win
+                        [0.2, -0.1, 0.1, 0.0, 0.05, 0.0]])  # sums 0.1, 0.1, 0.05: exact tie -> first
+    votes = dec(y)
+    pred, ties = dec.decide(votes, pot, "potential")
+    assert pred.tolist() == [1, 1, 0] and ties.tolist() == [True, False, True]
+    first, ties_first = dec.decide(votes, pot, "first")
+    assert first.tolist() == [0, 1, 0] and ties_first.tolist() == ties.tolist()
+
+
+def test_sharpening_learning_rate_scales_down_with_batches_per_epoch():
+    assert sharpening_lr(1e-3, 10) == 1e-3 and sharpening_lr(1e-3, 64) == 1e-3  # small data: unchanged
+    assert sharpening_lr(1e-3, 128) == pytest.approx(5e-4)
+    assert sharpening_lr(1e-3, 844) == pytest.approx(1e-3 * 64 / 844)
+
+
+def test_sharpening_starts_once_with_every_layer_still_bounded():
+    p = SharpenParams(schedule="scheduled", start_epoch=2, duration=3, epochs=10)
+    net = _net()
+    sh = Sharpener(net.activations, p)
+    seen = []
+    sh.on_start = lambda: seen.append((sh.values[:], [float(a.sharpness) for _, a in net.activations]))
+    for epoch in range(5):
+        for b in range(4):
+            sh.on_batch(epoch, b, 4)
+    assert len(seen) == 1
+    values, applied = seen[0]
+    assert values[0] > 0 and applied == [0.0, 0.0, 0.0]  # called before the first sharpness is applied
+
+
+def test_the_callback_keeps_the_network_and_decays_the_rate_with_the_networks_sharpness():
+    from types import SimpleNamespace
+
+    p = SharpenParams(schedule="scheduled", start_epoch=1, duration=2, epochs=5)
+    net = _net()
+    sh = Sharpener(net.activations, p)
+    opt = torch.optim.Adam(net.gm.parameters(), lr=1e-3)
+    cb = sh.callback(net.gm, 0.0)  # 0: the default rule
+    trainer = SimpleNamespace(optimizers=[opt], current_epoch=0, num_training_batches=128, should_stop=False)
+    for b in range(128):
+        cb.on_train_batch_end(trainer, None, None, None, b)
+    assert opt.param_groups[0]["lr"] == 1e-3 and sh.before is None  # epoch 0: not sharpening yet
+    with torch.no_grad():
+        net.gm.get_submodule("1").weight.add_(1.0)  # training moved the weights
+    trainer.current_epoch = 1
+    cb.on_train_batch_end(trainer, None, None, None, 0)
+    start = 1e-3 * 64 / 128  # 128 batches per epoch: half the rate
+    assert sh.lr_used == pytest.approx(start)
+    # network sharpness after one of 256 sharpening batches: 1/256; cos decay to 1 % at sharpness 1
+    s1 = 1 / 256
+    assert opt.param_groups[0]["lr"] == pytest.approx(start * (0.01 + 0.99 * (1 + math.cos(math.pi * s1)) / 2))
+    assert sh.before is not None and all(float(v) == 0.0 for k, v in sh.before.items() if k.endswith("sharpness"))
+    assert torch.equal(sh.before["1.weight"], net.gm.get_submodule("1").weight)
+    kept = sh.before
+    for b in range(1, 128):
+        cb.on_train_batch_end(trainer, None, None, None, b)
+    assert opt.param_groups[0]["lr"] == pytest.approx(start * (0.01 + 0.99 * 0.5))  # halfway: sharpness 1/2
+    trainer.current_epoch = 2
+    for b in range(128):
+        cb.on_train_batch_end(trainer, None, None, None, b)
+    assert sh.done and opt.param_groups[0]["lr"] == pytest.approx(start * 0.01)
+    assert sh.before is kept and sh.lr_used == pytest.approx(start)  # taken once
+    explicit = Sharpener(_net().activations, p)
+    opt2 = torch.optim.Adam(net.gm.parameters(), lr=1e-3)
+    cb2 = explicit.callback(None, 3e-5)
+    cb2.on_train_batch_end(SimpleNamespace(optimizers=[opt2], current_epoch=1, num_training_batches=4,
+                                           should_stop=False), None, None, None, 0)
+    assert explicit.lr_used == 3e-5 and opt2.param_groups[0]["lr"] < 3e-5 and explicit.before is None
+    constant = Sharpener(_net().activations, p)  # lr_floor = 1: Whetstone's constant rate
+    opt3 = torch.optim.Adam(net.gm.parameters(), lr=1e-3)
+    cb3 = constant.callback(None, 3e-5, floor=1.0)
+    for b in range(4):
+        cb3.on_train_batch_end(SimpleNamespace(optimizers=[opt3], current_epoch=2, num_training_batches=4,
+                                               should_stop=False), None, None, None, b)
+    assert constant.values[-1] > 0 and opt3.param_groups[0]["lr"] == pytest.approx(3e-5)
+
+
 def test_contours_outline_a_square():
     x = torch.zeros(1, 1, 8, 8)
     x[..., 2:6, 2:6] = 1.0
@@ -149,8 +232,15 @@ def test_sharpen_run_on_digits(quick):
     assert steps["sharpen/sharpness/relu_fc1"][-1] == 1.0 and len(steps["sharpen/train/loss"]) == 5
     layers = {r["layer"]: r for r in res.layers}
     assert layers["spike_out"]["neurons"] == 100  # 10 classes × n_hot 10
+    assert 0 <= m["sharpen/ties"] <= 1 and 0 < m["sharpen/brelu/test/accuracy"] <= 1
+    # ties are the only samples the two rules can decide differently
+    assert abs(m["test/accuracy"] - m["sharpen/test/accuracy_lowest_index"]) <= m["sharpen/ties"]
+    assert len(steps["sharpen/val/accuracy_sharpened"]) == 5
+    # the last epoch ends fully sharpened: its validation accuracy is the sharpened network's
+    assert steps["sharpen/val/accuracy_sharpened"][-1] == pytest.approx(steps["sharpen/val/accuracy"][-1])
     cur = run(quick(method="sharpen", model="stpu-dnn",
-                    sets=("epochs=6", "start_epoch=2", "duration=3", "encoding=current")))
+                    sets=("epochs=6", "start_epoch=2", "duration=3", "encoding=current", "tie_break=first")))
+    assert cur.metrics["test/accuracy"] == cur.metrics["sharpen/test/accuracy_lowest_index"]
     assert cur.metrics["macs"] == cur.metrics["layer/fc1/macs"] > 0  # analog input: first layer only
     assert cur.metrics["layer/fc1/synops"] == 0 and cur.metrics["layer/fc2/synops"] > 0
 

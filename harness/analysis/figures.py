@@ -335,6 +335,46 @@ def surrogate_grid(runs: RunTable, out: Path, energy_model: str) -> Figure:
                     "surrogate width γ (membrane-potential units)", "surrogate height β", caption, panels)
 
 
+def sharpen_schedule(runs: RunTable, out: Path, energy_model: str) -> Figure:
+    """Validation accuracy against the sharpening schedule, per epoch, for the best sharpen run of
+    each model and data set: as trained (current sharpness), as it would be if every layer were a
+    step function at that epoch, and each layer's sharpness."""
+    df = runs.best("sharpen")
+    df = df.assign(series=df["method"] + " / " + df["model"] + " / " + df["dataset"]).drop_duplicates("series")
+    acc, sharp = [], []
+    for _, r in df.head(4).iterrows():
+        for key, label in (("sharpen/val/accuracy", "as trained"),
+                           ("sharpen/val/accuracy_sharpened", "all layers stepped")):
+            acc += [dict(epoch=e + 1, acc=a, series=r.series, curve=label) for e, a in enumerate(runs.history(r.run_id, key))]
+        layers = [c for c in df.columns if c.startswith("sharpen/sharpness/") and c != "sharpen/sharpness_reached"
+                  and pd.notna(r.get(c))]
+        for c in layers:
+            sharp += [dict(epoch=e + 1, sharpness=v, series=r.series, layer=c.rsplit("/", 1)[-1])
+                      for e, v in enumerate(runs.history(r.run_id, c))]
+    if not acc:
+        raise Missing("no sharpen run on a full test set with per-epoch validation curves")
+    acc_df, sharp_df = pd.DataFrame(acc), pd.DataFrame(sharp)
+    series = sorted(acc_df["series"].unique())
+    fig, axes = plt.subplots(2, len(series), figsize=(6 * len(series), 7), squeeze=False, sharex="col")
+    for i, name in enumerate(series):
+        sns.lineplot(data=acc_df[acc_df["series"] == name], x="epoch", y="acc", hue="curve", marker="o", ax=axes[0][i])
+        axes[0][i].set_title(name, fontsize=10)
+        axes[0][i].set_ylabel("validation accuracy (fraction)")
+        axes[0][i].legend(fontsize=7)
+        sub = sharp_df[sharp_df["series"] == name] if not sharp_df.empty else sharp_df
+        if not sub.empty:
+            sns.lineplot(data=sub, x="epoch", y="sharpness", hue="layer", marker=".", ax=axes[1][i])
+            axes[1][i].legend(fontsize=7, title="layer (forward order)")
+        axes[1][i].set_ylabel("sharpness at the epoch's end")
+        axes[1][i].set_xlabel("epoch")
+    return Figure("sharpen_schedule", "sharpen: accuracy against the sharpening schedule (sandia-whetstone-*)",
+                  _save(fig, out, "sharpen_schedule"),
+                  f"{len(series)} best sharpen run(s). Top: validation accuracy at each epoch's end as trained and "
+                  "with every layer a step function (what the network would score if sharpening stopped "
+                  "there); bottom: each layer's sharpness (bottom-up schedules sharpen one layer at a time, the "
+                  "readout last).")
+
+
 FIGURES = (
     ("accuracy_vs_energy", lambda r, o, e: accuracy_vs_cost(r, o, e, "energy")),
     ("accuracy_vs_synops", lambda r, o, e: accuracy_vs_cost(r, o, e, "synops")),
@@ -343,6 +383,7 @@ FIGURES = (
     ("layer_scaling_gains", layer_scaling_gains),
     ("firing_rates", firing_rate_distributions),
     ("pruning", pruning_curve),
+    ("sharpen_schedule", sharpen_schedule),
     ("ttfs_fig2", ttfs_fig2),
     ("surrogate_grid", surrogate_grid),
 )
