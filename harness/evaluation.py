@@ -86,6 +86,8 @@ class Evaluation:
     layers: list[dict]
     step_metrics: dict[str, list[float]] = field(default_factory=dict)
     meters: Meters | None = None
+    # per memory-aware energy model: its breakdown of one inference (harness.energy.lemaire_breakdown)
+    breakdowns: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def evaluate(ev: Evaluable, loader, *, device: str = "cpu", progress: bool = False, desc: str = "evaluate",
@@ -113,7 +115,17 @@ def evaluate(ev: Evaluable, loader, *, device: str = "cpu", progress: bool = Fal
     if correct_at_t is not None:
         steps["test/accuracy_at_t"] = (correct_at_t.double() / max(meters.samples, 1)).tolist()
     check_invariants(ev, meters, metrics, schema, what)
-    return Evaluation(metrics, layers, steps, meters)
+    return Evaluation(metrics, layers, steps, meters, memory_aware_breakdowns(ev, meters))
+
+
+def memory_aware_breakdowns(ev: Evaluable, meters: Meters) -> dict[str, dict[str, float]]:
+    from .energy import ENERGY_MODELS, LemaireModel, lemaire_breakdown
+
+    out = {}
+    for name in ENERGY_MODELS:
+        if isinstance(ENERGY_MODELS.get(name), LemaireModel):
+            out[name] = lemaire_breakdown(meters, spiking=ev.spiking, event_driven=ev.event_driven)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ and the harness checks the totals against the traced network's bounds after ever
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,6 +119,31 @@ class SynapseStats:
     dense_nopad_ops: float = 0.0  # dense MACs without zero-padding taps (NeuroBench's Dense)
     max_fanout: float = 0.0  # the largest number of non-zero weights one input element reaches
     reads_input: bool | None = None  # fed by the network's input (None: the first layer recorded)
+    geometry: dict[str, Any] = field(default_factory=dict)  # see ``layer_geometry`` (memory-aware energy)
+
+
+def layer_geometry(layer: nn.Module, in_shape: tuple[int, ...], dense_per_pass: float) -> dict[str, Any]:
+    """What a memory-aware energy model (``harness.energy.LemaireModel``) needs of one synaptic layer:
+    per pass ``in``/``out`` elements and dense weight uses; the weights (``params``, ``nonzero``) and
+    ``bias`` elements; and, per input event, the accumulates (``event_fanout``: Lemaire et al.'s
+    ``out_channels · Π ceil(k / s)`` for a convolution) and the weights read (``memory_fanout``:
+    ``out_channels · Π k``); ``out_features`` for a linear layer."""
+    w = _effective_weight(layer)
+    bias = getattr(layer, "bias", None)
+    b = int(bias.numel()) if isinstance(bias, torch.Tensor) else 0
+    in_numel = math.prod(in_shape)
+    if isinstance(layer, nn.Linear):
+        out_numel, event, memory, conv = layer.out_features, layer.out_features, layer.out_features, None
+    else:
+        per_group = layer.out_channels // layer.groups  # type: ignore[operator]
+        k, st = tuple(layer.kernel_size), tuple(layer.stride)  # type: ignore[arg-type]
+        out_numel = round(dense_per_pass / max(w[0].numel(), 1))
+        event = per_group * math.prod(math.ceil(a / b_) for a, b_ in zip(k, st))
+        memory = per_group * math.prod(k)
+        conv = layer.out_channels * math.prod(k)  # type: ignore[operator]
+    return dict(in_numel=in_numel, out_numel=out_numel, dense_per_pass=dense_per_pass, bias=b,
+                params=int(w.numel()), nonzero=int((w != 0).sum()), event_fanout=event,
+                memory_fanout=memory, conv_taps=conv)
 
 
 @dataclass
@@ -178,6 +204,7 @@ class Meters:
             st.capacity = float(fan_nz.sum())
             st.max_fanout = float(fan_nz.max()) if fan_nz.numel() else 0.0
             st.reads_input = reads_input
+            st.geometry = layer_geometry(layer, in_shape, dense_per_row)
         st.spike_input = spikes
         n_rows = float(flat.shape[0]) if rows is None else float(rows)
         st.rows += n_rows

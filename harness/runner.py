@@ -195,9 +195,11 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None, fit_c
         assert prep is not None
         evaluation = ctx.evaluate(current, desc=f"evaluate {cfg.method}", what=f"the {cfg.method} network")
         ann_metrics = None
+        ann_parts: dict[str, dict[str, float]] = {}
         if reference is not None:
             limit = getattr(current, "limit", None)
-            ann_metrics = ctx.evaluate(reference, limit=limit, desc="evaluate ANN", what="the ANN baseline").metrics
+            ann_eval = ctx.evaluate(reference, limit=limit, desc="evaluate ANN", what="the ANN baseline")
+            ann_metrics, ann_parts = ann_eval.metrics, ann_eval.breakdowns
         extras = methods[-1].analyse(ctx, prep, evaluation, params[-1]) or Extras()
 
         metrics = dict(evaluation.metrics)
@@ -209,7 +211,8 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None, fit_c
         if ann_metrics is not None:
             _merge(metrics, ann_baseline_metrics(ann_metrics), "the ANN baseline", what)
             metrics["test/accuracy_drop"] = metrics["ann/test/accuracy"] - metrics["test/accuracy"]
-        _merge(metrics, energy_metrics(evaluation.metrics, ann_metrics, spiking=main_cls.spiking), "energy", what)
+        _merge(metrics, energy_metrics(evaluation.metrics, ann_metrics, spiking=main_cls.spiking,
+                                       parts=evaluation.breakdowns, ann_parts=ann_parts), "energy", what)
         problems = schema.problems(metrics) + schema.problems(steps, curves=True)
         if problems:
             raise InvariantError(what, problems)

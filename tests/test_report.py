@@ -38,6 +38,12 @@ def test_report_from_real_runs(quick, tmp_path):
     assert html.count("data:image/png;base64,") == sum(n.endswith(".png") for n in names)
     assert "lopez-randulfe (ttfs)" in html and "MNIST 60k" in html
     assert any("surrogate_grid" in m for m in out.missing)  # no surrogate runs: said, not drawn
+    # the memory-aware model drives the Pareto mark and its ratios sit beside the arithmetic ones
+    build_report(out_dir=tmp_path / "rep-lemaire", energy_model="lemaire-45nm")
+    lb2 = pd.read_csv(tmp_path / "rep-lemaire" / "leaderboard.csv")
+    assert lb2["energy[lemaire-45nm] (J)"].gt(0).all()
+    md = (tmp_path / "rep-lemaire" / "report.md").read_text()
+    assert "Energy: arithmetic only vs memory traffic" in md and "ratio (lemaire-45nm)" in md
 
 
 def test_heatmaps_take_the_largest_grid_and_leave_search_trials_out():
@@ -126,6 +132,74 @@ def test_latency_curves_come_from_the_best_full_test_run_of_each_series(tmp_path
     steps = [d for d in drawn_lines if d["panel"].str.startswith("rate").all()][0]
     assert sorted(steps["series"].unique()) == ["rate / m / digits", "surrogate / m / digits T=2",
                                                  "surrogate / m / digits T=4"]
+
+
+def test_sharpen_schedule_draws_both_accuracies_and_each_layers_sharpness(tmp_path, drawn_lines):
+    import pandas as pd
+    from harness.analysis.figures import Missing, sharpen_schedule
+    from harness.analysis.runs import RunTable
+
+    def row(run_id, acc, eval_limit=0, model="stpu-dnn"):
+        return {"run_id": run_id, "method": "sharpen", "model": model, "dataset": "digits", "test/accuracy": acc,
+                "eval_limit": eval_limit, "start_time": 0, "sharpen/sharpness/fc1": 1.0,
+                "sharpen/sharpness/spike_out": 1.0, "sharpen/sharpness_reached": 1.0}
+
+    curves = {"sharpen/val/accuracy": [0.8, 0.7, 0.6], "sharpen/val/accuracy_sharpened": [0.3, 0.5, 0.6],
+              "sharpen/sharpness/fc1": [0.0, 1.0, 1.0], "sharpen/sharpness/spike_out": [0.0, 0.0, 1.0]}
+    fetched = []
+
+    class Runs(RunTable):
+        def history(self, run_id, key):
+            fetched.append((run_id, key))
+            return curves[key]
+
+    rows = [row("best", 0.9), row("worse", 0.8), row("subset", 0.99, eval_limit=50)]
+    fig = sharpen_schedule(Runs(pd.DataFrame(rows), "e", "sqlite://"), tmp_path, "cmos45-fp32")
+    assert fig.path.exists() and {r for r, _ in fetched} == {"best"}
+    acc, sharp = drawn_lines
+    assert acc.set_index("curve").loc["all layers stepped", "acc"].tolist() == [0.3, 0.5, 0.6]
+    assert acc.set_index("curve").loc["as trained", "epoch"].tolist() == [1, 2, 3]
+    assert sharp.set_index("layer").loc["spike_out", "sharpness"].tolist() == [0.0, 0.0, 1.0]
+    with pytest.raises(Missing):
+        sharpen_schedule(Runs(pd.DataFrame([row("subset", 0.99, eval_limit=50)]), "e", "sqlite://"), tmp_path, "x")
+
+
+def test_whetstone_table_puts_the_network_before_sharpening_beside_the_sharpened_one():
+    import pandas as pd
+    from harness.analysis.report import whetstone_table
+    from harness.analysis.runs import RunTable
+
+    rows = [{"run_id": r, "method": "sharpen", "model": "stpu-dnn", "dataset": "digits", "test/accuracy": acc,
+             "ann/test/accuracy": 0.95, "sharpen/brelu/test/accuracy": brelu, "sharpen/ties": 0.1,
+             "eval_limit": 0, "start_time": 0} for r, acc, brelu in (("a", 0.9, 0.92), ("b", 0.8, 0.85))]
+    t = whetstone_table(RunTable(pd.DataFrame(rows), "e", "sqlite://"))
+    assert len(t) == 1  # the best run per network and data set
+    row = t.iloc[0]
+    assert (row["ANN (ReLU) accuracy"], row["bounded-ReLU before sharpening"], row["sharpened (1 step) accuracy"],
+            row["ties"], row["paper spiking (MNIST 60k)"]) == (0.95, 0.92, 0.9, 0.1, 0.973)
+
+
+def test_energy_models_table_ranks_each_data_set_under_both_models():
+    import pandas as pd
+    from harness.analysis.report import energy_models_table
+    from harness.analysis.runs import RunTable
+
+    def row(r, method, acc, arith, aware, dataset="digits", eval_limit=0):
+        return {"run_id": r, "method": method, "model": "m", "dataset": dataset, "test/accuracy": acc,
+                "eval_limit": eval_limit, "start_time": 0, "energy/cmos45-fp32/ratio": arith,
+                "energy/lemaire-45nm/ratio": aware, "energy/lemaire-45nm/joules": 2e-9,
+                "energy/lemaire-45nm/memory_nj": 1.5}
+
+    rows = [row("t", "ttfs", 0.9, 0.1, 0.9), row("r", "rate", 0.95, 7.0, 9.0), row("s", "sharpen", 0.8, 0.05, 1.2),
+            row("s-worse", "sharpen", 0.7, 0.01, 0.01), row("sub", "ttfs", 0.99, 0.01, 0.01, eval_limit=10),
+            row("other", "rate", 0.9, 1.0, 1.0, dataset="mnist-5k")]
+    t = energy_models_table(RunTable(pd.DataFrame(rows), "e", "sqlite://")).set_index(["data", "method"])
+    assert len(t) == 4  # best full-test run per method x model x data set
+    d = t.loc["digits"]
+    assert d["rank (cmos45-fp32)"].to_dict() == {"sharpen": 1, "ttfs": 2, "rate": 3}
+    assert d["rank (lemaire-45nm)"].to_dict() == {"sharpen": 2, "ttfs": 1, "rate": 3}  # memory reorders
+    assert d.loc["sharpen", "memory share (lemaire-45nm)"] == pytest.approx(0.75)
+    assert t.loc[("mnist-5k", "rate"), "rank (lemaire-45nm)"] == 1
 
 
 def test_text_from_runs_is_escaped_and_missing_metrics_are_named(tmp_path):

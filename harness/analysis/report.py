@@ -96,6 +96,33 @@ def leaderboard(runs: RunTable, energy_models: list[str], energy_model: str) -> 
     return lb.sort_values("accuracy", ascending=False).reset_index(drop=True)
 
 
+def energy_models_table(runs: RunTable, arithmetic: str = "cmos45-fp32") -> pd.DataFrame:
+    """Per method × model × data set (its most accurate full-test run): the energy ratio to the ANN
+    under an arithmetic-only model beside every memory-aware model's, and the rank each gives."""
+    from ..energy import ENERGY_MODELS, LemaireModel
+
+    aware = [m for m in ENERGY_MODELS if isinstance(ENERGY_MODELS.get(m), LemaireModel)
+             and f"energy/{m}/ratio" in runs.df]
+    key = f"energy/{arithmetic}/ratio"
+    df = runs.df[runs.df["test/accuracy"].notna() & (runs.df["eval_limit"] == 0)]
+    if not aware or key not in df or df.empty:
+        return pd.DataFrame()
+    best = df.sort_values(["test/accuracy", "start_time"], ascending=False).drop_duplicates(["method", "model", "dataset"])
+    rows = []
+    for _, b in best.iterrows():
+        row = {"method": b["method"], "model": b["model"], "data": b["dataset"], "accuracy": b["test/accuracy"],
+               f"ratio ({arithmetic})": b.get(key)}
+        for m in aware:
+            row[f"ratio ({m})"] = b.get(f"energy/{m}/ratio")
+            row[f"memory share ({m})"] = (b.get(f"energy/{m}/memory_nj") / (b.get(f"energy/{m}/joules") * 1e9)
+                                          if b.get(f"energy/{m}/joules") else None)
+        rows.append(row)
+    t = pd.DataFrame(rows)
+    for col in [c for c in t.columns if c.startswith("ratio (")]:
+        t[col.replace("ratio", "rank")] = t.groupby("data")[col].rank(method="min")
+    return t.sort_values(["data", f"ratio ({arithmetic})"]).reset_index(drop=True)
+
+
 def whetstone_table(runs: RunTable) -> pd.DataFrame:
     df = runs.best("sharpen").drop_duplicates(["model", "dataset"])
     if df.empty:
@@ -103,8 +130,10 @@ def whetstone_table(runs: RunTable) -> pd.DataFrame:
     rows = []
     for _, b in df.sort_values(["model", "dataset"]).iterrows():
         paper = PAPER["sandia (sharpen)"].get(b.model)
-        rows.append({"network": b.model, "data": b.dataset, "ANN accuracy": b.get("ann/test/accuracy"),
+        rows.append({"network": b.model, "data": b.dataset, "ANN (ReLU) accuracy": b.get("ann/test/accuracy"),
+                     "bounded-ReLU before sharpening": b.get("sharpen/brelu/test/accuracy"),
                      "sharpened (1 step) accuracy": b["test/accuracy"],
+                     "ties": b.get("sharpen/ties"),
                      "spikes/neuron": b.get("spikes_per_neuron"), "SynOps": b.get("synops"),
                      "paper original (MNIST 60k)": paper[0] if paper else None,
                      "paper spiking (MNIST 60k)": paper[1] if paper else None})
@@ -241,6 +270,7 @@ def build_report(experiment: str | None = None, out_dir: str | Path = "report", 
     energy_models = [m for m in ENERGY_MODELS if f"energy/{m}/joules" in runs.df]
     lb = leaderboard(runs, energy_models, energy_model)
     wt = whetstone_table(runs)
+    et = energy_models_table(runs)
     rep = reproduction(runs)
     figures = []
     for key, fn in FIGURES:
@@ -273,11 +303,16 @@ def build_report(experiment: str | None = None, out_dir: str | Path = "report", 
              _table_html(lb, "leaderboard", sortable=True, directions=directions),
              "<h2>Reproduction tables</h2><p>Each seed's reported figure beside the harness's own, with both "
              "data sets named.</p>", _table_html(rep, "reproduction"),
-             "<h2>Whetstone table (sandia-*)</h2>", _table_html(wt, "whetstone"), "<h2>Figures</h2>"]
+             "<h2>Whetstone table (sandia-*)</h2>", _table_html(wt, "whetstone"),
+             "<h2>Energy: arithmetic only vs memory traffic</h2><p>Energy ÷ the ANN's under the same model, per "
+             "method's best run: cmos45-fp32 charges operations only; memory-aware models (Lemaire et al.) also "
+             "charge reading inputs, weights and membrane potentials. Ranks are within a data set (1 = cheapest)."
+             "</p>", _table_html(et, "energy-models"), "<h2>Figures</h2>"]
     md = [f"# snn-harness report\n\nexperiment `{runs.experiment}` in `{runs.tracking_uri}`; {len(runs.df)} runs; "
           f"generated {stamp}; Pareto mark on accuracy vs energy ({energy_model}).\n",
           "## Leaderboard\n", _table_md(lb), "\n## Reproduction tables\n", _table_md(rep),
-          "\n## Whetstone table (sandia-*)\n", _table_md(wt), "\n## Figures\n"]
+          "\n## Whetstone table (sandia-*)\n", _table_md(wt),
+          "\n## Energy: arithmetic only vs memory traffic\n", _table_md(et), "\n## Figures\n"]
     for f in figures:
         data = base64.b64encode(f.path.read_bytes()).decode()
         parts.append(f"<figure><h3>{html.escape(f.title)}</h3><img alt='{html.escape(f.title)}' "
