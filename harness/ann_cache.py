@@ -55,6 +55,12 @@ def load_cached(path: Path) -> dict:
         raise DataError(f"ANN cache file {path} is corrupt ({type(exc).__name__}: {exc}); delete it to retrain") from None
     if not isinstance(blob, dict) or not isinstance(blob.get("state_dict"), dict):
         raise DataError(f"ANN cache file {path} is not a harness cache entry (no state_dict); delete it to retrain")
+    history = blob.get("history", {})
+    if not isinstance(history, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)
+            for k, v in history.items()):
+        raise DataError(f"ANN cache file {path} is not a harness cache entry (its training history is not a "
+                        "mapping of finite curves); delete it to retrain")
     return blob
 
 
@@ -100,10 +106,10 @@ def train_ann(ctx) -> tuple[nn.Module, dict]:
         blob = load_cached(path)
         model = ctx.architecture()
         try:
-            model.load_state_dict(blob["state_dict"])
-        except (RuntimeError, KeyError) as exc:
-            raise DataError(f"ANN cache file {path} does not fit the model ({str(exc).splitlines()[0]}); "
-                            "delete it to retrain") from None
+            check_state_dict(model, blob["state_dict"], f"ANN cache file {path}")
+        except ConfigError as exc:
+            raise DataError(f"{exc}: it is not this model's cache entry; delete it to retrain") from None
+        model.load_state_dict(blob["state_dict"])
         ctx.info["ann_cache"] = "hit"
         ctx.info["ann_cache_file"] = str(path)
         return model.eval(), blob.get("history", {})
@@ -117,7 +123,13 @@ def train_ann(ctx) -> tuple[nn.Module, dict]:
         fit(ctx, module, tc.epochs)
     history = {k: [float(x) for x in v] for k, v in module.history.items() if all(map(math.isfinite, v))}
     model = module.model.cpu().eval()
-    save_torch_atomic({"state_dict": model.state_dict(), "history": history, "key": ann_cache_key(ctx)}, path)
+    try:
+        save_torch_atomic({"state_dict": model.state_dict(), "history": history, "key": ann_cache_key(ctx)}, path)
+    except OSError as exc:
+        from .errors import OutputError
+
+        raise OutputError(f"writing the ANN cache {path} failed ({exc.strerror or exc}); the trained ANN was not "
+                          "kept and nothing was logged (no partial file was left)") from None
     ctx.info["ann_cache"] = "miss"
     ctx.info["ann_cache_file"] = str(path)
     return model, history

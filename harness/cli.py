@@ -234,10 +234,27 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _interrupt(signum, frame):
+    from .errors import Interrupted
+
+    raise Interrupted(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    from .errors import PHASE, Interrupted
+
     args = build_parser().parse_args(argv)
+    # SIGINT and SIGTERM stop the work where it is, whatever library is running: Lightning would
+    # otherwise turn Ctrl-C into exit 1 and SIGTERM into a silent exit 0
+    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         return {"run": cmd_run, "ls": cmd_ls, "study": cmd_study, "report": cmd_report}[args.verb](args)
+    except Interrupted as exc:
+        print(f"harness: interrupted by {exc} while {PHASE[0]}; nothing half-written was kept (the ANN cache, "
+              "the JSON and MLflow runs are written whole or not at all)", file=sys.stderr)
+        return exc.exit_code
     except BrokenPipeError:  # output piped into `head`: stop quietly
         import os
 
@@ -249,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("harness: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -48,8 +50,8 @@ def _range_text(meta: dict) -> str:
     lo, hi = meta.get("low"), meta.get("high")
     if lo is None and hi is None:
         return ""
-    left = ("(" if meta.get("low_open") else "[") + ("-inf" if lo is None else f"{lo:g}")
-    right = ("inf" if hi is None else f"{hi:g}") + (")" if meta.get("high_open") else "]")
+    left = "(-inf" if lo is None else ("(" if meta.get("low_open") else "[") + f"{lo:g}"
+    right = "inf)" if hi is None else f"{hi:g}" + (")" if meta.get("high_open") else "]")
     return f"{left}, {right}"
 
 
@@ -128,12 +130,33 @@ def _check_value(name: str, value: Any, tp: Any, meta: dict) -> None:
             raise UnknownNameError(f"value for {name!r}", str(value), [str(c) for c in typing.get_args(base)])
         return
     values = value if isinstance(value, tuple) else (value,)
+    elem = typing.get_args(base)[0] if typing.get_origin(base) is tuple else base
     for v in values:
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
+        _check_type(name, v, elem, tp)
+        if isinstance(v, numbers.Real) and not isinstance(v, bool):
             if v != v:  # NaN
                 raise ConfigError(f"{name}={v}: not a number")
-            if not _in_range(v, meta):
+            if math.isinf(v):  # no parameter gives infinity a meaning; the ranges' "inf" is an open end
+                raise ConfigError(f"{name}={v}: must be finite; valid range is {_range_text(meta) or '(-inf, inf)'}")
+            if not _in_range(float(v), meta):
                 raise ConfigError(f"{name}={v:g} is out of range; valid range is {_range_text(meta)}")
+
+
+def _check_type(name: str, v: Any, elem: Any, tp: Any) -> None:
+    """Values from YAML or Python keep their own types: ``epochs: true`` or ``batch_size: 3.7`` is an
+    error here, not a silent 1 or a crash after the data has loaded."""
+    if elem is bool:
+        ok = isinstance(v, bool)
+    elif elem is int:
+        ok = isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    elif elem is float:
+        ok = isinstance(v, numbers.Real) and not isinstance(v, bool)
+    elif elem is str:
+        ok = isinstance(v, str)
+    else:
+        return
+    if not ok:
+        raise ConfigError(f"{name}={v!r}: expected {_type_name(tp)}, got {type(v).__name__}")
 
 
 @dataclass(frozen=True)
@@ -270,6 +293,10 @@ class RunConfig(Params):
             sets = data["sets"]
             if isinstance(sets, dict):
                 sets = [f"{k}={v}" for k, v in sets.items()]
+            elif isinstance(sets, str):  # set: "timesteps=8" is one setting, not eleven characters
+                sets = [sets]
+            elif not isinstance(sets, (list, tuple)) or not all(isinstance(x, str) for x in sets):
+                raise ConfigError(f"set: expected a mapping (timesteps: 8) or key=value strings, got {sets!r}")
             data["sets"] = tuple(sets)
         return cls(**data)
 

@@ -37,6 +37,10 @@ class DataError(HarnessError):
     """Missing, corrupt or truncated data: the message names the file or where it looked."""
 
 
+class OutputError(HarnessError):
+    """An output file or folder cannot be written; the message names it and says what was kept."""
+
+
 class TrackingError(HarnessError):
     """The tracking store cannot be opened or written."""
 
@@ -63,3 +67,23 @@ class InvariantError(HarnessError):
         self.problems = list(problems)
         super().__init__(f"{what} broke {len(problems)} invariant{'s' if len(problems) > 1 else ''} (a bug in "
                          "the method or the harness; nothing was logged): " + "; ".join(problems[:6]))
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM, raised where the program is by the handler the CLI installs; the CLI
+    exits with 128 + the signal number. A BaseException, so that no ``except Exception`` (Lightning's,
+    Optuna's, MLflow's) mistakes it for a failure to recover from."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(signal.Signals(signum).name)
+
+
+PHASE = ["starting"]  # what the current run is doing, for the message of an interruption
+
+
+def set_phase(what: str) -> None:
+    PHASE[0] = what

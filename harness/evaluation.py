@@ -106,6 +106,10 @@ def evaluate(ev: Evaluable, loader, *, device: str = "cpu", progress: bool = Fal
             if out.step_predictions is not None:
                 hits = (out.step_predictions.to("cpu") == y.unsqueeze(0)).sum(1)
                 correct_at_t = hits if correct_at_t is None else correct_at_t + hits
+    if meters.samples == 0:
+        from .errors import DataError
+
+        raise DataError(f"{what}: no test samples were evaluated (the test split or its limit is empty)")
     metrics, layers = meters.summary()
     if ev.event_driven:
         metrics["neuron_updates"] = metrics["neurons"]

@@ -60,3 +60,66 @@ def write_csv(rows: Iterable[dict], path: Path) -> Path:
         w.writeheader()
         w.writerows(rows)
     return write_atomic(path, write)
+
+
+def private_tempdir(kind: str) -> tempfile.TemporaryDirectory:
+    """A temporary directory ``harness-<kind>-<pid>-*`` in the system's temp folder. First removes
+    such folders left by processes of this host that no longer exist (a SIGKILL skips Python's
+    clean-up), so killed runs do not pile up empty folders."""
+    clean_stale_tempdirs(kind)
+    return tempfile.TemporaryDirectory(prefix=f"harness-{kind}-{os.getpid()}-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def clean_stale_tempdirs(kind: str) -> list[Path]:
+    import shutil
+
+    removed = []
+    for d in Path(tempfile.gettempdir()).glob(f"harness-{kind}-*-*"):
+        pid = d.name.split("-")[2]
+        if d.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
+def ensure_writable_dir(path: Path, what: str) -> Path:
+    """Prove a file can be created in folder ``path`` (or, if it does not exist yet, in its nearest
+    existing ancestor, so that creating it will work) without creating anything: ``os.access`` says
+    yes to root on a read-only file system, and a run should fail before its work, not after it."""
+    from .errors import OutputError
+
+    path = Path(path).expanduser()
+    probe_in = path
+    while not probe_in.exists():
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        raise OutputError(f"{what} {path} is a file, not a folder" if probe_in == path else
+                          f"{what} {path} cannot be created: {probe_in} is a file")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".harness-probe-", dir=probe_in)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"{what} {path} is not writable ({exc.strerror or exc})") from None
+    return path
+
+
+def ensure_writable_file(path: Path, what: str) -> Path:
+    """``ensure_writable_dir`` for a file's folder; refuses a path that is a folder."""
+    from .errors import OutputError
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise OutputError(f"{what} {path} is a folder; give a file name")
+    ensure_writable_dir(path.parent, f"{what}: the folder of")
+    return path

@@ -14,7 +14,6 @@ import copy
 import hashlib
 import os
 import platform
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -23,8 +22,8 @@ from typing import Any
 from . import __version__
 from .api import Extras, Preparation, RunContext, RunResult
 from .config import ConfigError, RunConfig
-from .errors import InvariantError
-from .io import write_csv, write_json_atomic
+from .errors import InvariantError, OutputError, set_phase
+from .io import ensure_writable_dir, ensure_writable_file, private_tempdir, write_csv, write_json_atomic
 
 PACKAGES = ("torch", "pytorch-lightning", "spikingjelly", "optuna", "mlflow", "numpy")
 ANN_BASELINE_KEYS = ("test/accuracy", "macs", "macs_effective", "macs_dense_nopad", "activation_sparsity",
@@ -135,11 +134,9 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None, fit_c
         if not wpath.is_file():
             raise ConfigError(f"--weights {wpath}: no such file")
         weights_sha = hashlib.sha256(wpath.read_bytes()).hexdigest()
-    out_json = Path(cfg.output_json) if cfg.output_json else None
-    if out_json is not None:
-        out_json.parent.mkdir(parents=True, exist_ok=True)
-        if not os.access(out_json.parent, os.W_OK) or out_json.is_dir():
-            raise ConfigError(f"--output-json: cannot write {out_json}")
+    # every output location is proven writable before any work (a late failure loses the work)
+    out_json = ensure_writable_file(Path(cfg.output_json), "--output-json") if cfg.output_json else None
+    ensure_writable_dir(default_cache_dir(cfg), "the cache folder (--cache-dir / HARNESS_CACHE_DIR)")
     if cfg.track and tracker is None:
         from .tracking import Tracker, TrackingSettings
 
@@ -153,10 +150,11 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None, fit_c
     from .energy import energy_metrics
     from .graph import trace
 
+    set_phase(f"loading the data ({cfg.dataset if dataset is None else 'given splits'})")
     ds = load_dataset(dataset if dataset is not None else cfg.dataset, cfg.data_dir)
     architecture = _architecture(factory, ds.input_shape, ds.num_classes, model_name)
     graph = trace(architecture(), ds.input_shape, name=model_name)
-    with tempfile.TemporaryDirectory(prefix="harness-run-") as art_dir:
+    with private_tempdir("run") as art_dir:
         ctx = RunContext(cfg, ds, model_name, device, train_cfg, default_cache_dir(cfg), Path(art_dir),
                          architecture=architecture, graph=graph, schema=schema, progress=cfg.progress)
         methods = [cls() for cls in classes]
@@ -170,6 +168,7 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None, fit_c
             ctx.info["weights_sha256"] = weights_sha
             ctx.info["ann_cache"] = "bypassed (--weights)"
         elif needs_ann:
+            set_phase(f"training the ANN ({model_name} on {ds.name})")
             ann, history = train_ann(ctx)
         # the baseline is evaluated after the method has built its network, on the same test
         # samples (a method evaluating the first N only is compared with the ANN on those N);
@@ -186,6 +185,7 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None, fit_c
         prep: Preparation | None = None
         for m, p in zip(methods, params):
             given = current if (m.needs_trained_ann or m.is_transform) else None
+            set_phase(f"preparing {m.name} (conversion or training)")
             prep = m.prepare(ctx, given, p)
             _merge(prep_metrics, prep.metrics, m.name, f"method {m.name}")
             _merge(steps, prep.step_metrics, m.name, f"method {m.name}")
@@ -193,6 +193,7 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None, fit_c
             artifacts += prep.artifacts
             current = prep.model
         assert prep is not None
+        set_phase(f"evaluating the {cfg.method} network")
         evaluation = ctx.evaluate(current, desc=f"evaluate {cfg.method}", what=f"the {cfg.method} network")
         ann_metrics = None
         ann_parts: dict[str, dict[str, float]] = {}
@@ -232,12 +233,20 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None, fit_c
             artifacts=[p.name for p in artifacts],
         )
         if tracker is not None:
+            set_phase("logging the MLflow run")
             write_json_atomic(result.to_record(), ctx.artifact("result.json"))
             run_id = tracker.log(result, artifacts + [ctx.artifact("result.json")], ds, parent_run_id, tags=tags)
             result.tracking = dict(run_id=run_id, tracking_uri=tracker.settings.tracking_uri,
                                    experiment=tracker.settings.experiment)
         if out_json is not None:
-            write_json_atomic(result.to_record(), out_json)
+            set_phase(f"writing {out_json}")
+            try:
+                write_json_atomic(result.to_record(), out_json)
+            except OSError as exc:
+                kept = (f"the MLflow run {result.tracking['run_id']} was recorded" if result.tracking
+                        else "nothing was recorded (--no-track)")
+                raise OutputError(f"writing {out_json} failed ({exc.strerror or exc}); {kept}, the JSON was "
+                                  "not (no partial file was left)") from None
     return result
 
 

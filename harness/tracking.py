@@ -60,6 +60,11 @@ class Tracker:
         """Open the store and the experiment now, so a bad store fails before any training."""
         uri = self.settings.tracking_uri
         db = _sqlite_path(uri)
+        if db is not None and db.is_dir():  # sqlite would retry for minutes before failing
+            raise TrackingError(f"MLflow store {uri}: {db} is a directory, not an SQLite file; set tracking_uri in "
+                                "mlflow.yaml or MLFLOW_TRACKING_URI")
+        if uri.startswith(("http://", "https://")):
+            _probe_server(uri)
         if db is not None:
             parent = db.resolve().parent
             if not parent.is_dir() or not os.access(parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
@@ -100,7 +105,11 @@ class Tracker:
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         assert self.experiment_id is not None
-        run = client.create_run(self.experiment_id, tags=tags, run_name=name)
+        try:
+            run = client.create_run(self.experiment_id, tags=tags, run_name=name)
+        except Exception as exc:  # noqa: BLE001 - a full or broken store: nothing was written
+            raise TrackingError(f"creating the MLflow run in {self.settings.tracking_uri} failed ({exc}); "
+                                "no run was recorded") from None
         run_id = run.info.run_id
         try:
             params = flat_params(result)
@@ -138,6 +147,27 @@ class Tracker:
         mlflow.set_tracking_uri(self.settings.tracking_uri)
         with mlflow.start_run(run_id=run_id):
             mlflow.log_input(data, context="test")
+
+
+PROBE_TIMEOUT_S = 5.0
+
+
+def _probe_server(uri: str) -> None:
+    """Reach a tracking server's ``/health`` within a few seconds: MLflow's own client retries an
+    unreachable server for minutes before it gives up."""
+    import urllib.error
+    import urllib.request
+
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as resp:
+            resp.read(64)
+    except urllib.error.HTTPError as exc:
+        raise TrackingError(f"MLflow tracking server {uri} answered {exc.code} at {url}; is it an MLflow server?") from None
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(f"MLflow tracking server {uri} is unreachable ({reason}); start it or fix "
+                            "MLFLOW_TRACKING_URI") from None
 
 
 def _is_number(v: Any) -> bool:

@@ -118,7 +118,12 @@ def fit(ctx, module: Classifier, max_epochs: int, callbacks: list | None = None,
     """Train ``module`` on the train split, validating on val each epoch."""
     pl.seed_everything(ctx.seed, workers=True, verbose=False)
     trainer = make_trainer(ctx, max_epochs, [*(callbacks or []), *getattr(ctx, "fit_callbacks", [])], **kwargs)
-    trainer.fit(module, ctx.loader("train", shuffle=True), ctx.loader("val"))
+    try:
+        trainer.fit(module, ctx.loader("train", shuffle=True), ctx.loader("val"))
+    except SystemExit:  # Lightning turns Ctrl-C into exit(1): it is an interruption
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
     if trainer.interrupted:
         raise KeyboardInterrupt
     return module

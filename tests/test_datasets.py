@@ -171,3 +171,54 @@ def test_cifar_bad_batches(tmp_path):
     p.write_bytes(pickle.dumps({b"data": Evil()}))
     with pytest.raises(DataError, match="refusing to load builtins.print"):
         read_batch(p)
+
+
+def test_idx_gzip_bomb_is_refused_after_its_header(tmp_path):
+    # a 200 MB body behind a bad magic number: the reader must stop after the 4-byte header
+    import tracemalloc
+
+    p = tmp_path / "bomb-idx3-ubyte.gz"
+    with gzip.open(p, "wb", compresslevel=9) as f:
+        f.write(b"\x00\x00\x0d\x03")
+        chunk = bytes(1 << 20)
+        for _ in range(200):
+            f.write(chunk)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="bomb-idx3-ubyte.gz: bad IDX magic number"):
+            read_idx(p)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"read {peak / 2**20:.0f} MiB to refuse a bad header"
+
+
+def test_idx_header_that_declares_too_much_is_refused_before_reading(tmp_path):
+    import struct
+
+    p = tmp_path / "huge-idx3-ubyte"
+    # 65536³ elements: its product wraps to 0 in int64 arithmetic, and is 2**48 bytes in fact
+    p.write_bytes(b"\x00\x00\x08\x03" + struct.pack(">3I", 65536, 65536, 65536) + bytes(16))
+    with pytest.raises(DataError, match=r"huge-idx3-ubyte: its header \(65536, 65536, 65536\) declares "):
+        read_idx(p)
+
+
+def test_idx_corrupt_gzip_body_is_named(tmp_path):
+    good = gzip.compress(_idx(np.zeros((4, 28, 28))))
+    bad = bytearray(good)
+    bad[30:60] = bytes(range(30))  # inside the deflate stream: zlib.error, not EOF
+    p = tmp_path / "corrupt-idx3-ubyte.gz"
+    p.write_bytes(bytes(bad))
+    with pytest.raises(DataError, match="corrupt-idx3-ubyte.gz: cannot read IDX file"):
+        read_idx(p)
+
+
+@pytest.mark.parametrize("labels", [["a", "b"], None, [[1, 2]], [1.5, 2.5]])
+def test_cifar_labels_of_the_wrong_kind_are_named(tmp_path, labels):
+    import pickle
+
+    p = tmp_path / "data_batch_1"
+    with open(p, "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": labels}, f)
+    with pytest.raises(DataError, match="data_batch_1: "):
+        read_batch(p)

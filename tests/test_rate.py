@@ -218,7 +218,7 @@ def test_residual_network_approaches_its_ann():
 
 @pytest.mark.parametrize("key,value,needle", [
     ("timesteps", "0", "timesteps=0 is out of range; valid range is [1, 1e+06]"),
-    ("scale_firing_rates", "0", "scale_firing_rates=0 is out of range; valid range is (0, inf]"),
+    ("scale_firing_rates", "0", "scale_firing_rates=0 is out of range; valid range is (0, inf)"),
     ("synapse", "-0.1", "synapse=-0.1 is out of range"),
     ("synapse", "0", "synapse=0 is out of range"),
     ("percentile", "101", "percentile=101 is out of range; valid range is (0, 100]"),

@@ -54,12 +54,15 @@ def test_params_parse_and_validate():
 
 
 @pytest.mark.parametrize("key,value,expect", [
-    ("timesteps", "0", "timesteps=0 is out of range; valid range is [1, inf]"),
+    ("timesteps", "0", "timesteps=0 is out of range; valid range is [1, inf)"),
     ("percentile", "0", "valid range is (0, 100]"),
     ("percentile", "100.5", "valid range is (0, 100]"),
     ("synapse", "-1", "synapse=-1 is out of range"),
     ("timesteps", "abc", "expected int"),
-    ("scales", "1,0", "valid range is (0, inf]"),
+    ("scales", "1,0", "valid range is (0, inf)"),
+    ("scales", "1,inf", "scales=inf: must be finite; valid range is (0, inf)"),
+    ("percentile", "-inf", "percentile=-inf: must be finite"),
+    ("synapse", "inf", "synapse=inf: must be finite; valid range is [0, inf)"),
 ])
 def test_params_errors_name_parameter_and_range(key, value, expect):
     with pytest.raises(ConfigError, match=expect.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
@@ -103,3 +106,44 @@ def test_runconfig_sources(tmp_path):
     with pytest.raises(ConfigError, match="bad.yaml must hold a mapping of run settings"):
         RunConfig.build(bad)
     assert RunConfig.build(epochs=2, lr=0.01).train_config().as_dict()["epochs"] == 2
+
+
+@pytest.mark.parametrize("method,key", [("rate", "scale_firing_rates"), ("ttfs", "x_max"), ("rate", "dt")])
+def test_infinity_is_refused_where_a_range_is_open_ended(method, key):
+    from harness.methods import METHODS
+
+    with pytest.raises(ConfigError, match=f"{key}=inf: must be finite"):
+        METHODS.get(method).Params.from_strings({key: "inf"})
+
+
+@pytest.mark.parametrize("line,expect", [
+    ("epochs: true", "epochs=True: expected int or none, got bool"),
+    ("epochs: ten", "epochs='ten': expected int or none, got str"),
+    ("epochs: 1.5", "epochs=1.5: expected int or none, got float"),
+    ("seed: abc", "seed='abc': expected int, got str"),
+    ("batch_size: 3.7", "batch_size=3.7: expected int, got float"),
+    ("track: 1", "track=1: expected bool, got int"),
+    ("lr: .inf", "lr=inf: must be finite"),
+    ("set: 7", "set: expected a mapping"),
+])
+def test_yaml_values_are_type_checked_before_any_work(tmp_path, line, expect):
+    y = tmp_path / "run.yaml"
+    y.write_text(f"method: ann\ndataset: digits\n{line}\n")
+    with pytest.raises(ConfigError, match=expect.replace("(", r"\(").replace(")", r"\)")):
+        RunConfig.build(y)
+
+
+def test_yaml_set_as_one_string_is_one_setting(tmp_path):
+    y = tmp_path / "run.yaml"
+    y.write_text('method: rate\nset: "timesteps=8"\n')
+    assert RunConfig.build(y).method_sets == {"timesteps": "8"}
+
+
+def test_an_empty_test_split_is_refused():
+    import numpy as np
+    from harness.datasets.base import make_dataset
+    from harness.errors import DataError
+
+    x, y = np.zeros((20, 1, 4, 4), np.float32), np.arange(20) % 2
+    with pytest.raises(DataError, match="the test split is empty"):
+        make_dataset("tiny", "v", x, y, x[:0], y[:0], num_classes=2, source="test")

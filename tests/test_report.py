@@ -213,12 +213,42 @@ def test_text_from_runs_is_escaped_and_missing_metrics_are_named(tmp_path):
     client.log_param(r.info.run_id, "dataset", "digits")
     client.log_param(r.info.run_id, "run.eval_limit", "0")
     client.log_metric(r.info.run_id, "test/accuracy", 0.5)
+    client.set_terminated(r.info.run_id)
     out = build_report(out_dir=tmp_path / "rep")
     html = (tmp_path / "rep" / "report.html").read_text()
     assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "m&amp;m" in html
     assert any("spikes_per_neuron" in m and "synops" in m for m in out.missing)
     assert "Not drawn" in html
+
+
+def test_the_report_admits_only_finished_runs_with_valid_metrics_and_neutralises_their_text(tmp_path):
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    exp = client.create_experiment("snn-harness")
+
+    def logged(method, model, acc, status="FINISHED"):
+        r = client.create_run(exp)
+        for k, v in (("method", method), ("model", model), ("dataset", "digits"), ("run.eval_limit", "0")):
+            client.log_param(r.info.run_id, k, v)
+        client.log_metric(r.info.run_id, "test/accuracy", acc)
+        client.set_terminated(r.info.run_id, status)
+
+    logged("ann", "good", 0.8)
+    logged("rate", "failed", 0.99, status="FAILED")
+    logged("ttfs", "infinite", float("inf"))
+    logged("=HYPERLINK(\"http://x\",\"y\")", "<img src=x onerror=alert(1)>", 0.7)
+    out = build_report(out_dir=tmp_path / "rep")
+    lb = pd.read_csv(tmp_path / "rep" / "leaderboard.csv")
+    assert sorted(lb["model"]) == ["<img src=x onerror=alert(1)>", "good"]  # FAILED and inf left out
+    assert out.left_out == {"status FAILED": 1, "test/accuracy outside its valid range [0, 1]": 1}
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "2 runs left out of every table and figure" in md
+    assert "<img" not in md and "&lt;img src=x onerror=alert(1)&gt;" in md
+    csv_text = (tmp_path / "rep" / "leaderboard.csv").read_text() + (tmp_path / "rep" / "runs.csv").read_text()
+    assert ",=HYPERLINK" not in csv_text and "\n=HYPERLINK" not in csv_text and "'=HYPERLINK" in csv_text
 
 
 def test_bad_report_input(tmp_path):

@@ -41,6 +41,33 @@ def test_unwritable_store_fails_before_training(quick, tmp_path, monkeypatch):
     assert not (tmp_path / "cache").exists()  # nothing was trained or cached
 
 
+def test_a_store_that_is_a_directory_or_an_unreachable_server_fails_at_once(quick, tmp_path, monkeypatch):
+    import socket
+
+    (tmp_path / "store.db").mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/store.db")
+    with pytest.raises(TrackingError, match="store.db is a directory"):
+        run(quick(method="ann", track=True))
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    with pytest.raises(TrackingError, match=f"server http://127.0.0.1:{port} is unreachable"):
+        run(quick(method="ann", track=True))
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_store_that_refuses_the_run_says_nothing_was_recorded(quick, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(MlflowClient, "create_run", full)
+    with pytest.raises(TrackingError, match="creating the MLflow run .* No space left on device.*no run was recorded"):
+        run(quick(method="ann", track=True))
+
+
 def test_corrupt_cache_is_named(quick, tmp_path):
     res = run(quick(method="ann"))
     path = res.provenance["ann_cache_file"]
@@ -50,6 +77,26 @@ def test_corrupt_cache_is_named(quick, tmp_path):
 
     with pytest.raises(DataError, match="cache file .* is corrupt"):
         run(quick(method="ann"))
+
+
+def test_cache_entries_that_are_valid_torch_but_not_the_harnesss_are_named(quick):
+    import torch
+    from harness.errors import DataError
+
+    res = run(quick(method="ann", epochs=1))
+    path = res.provenance["ann_cache_file"]
+    good = torch.load(path, weights_only=True)
+    variants = [
+        ({"state_dict": {"bogus": torch.zeros(1)}}, "no entry for the model's 'conv1.weight'"),
+        ({"state_dict": {k: 1 for k in good["state_dict"]}}, "'conv1.weight' is a int, not a tensor"),
+        ({"state_dict": good["state_dict"], "history": [1, 2]}, "not a harness cache entry \\(its training history"),
+        ({"state_dict": good["state_dict"], "history": {"train/loss": "x"}}, "its training history"),
+        (torch.zeros(3), "not a harness cache entry \\(no state_dict\\)"),
+    ]
+    for blob, needle in variants:
+        torch.save(blob, path)
+        with pytest.raises(DataError, match=f"ANN cache file .*{needle}.*delete it to retrain"):
+            run(quick(method="ann", epochs=1))
 
 
 def test_mlflow_yaml_errors_name_the_file(tmp_path, monkeypatch):
@@ -63,3 +110,25 @@ def test_mlflow_yaml_errors_name_the_file(tmp_path, monkeypatch):
     (tmp_path / "mlflow.yaml").write_text("[unclosed")
     with pytest.raises(TrackingError, match="mlflow.yaml is not a readable YAML file"):
         TrackingSettings.load()
+
+
+def test_temp_folders_of_dead_runs_are_removed_and_live_ones_kept(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from harness.io import private_tempdir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f"harness-run-{dead_pid}-abc"
+    (stale / "sub").mkdir(parents=True)
+    live = tmp_path / f"harness-run-{os.getppid()}-xyz"  # the parent of this process is alive
+    live.mkdir()
+    other = tmp_path / "harness-run-notapid-1"
+    other.mkdir()
+    with private_tempdir("run") as d:
+        assert os.path.basename(d).startswith(f"harness-run-{os.getpid()}-")
+        assert not stale.exists() and live.exists() and other.exists()

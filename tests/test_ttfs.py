@@ -146,7 +146,7 @@ def test_inputs_outside_range():
 
 @pytest.mark.parametrize("sets,needle", [
     (["t_max=0"], "t_max=0 is out of range; valid range is [1, 100000]"),
-    (["u_th=1,0,2"], "u_th=0 is out of range; valid range is (0, inf]"),
+    (["u_th=1,0,2"], "u_th=0 is out of range; valid range is (0, inf)"),
     (["percentile=0"], "percentile=0 is out of range; valid range is (0, 100]"),
     (["u_th=1,2"], "u_th has 2 values but ttfs-cnn has 3 spiking layers"),
     (["precision=float16"], "Valid: float32, float64"),

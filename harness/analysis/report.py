@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from ..metrics import SCHEMA
-from .runs import RunTable, load_runs
+from .runs import ReportError, RunTable, load_runs
 
 # Better direction of each leaderboard column (energy columns, added per energy model, are "min").
 # Leaderboard columns and the metric each shows: their better direction comes from the metric schema.
@@ -49,6 +50,7 @@ class ReportOutput:
     runs: int
     files: list[Path] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    left_out: dict[str, int] = field(default_factory=dict)  # reason -> runs not admitted
 
 
 def _fmt(v, digits: int = 4) -> str:
@@ -221,10 +223,33 @@ def _table_html(df: pd.DataFrame, table_id: str, sortable: bool = False, directi
             f'<tbody>{"".join(body)}</tbody></table>')
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|#])")
+
+
+def _md_escape(text: Any) -> str:
+    """Text from runs as inert Markdown: no raw HTML (``<script>``, ``<img onerror>``), links,
+    emphasis or table breaks."""
+    s = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL.sub(r"\\\1", s)
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """Text cells that a spreadsheet would run as a formula (``=HYPERLINK(...)``, ``+``, ``-``, ``@``,
+    tab, CR) get a leading apostrophe, as OWASP's CSV-injection advice says; numbers stay numbers."""
+    out = df.copy()
+    for col in out.columns:
+        if not pd.api.types.is_numeric_dtype(out[col]):
+            out[col] = out[col].map(lambda v: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v)
+    return out
+
+
 def _table_md(df: pd.DataFrame) -> str:
     if df.empty:
         return "_no runs_\n"
-    esc = lambda s: str(s).replace("|", "\\|")
+    esc = _md_escape
     lines = ["| " + " | ".join(esc(c) for c in df.columns) + " |", "|" + "---|" * len(df.columns)]
     for _, row in df.iterrows():
         lines.append("| " + " | ".join(esc(_fmt(row[c])) for c in df.columns) + " |")
@@ -257,14 +282,28 @@ figure{margin:1.5em 0}figcaption{font-size:13px;color:#555}img{max-width:100%}
 
 def build_report(experiment: str | None = None, out_dir: str | Path = "report", tracking_uri: str | None = None,
                  energy_model: str = "cmos45-fp32") -> ReportOutput:
+    """Write the report (see the module docstring); a write that fails (a full disk) is a
+    :class:`ReportError` naming the file; the store is only ever read."""
+    try:
+        return _build_report(experiment, out_dir, tracking_uri, energy_model)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise ReportError(f"writing the report to {out_dir} failed{where}: {exc.strerror or exc}; the MLflow "
+                          "store was only read and is unchanged") from None
+
+
+def _build_report(experiment: str | None, out_dir: str | Path, tracking_uri: str | None,
+                  energy_model: str) -> ReportOutput:
     from ..energy import ENERGY_MODELS
     from ..errors import UnknownNameError
     from .figures import FIGURES, Missing
 
     if energy_model not in ENERGY_MODELS:
         raise UnknownNameError("energy model", energy_model, list(ENERGY_MODELS))
+    from ..io import ensure_writable_dir
+
+    out = ensure_writable_dir(Path(out_dir), "the report folder (--out)")  # before reading the store
     runs = load_runs(tracking_uri, experiment)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     res = ReportOutput(out, runs.experiment, len(runs.df))
     energy_models = [m for m in ENERGY_MODELS if f"energy/{m}/joules" in runs.df]
@@ -284,11 +323,17 @@ def build_report(experiment: str | None = None, out_dir: str | Path = "report", 
         res.missing.append("metrics absent from every run: " + ", ".join(absent))
     if lb.empty:
         res.missing.append("leaderboard: no finished run evaluated on the full test set")
+    res.left_out = dict(runs.left_out)
+    left_line = ""
+    if runs.left_out:
+        total = sum(runs.left_out.values())
+        left_line = (f"{total} run{'s' if total > 1 else ''} left out of every table and figure: "
+                     + "; ".join(f"{n} × {why}" for why, n in sorted(runs.left_out.items())))
 
     runs_csv = out / "runs.csv"
-    runs.df.drop(columns=["kind"], errors="ignore").to_csv(runs_csv, index=False)
+    csv_safe(runs.df.drop(columns=["kind"], errors="ignore")).to_csv(runs_csv, index=False)
     lb_csv = out / "leaderboard.csv"
-    lb.to_csv(lb_csv, index=False)
+    csv_safe(lb).to_csv(lb_csv, index=False)
     directions = dict(LEADERBOARD_DIRECTIONS,
                       **{ENERGY_COLUMN.format(m): SCHEMA.better(f"energy/{m}/joules") for m in energy_models})
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -298,6 +343,7 @@ def build_report(experiment: str | None = None, out_dir: str | Path = "report", 
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>snn-harness report: "
              f"{html.escape(runs.experiment)}</title><style>{_CSS}</style><script>{_SORT_JS}</script></head><body>",
              "<h1>snn-harness report</h1>", f"<p>{intro}</p>",
+             f"<p class='missing'>{html.escape(left_line)}</p>" if left_line else "",
              "<h2>Leaderboard</h2><p>Best run per method × model × data set (full test sets only). "
              "★ = Pareto-optimal in accuracy and energy within its data set. ↑/↓: better direction; click a header to sort.</p>",
              _table_html(lb, "leaderboard", sortable=True, directions=directions),
@@ -310,6 +356,7 @@ def build_report(experiment: str | None = None, out_dir: str | Path = "report", 
              "</p>", _table_html(et, "energy-models"), "<h2>Figures</h2>"]
     md = [f"# snn-harness report\n\nexperiment `{runs.experiment}` in `{runs.tracking_uri}`; {len(runs.df)} runs; "
           f"generated {stamp}; Pareto mark on accuracy vs energy ({energy_model}).\n",
+          f"{_md_escape(left_line)}\n" if left_line else "",
           "## Leaderboard\n", _table_md(lb), "\n## Reproduction tables\n", _table_md(rep),
           "\n## Whetstone table (sandia-*)\n", _table_md(wt),
           "\n## Energy: arithmetic only vs memory traffic\n", _table_md(et), "\n## Figures\n"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ class RunTable:
     tracking_uri: str
     client: Any = None
     _histories: dict = field(default_factory=dict)
+    left_out: dict[str, int] = field(default_factory=dict)  # reason -> runs not admitted (see load_runs)
     _tmp: Any = None
 
     def history(self, run_id: str, key: str) -> list[float]:
@@ -47,7 +47,9 @@ class RunTable:
     def artifact(self, run_id: str, name: str) -> Path | None:
         """Download one artifact of a run (None if the run has no such file)."""
         if self._tmp is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="harness-report-")
+            from ..io import private_tempdir
+
+            self._tmp = private_tempdir("report")
         dst = Path(self._tmp.name) / run_id
         dst.mkdir(exist_ok=True)
         from mlflow.exceptions import MlflowException
@@ -116,4 +118,27 @@ def load_runs(tracking_uri: str | None = None, experiment: str | None = None) ->
     df = df[df["kind"] != "study"].reset_index(drop=True)
     if df.empty:
         raise ReportError(f"experiment {name!r} in {uri} has only study parent runs")
-    return RunTable(df=df, experiment=name, tracking_uri=uri, client=client)
+    df, left_out = admitted(df)
+    return RunTable(df=df, experiment=name, tracking_uri=uri, client=client, left_out=left_out)
+
+
+def admitted(df):
+    """Only FINISHED runs whose metrics are all within the schema's valid ranges (finite unless a
+    metric documents infinity) enter tables and figures; the others are counted by reason. A
+    FAILED or KILLED run, or one whose accuracy is ``inf``, would otherwise be ranked like any other."""
+    from ..metrics import SCHEMA
+
+    reasons = [None if st == "FINISHED" else f"status {st}" for st in df["state"]]
+    for col in df.columns:
+        spec = SCHEMA.spec(col) if "/" in col or col in {s.key for s in SCHEMA.specs} else None
+        if spec is None:
+            continue
+        for i, v in enumerate(df[col]):
+            if reasons[i] is None and v == v and spec.check(col, v):  # v == v: NaN is "not logged"
+                reasons[i] = f"{col} outside its valid range {spec.range_text}"
+    keep = [r is None for r in reasons]
+    left: dict[str, int] = {}
+    for r in reasons:
+        if r is not None:
+            left[r] = left.get(r, 0) + 1
+    return df[keep].reset_index(drop=True), left

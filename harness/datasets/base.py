@@ -47,6 +47,8 @@ class Dataset:
                                 f"{getattr(ys, 'dtype', type(ys).__name__)} {getattr(ys, 'shape', '')}")
             if len(xs) != len(ys):
                 raise DataError(f"{self.name}/{split}: {len(xs)} inputs but {len(ys)} labels")
+            if split in ("train", "test") and not len(ys):  # an empty test split would score 0 and "succeed"
+                raise DataError(f"{self.name}: the {split} split is empty")
             if len(ys) and (int(ys.min()) < 0 or int(ys.max()) >= self.num_classes):
                 raise DataError(f"{self.name}/{split}: labels span {int(ys.min())}..{int(ys.max())}, outside "
                                 f"0..{self.num_classes - 1}")

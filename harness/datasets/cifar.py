@@ -42,7 +42,14 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: not a readable CIFAR-10 batch ({exc})") from None
     if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
         raise DataError(f"{path}: a CIFAR-10 batch must be a dict with b'data' and b'labels'")
-    data, labels = np.asarray(d[b"data"]), np.asarray(d[b"labels"], dtype=np.int64)
+    try:
+        data = np.asarray(d[b"data"])
+        raw_labels = np.asarray(d[b"labels"])
+        if raw_labels.dtype.kind not in "iu":  # strings, floats, None, nested objects
+            raise TypeError(f"labels of type {raw_labels.dtype}")
+        labels = raw_labels.astype(np.int64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{path}: labels must be a list of integers 0..9 ({exc})") from None
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise DataError(f"{path}: data has shape {data.shape} and type {data.dtype}, "
                         "expected uint8 (N, 3072)")

@@ -1,13 +1,17 @@
 """IDX-format data sets: ``mnist`` and ``fashion-mnist``.
 
 The reader validates the magic number, the element type, the dimensions and the exact byte
-length, so a truncated or foreign file is named in a clear error instead of producing garbage.
+length, so a truncated or foreign file is named in a clear error instead of producing garbage; it
+reads the header before the body, so a file that inflates to gigabytes is refused without being
+decompressed.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -46,31 +50,45 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
                    "Sneaker", "Bag", "Ankle boot")
 
 
+MAX_IDX_BYTES = 1 << 30  # 1 GiB: 20× full MNIST's training images; a header asking for more is refused
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """Read an unsigned-byte IDX file (optionally gzipped), validating header and length."""
+    """Read an unsigned-byte IDX file (optionally gzipped), validating header and length.
+
+    The header is read and checked first and the body is then read up to the length the header
+    declares (at most ``MAX_IDX_BYTES``), so a file that inflates to gigabytes, or a header whose
+    dimensions multiply to an absurd size, is refused without being decompressed.
+    """
     try:
         with open(path, "rb") as f:
-            head = f.read(2)
-        opener = gzip.open if head == b"\x1f\x8b" else open
-        with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as exc:
+            gzipped = f.read(2) == b"\x1f\x8b"
+        with (gzip.open if gzipped else open)(path, "rb") as f:
+            magic = f.read(4)
+            if len(magic) < 4:
+                raise DataError(f"{path}: {len(magic)} bytes is too short for an IDX header")
+            zero1, zero2, dtype, ndim = magic
+            if zero1 or zero2 or dtype != 0x08 or not 1 <= ndim <= 4:
+                raise DataError(f"{path}: bad IDX magic number {magic.hex()} (expected 000008 + dims, "
+                                "unsigned bytes); not an IDX image/label file")
+            raw = f.read(4 * ndim)
+            if len(raw) < 4 * ndim:
+                raise DataError(f"{path}: truncated IDX header")
+            dims = struct.unpack(f">{ndim}I", raw)
+            size = math.prod(dims)  # a Python int: no overflow
+            if size > MAX_IDX_BYTES:
+                raise DataError(f"{path}: its header {dims} declares {size:,} bytes, more than the "
+                                f"{MAX_IDX_BYTES:,} this reader accepts; the file is corrupt or not an image file")
+            data = f.read(size)
+            trailing = f.read(1)
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: cannot read IDX file ({exc}); the file is corrupt or truncated") from None
-    if len(data) < 4:
-        raise DataError(f"{path}: {len(data)} bytes is too short for an IDX header")
-    zero1, zero2, dtype, ndim = data[:4]
-    if zero1 or zero2 or dtype != 0x08 or not 1 <= ndim <= 4:
-        raise DataError(f"{path}: bad IDX magic number {data[:4].hex()} (expected 000008 + dims, "
-                        "unsigned bytes); not an IDX image/label file")
     header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{path}: truncated IDX header")
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    expected = header + int(np.prod(dims))
-    if len(data) != expected:
-        raise DataError(f"{path}: {len(data)} bytes, but its header {dims} needs {expected}: "
+    if len(data) != size or trailing:
+        found = f"{header + len(data)} bytes" if not trailing else "more bytes"
+        raise DataError(f"{path}: {found}, but its header {dims} needs {header + size}: "
                         "the file is truncated or has trailing data")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 def read_idx_pair(images: Path, labels: Path, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:

@@ -27,8 +27,9 @@ a step function.
 
 While sharpening, the learning rate follows the network's sharpness S (the mean of the layers'):
 ``sharpen_lr · (f + (1 − f) · (1 + cos πS) / 2)``, from ``sharpen_lr`` when sharpening starts down to
-``f = lr_floor`` (default 1 %) of it when every layer is a step function (``lr_floor=1``: a constant rate); ``sharpen_lr`` defaults to ``lr · min(1, 64 / b)``, b the
-batches per epoch. Two measured reasons (stpu-dnn and stpu-cnn, validation accuracy):
+``f = lr_floor`` (default 1 %) of it when every layer is a step function (``lr_floor=1``: a constant
+rate); ``sharpen_lr`` defaults to ``lr · min(1, 64 / b)``, b the batches per epoch. Two measured
+reasons (stpu-dnn and stpu-cnn, validation accuracy):
 
 * a layer of width w turns a weight change into an output change 1/w times larger, so a constant
   rate that trains the bounded network well destroys the last steps: on mnist-5k, stpu-cnn's

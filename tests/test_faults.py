@@ -1,0 +1,162 @@
+"""Fault injection: outputs that cannot be written, full disks, stale and corrupt state.
+
+Every case must end in a clear error (exit 2 from the CLI), before the work where it can be known
+beforehand, and never leave a partial file behind. Full disks are real: a small tmpfs, mounted when
+the tests run as root (skipped with the reason otherwise)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+
+import pytest
+from harness.errors import OutputError, ReportError
+from harness.runner import run
+
+
+@contextlib.contextmanager
+def tmpfs(path, options: str):
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        pytest.skip("full and read-only disks are simulated with tmpfs mounts, which need root")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@contextlib.contextmanager
+def full_disk(path):
+    """A 64 KiB tmpfs at ``path``, filled to the last byte."""
+    with tmpfs(path, "size=64k") as disk:
+        with open(disk / "filler", "wb") as f:
+            with contextlib.suppress(OSError):
+                f.write(bytes(1 << 20))
+        yield disk
+
+
+@pytest.mark.parametrize("where", ["cache_dir", "output_json", "report"])
+def test_a_read_only_file_system_fails_before_any_work(quick, tmp_path, where):
+    # os.access says "writable" to root even here: only creating a file tells
+    from harness.analysis.report import build_report
+
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as ro:
+        with pytest.raises(OutputError, match="Read-only file system"):
+            if where == "report":
+                build_report(out_dir=ro / "rep")
+            else:
+                run(quick(method="ann", **{where: str(ro / "x.json" if where == "output_json" else ro)}))
+
+
+@pytest.mark.parametrize("what", ["cache_dir_is_a_file", "output_json_is_a_folder", "output_json_in_a_file"])
+def test_unwritable_outputs_fail_before_any_work(quick, tmp_path, what):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    sets = {"cache_dir_is_a_file": dict(cache_dir=str(blocker)),
+            "output_json_is_a_folder": dict(output_json=str(tmp_path)),
+            "output_json_in_a_file": dict(output_json=str(blocker / "r.json"))}[what]
+    cache = tmp_path / "cache"
+    with pytest.raises(OutputError, match=str(tmp_path)):
+        run(quick(method="ann", **{"cache_dir": str(cache), **sets}))
+    assert not cache.exists() or not any(cache.rglob("*.pt"))  # nothing was trained
+
+
+def test_report_folder_that_is_a_file_fails_before_reading(tmp_path):
+    from harness.analysis.report import build_report
+
+    out = tmp_path / "report"
+    out.write_text("x")
+    with pytest.raises(OutputError, match="report folder .* is a file"):
+        build_report(out_dir=out)
+
+
+def test_a_full_disk_under_the_json_keeps_no_partial_file_and_says_what_was_kept(quick, tmp_path):
+    with full_disk(tmp_path / "full") as disk:
+        with pytest.raises(OutputError, match="r.json failed \\(No space left on device\\); nothing was recorded "
+                                               "\\(--no-track\\), the JSON was not"):
+            run(quick(method="ann", output_json=str(disk / "r.json")))
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+
+
+def test_a_full_disk_under_the_cache_keeps_no_partial_file(quick, tmp_path):
+    with full_disk(tmp_path / "full") as disk:
+        with pytest.raises(OutputError, match="writing the ANN cache .*No space left on device.*not kept"):
+            run(quick(method="ann", cache_dir=str(disk)))
+        leftovers = [p.name for p in disk.rglob("*") if p.is_file() and p.name != "filler"]
+        assert leftovers == []
+
+
+def test_a_full_disk_under_the_report_names_the_file(quick, tmp_path):
+    from harness.analysis.report import build_report
+
+    run(quick(method="ann", track=True))
+    with full_disk(tmp_path / "full") as disk:
+        with pytest.raises(ReportError, match="writing the report to .*No space left on device; the MLflow store"):
+            build_report(out_dir=disk / "rep")
+
+
+MARKING_MODEL = '''
+import os
+import pathlib
+
+import torch
+from torch import nn
+
+
+class Marking(nn.Module):
+    """Touches $MARK on its first training step, so a test knows training has started."""
+
+    def __init__(self, input_shape, num_classes):
+        super().__init__()
+        self.flat, self.fc = nn.Flatten(), nn.Linear(input_shape[0] * input_shape[1] * input_shape[2], num_classes)
+
+    def forward(self, x):
+        if self.training and not isinstance(x, torch.fx.Proxy):
+            pathlib.Path(os.environ["MARK"]).touch()
+        return self.fc(self.flat(x))
+
+
+def factory(input_shape, num_classes):
+    return Marking(input_shape, num_classes)
+'''
+
+
+@pytest.mark.parametrize("sig,code,name", [("SIGTERM", 143, "SIGTERM"), ("SIGINT", 130, "SIGINT")])
+def test_a_signal_during_training_exits_128_plus_n_with_one_line_and_keeps_nothing(tmp_path, sig, code, name):
+    import signal
+    import sys
+    import time
+
+    model = tmp_path / "marking.py"
+    model.write_text(MARKING_MODEL)
+    mark, cache, out = tmp_path / "training-started", tmp_path / "cache", tmp_path / "out" / "r.json"
+    env = {**os.environ, "MARK": str(mark), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "--method", "ann", "--dataset", "digits",
+                             "--model", f"{model}:factory", "--epochs", "10000", "--no-progress",
+                             "--cache-dir", str(cache), "--output-json", str(out)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert mark.exists(), "training never started"
+        proc.send_signal(getattr(signal, sig))
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, stderr[-2000:]
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("harness:")]
+    assert lines == [f"harness: interrupted by {name} while training the ANN ({model}:factory on digits); nothing "
+                     "half-written was kept (the ANN cache, the JSON and MLflow runs are written whole or not at all)"]
+    assert "Traceback" not in stderr
+    assert not out.exists() and not any(cache.rglob("*.pt")) and not any(cache.rglob("*.tmp"))
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert runs == []  # the run is written only when its results exist
