@@ -364,7 +364,7 @@ def sharpen_schedule(runs: RunTable, out: Path, energy_model: str) -> Figure:
         sub = sharp_df[sharp_df["series"] == name] if not sharp_df.empty else sharp_df
         if not sub.empty:
             sns.lineplot(data=sub, x="epoch", y="sharpness", hue="layer", marker=".", ax=axes[1][i])
-            axes[1][i].legend(fontsize=7, title="layer (forward order)")
+            axes[1][i].legend(fontsize=7, title="layer")
         axes[1][i].set_ylabel("sharpness at the epoch's end")
         axes[1][i].set_xlabel("epoch")
     return Figure("sharpen_schedule", "sharpen: accuracy against the sharpening schedule (sandia-whetstone-*)",
