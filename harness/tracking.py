@@ -8,6 +8,7 @@ deleted, so the store never holds a half-written run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -45,6 +46,24 @@ class TrackingSettings:
         return cls(str(data["tracking_uri"]), str(data["experiment"]), loc)
 
 
+@contextlib.contextmanager
+def _store_lock(db: Path | None):
+    """An exclusive lock on ``.<db>.lock`` beside an SQLite store (no-op for other stores), held
+    while the store is created or opened; MLflow itself does not serialise its schema migration."""
+    if db is None:
+        yield
+        return
+    import fcntl
+
+    lock = db.resolve().parent / f".{db.name}.lock"
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _sqlite_path(uri: str) -> Path | None:
     if uri.startswith("sqlite:///"):
         return Path(uri[len("sqlite:///"):])
@@ -74,19 +93,26 @@ class Tracker:
             import mlflow
 
             mlflow.set_tracking_uri(uri)
-            exp = mlflow.get_experiment_by_name(self.settings.experiment)
-            if exp is None:
-                self.experiment_id = mlflow.create_experiment(
-                    self.settings.experiment, artifact_location=self.settings.artifact_location)
-            else:
-                if exp.lifecycle_stage == "deleted":
-                    raise TrackingError(f"MLflow experiment {self.settings.experiment!r} is deleted; "
-                                        "restore it or choose another with --experiment")
-                self.experiment_id = exp.experiment_id
+            with _store_lock(db):
+                self._open_experiment(mlflow)
         except TrackingError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure to reach the store
             raise TrackingError(f"cannot open MLflow store {uri}: {exc}") from None
+
+    def _open_experiment(self, mlflow) -> None:
+        """Find or create the experiment. For SQLite this runs under the store lock: processes
+        started together on a new store would otherwise race in MLflow's schema migration and
+        experiment creation, and all but one fail."""
+        exp = mlflow.get_experiment_by_name(self.settings.experiment)
+        if exp is None:
+            self.experiment_id = mlflow.create_experiment(
+                self.settings.experiment, artifact_location=self.settings.artifact_location)
+        elif exp.lifecycle_stage == "deleted":
+            raise TrackingError(f"MLflow experiment {self.settings.experiment!r} is deleted; "
+                                "restore it or choose another with --experiment")
+        else:
+            self.experiment_id = exp.experiment_id
 
     def log(self, result, artifacts: list[Path], dataset=None, parent_run_id: str | None = None,
             tags: dict[str, str] | None = None) -> str:

@@ -160,3 +160,27 @@ def test_a_signal_during_training_exits_128_plus_n_with_one_line_and_keeps_nothi
     client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     assert runs == []  # the run is written only when its results exist
+
+
+def test_processes_started_together_on_a_new_store_all_open_it(tmp_path):
+    # without the store lock two of three failed in MLflow's schema migration (every time, here)
+    import sys
+    import time
+
+    script = tmp_path / "open.py"
+    script.write_text(
+        "import sys, time\n"
+        "import mlflow  # imported before the barrier: only the store opening races\n"
+        "from harness.tracking import Tracker, TrackingSettings\n"
+        "while time.time() < float(sys.argv[2]):\n"
+        "    time.sleep(0.001)\n"
+        "Tracker(TrackingSettings(sys.argv[1], 'exp', None)).check()\n")
+    uri = f"sqlite:///{tmp_path}/new.db"
+    start = time.time() + 15  # after every process has imported mlflow
+    procs = [subprocess.Popen([sys.executable, str(script), uri, str(start)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert [rc for rc, _ in results] == [0, 0, 0], [err[-800:] for _, err in results]
+    from mlflow.tracking import MlflowClient
+
+    assert [e.name for e in MlflowClient(uri).search_experiments() if e.name == "exp"] == ["exp"]
