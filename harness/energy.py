@@ -65,7 +65,6 @@ class LemaireModel:
     name: str
     source: str
     description: str = ""
-    memory_aware: bool = True
 
 
 ENERGY_MODELS: Registry[EnergyModel | LemaireModel] = Registry("energy model")

@@ -33,7 +33,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .errors import InvariantError
+from .errors import DataError, InvariantError
 from .graph import Graph, Kind, event_counts, weight_of
 from .meters import Meters
 from .metrics import SCHEMA, Schema
@@ -107,8 +107,6 @@ def evaluate(ev: Evaluable, loader, *, device: str = "cpu", progress: bool = Fal
                 hits = (out.step_predictions.to("cpu") == y.unsqueeze(0)).sum(1)
                 correct_at_t = hits if correct_at_t is None else correct_at_t + hits
     if meters.samples == 0:
-        from .errors import DataError
-
         raise DataError(f"{what}: no test samples were evaluated (the test split or its limit is empty)")
     metrics, layers = meters.summary()
     if ev.event_driven:

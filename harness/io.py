@@ -19,7 +19,7 @@ def _umask() -> int:
     return mask
 
 
-def write_atomic(path: Path, write: Callable[[IO], None], *, binary: bool = False) -> Path:
+def write_atomic(path: Path, write: Callable[[IO], object], *, binary: bool = False) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``.
     The file gets the mode a plain ``open`` would give (the umask is honoured)."""
     path = Path(path)
@@ -94,8 +94,9 @@ def clean_stale_tempdirs(kind: str) -> list[Path]:
 
 def ensure_writable_dir(path: Path, what: str) -> Path:
     """Prove a file can be created in folder ``path`` (or, if it does not exist yet, in its nearest
-    existing ancestor, so that creating it will work) without creating anything: ``os.access`` says
-    yes to root on a read-only file system, and a run should fail before its work, not after it."""
+    existing ancestor, so that creating it will work) without creating anything. Creating a file is
+    the only sure test (``os.access`` consults permission bits and mount flags, not quotas, ACL
+    policies or exhausted inodes), and a run should fail before its work, not after it."""
     from .errors import OutputError
 
     path = Path(path).expanduser()

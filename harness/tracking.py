@@ -85,8 +85,17 @@ class Tracker:
         if uri.startswith(("http://", "https://")):
             _probe_server(uri)
         if db is not None:
+            from .errors import OutputError
+            from .io import ensure_writable_dir
+
             parent = db.resolve().parent
-            if not parent.is_dir() or not os.access(parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+            writable = parent.is_dir() and not (db.exists() and not os.access(db, os.W_OK))
+            if writable:  # the probe every output gets: creating a file is the only sure test
+                try:
+                    ensure_writable_dir(parent, "the folder of the MLflow store")
+                except OutputError:
+                    writable = False
+            if not writable:
                 raise TrackingError(f"MLflow store {uri}: {db} is not writable; set tracking_uri in mlflow.yaml "
                                     "or MLFLOW_TRACKING_URI")
         try:

@@ -189,7 +189,7 @@ def test_lemaire_equals_spikingjellys_estimate_on_a_one_step_if_network(arch, sh
     net, snn = _sharpened(arch(), shape)
     x = torch.rand(6, *shape)
     harness_parts = evaluate(snn, [(x, torch.zeros(6, dtype=torch.long))]).breakdowns["lemaire-45nm"]
-    assert harness_parts["memory_potential"] > 0 and snn.graph.gm is not None
+    assert harness_parts["total"] > harness_parts["no_spikes"]  # spikes flowed: the event rules are compared too
     # SpikingJelly's profiler on its own copy of the network, one sample at a time (the harness's
     # buffers hold one inference), averaged; layers it has no rule for (encoder, pooling, flatten,
     # decoder) it leaves out, as the harness does

@@ -41,7 +41,7 @@ def full_disk(path):
 
 @pytest.mark.parametrize("where", ["cache_dir", "output_json", "report"])
 def test_a_read_only_file_system_fails_before_any_work(quick, tmp_path, where):
-    # os.access says "writable" to root even here: only creating a file tells
+    # the probe creates a file: the only sure test of a folder's writability
     from harness.analysis.report import build_report
 
     with tmpfs(tmp_path / "ro", "ro,size=64k") as ro:
@@ -50,6 +50,16 @@ def test_a_read_only_file_system_fails_before_any_work(quick, tmp_path, where):
                 build_report(out_dir=ro / "rep")
             else:
                 run(quick(method="ann", **{where: str(ro / "x.json" if where == "output_json" else ro)}))
+
+
+def test_a_tracking_store_on_a_read_only_file_system_fails_before_any_work(quick, tmp_path, monkeypatch):
+    from harness.errors import TrackingError
+
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as ro:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{ro}/m.db")
+        with pytest.raises(TrackingError, match="m.db is not writable"):
+            run(quick(method="ann", track=True, cache_dir=str(tmp_path / "cache")))
+    assert not (tmp_path / "cache").exists()
 
 
 @pytest.mark.parametrize("what", ["cache_dir_is_a_file", "output_json_is_a_folder", "output_json_in_a_file"])
@@ -97,6 +107,7 @@ def test_a_full_disk_under_the_report_names_the_file(quick, tmp_path):
     with full_disk(tmp_path / "full") as disk:
         with pytest.raises(ReportError, match="writing the report to .*No space left on device; the MLflow store"):
             build_report(out_dir=disk / "rep")
+        assert not [p for p in (disk / "rep").rglob("*") if p.name.endswith(".tmp")]  # no partial file
 
 
 MARKING_MODEL = '''

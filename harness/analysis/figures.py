@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from ..io import write_atomic
 from .runs import RunTable
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -51,7 +52,7 @@ def pareto_mask(points: np.ndarray, maximize: tuple[bool, ...]) -> np.ndarray:
 def _save(fig, out: Path, key: str) -> Path:
     path = out / f"{key}.png"
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_atomic(path, lambda f: fig.savefig(f, dpi=110, format="png"), binary=True)
     plt.close(fig)
     return path
 

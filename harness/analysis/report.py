@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..io import ensure_writable_dir, write_atomic
 from ..metrics import SCHEMA
 from .runs import ReportError, RunTable, load_runs
 
@@ -106,10 +107,10 @@ def energy_models_table(runs: RunTable, arithmetic: str = "cmos45-fp32") -> pd.D
     aware = [m for m in ENERGY_MODELS if isinstance(ENERGY_MODELS.get(m), LemaireModel)
              and f"energy/{m}/ratio" in runs.df]
     key = f"energy/{arithmetic}/ratio"
-    df = runs.df[runs.df["test/accuracy"].notna() & (runs.df["eval_limit"] == 0)]
-    if not aware or key not in df or df.empty:
+    best = runs.best(*runs.df["method"].dropna().str.split("+").str[-1].unique())
+    if not aware or key not in best or best.empty:
         return pd.DataFrame()
-    best = df.sort_values(["test/accuracy", "start_time"], ascending=False).drop_duplicates(["method", "model", "dataset"])
+    best = best.drop_duplicates(["method", "model", "dataset"])
     rows = []
     for _, b in best.iterrows():
         row = {"method": b["method"], "model": b["model"], "data": b["dataset"], "accuracy": b["test/accuracy"],
@@ -300,8 +301,6 @@ def _build_report(experiment: str | None, out_dir: str | Path, tracking_uri: str
 
     if energy_model not in ENERGY_MODELS:
         raise UnknownNameError("energy model", energy_model, list(ENERGY_MODELS))
-    from ..io import ensure_writable_dir
-
     out = ensure_writable_dir(Path(out_dir), "the report folder (--out)")  # before reading the store
     runs = load_runs(tracking_uri, experiment)
     out.mkdir(parents=True, exist_ok=True)
@@ -331,9 +330,11 @@ def _build_report(experiment: str | None, out_dir: str | Path, tracking_uri: str
                      + "; ".join(f"{n} × {why}" for why, n in sorted(runs.left_out.items())))
 
     runs_csv = out / "runs.csv"
-    csv_safe(runs.df.drop(columns=["kind"], errors="ignore")).to_csv(runs_csv, index=False)
+    runs_table = csv_safe(runs.df.drop(columns=["kind"], errors="ignore"))
+    write_atomic(runs_csv, lambda f: runs_table.to_csv(f, index=False))
     lb_csv = out / "leaderboard.csv"
-    csv_safe(lb).to_csv(lb_csv, index=False)
+    lb_table = csv_safe(lb)
+    write_atomic(lb_csv, lambda f: lb_table.to_csv(f, index=False))
     directions = dict(LEADERBOARD_DIRECTIONS,
                       **{ENERGY_COLUMN.format(m): SCHEMA.better(f"energy/{m}/joules") for m in energy_models})
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -372,7 +373,7 @@ def _build_report(experiment: str | None, out_dir: str | Path, tracking_uri: str
         md.append("## Not drawn\n\n" + "\n".join(f"- {m}" for m in res.missing) + "\n")
     parts.append("</body></html>")
     html_path, md_path = out / "report.html", out / "report.md"
-    html_path.write_text("\n".join(parts))
-    md_path.write_text("\n".join(md))
+    write_atomic(html_path, lambda f: f.write("\n".join(parts)))
+    write_atomic(md_path, lambda f: f.write("\n".join(md)))
     res.files = [html_path, md_path, lb_csv, runs_csv, *res.files]
     return res

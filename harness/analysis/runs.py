@@ -129,8 +129,9 @@ def admitted(df):
     from ..metrics import SCHEMA
 
     reasons = [None if st == "FINISHED" else f"status {st}" for st in df["state"]]
+    core = {s.key for s in SCHEMA.specs}
     for col in df.columns:
-        spec = SCHEMA.spec(col) if "/" in col or col in {s.key for s in SCHEMA.specs} else None
+        spec = SCHEMA.spec(col) if "/" in col or col in core else None  # params and ids have no spec
         if spec is None:
             continue
         for i, v in enumerate(df[col]):

@@ -443,15 +443,20 @@ def _accuracy_sharpened(acts: list[tuple[str, SharpenableActivation]], model: nn
     was_training = model.training
     set_sharpness(acts, [1.0] * len(acts))
     model.eval()
-    correct = total = 0
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            for x, y in loader:
-                correct += int((model(x.to(model.device)).argmax(-1).cpu() == y).sum())
-                total += len(y)
+        with torch.random.fork_rng(devices=[]):
+            return _accuracy(model, loader, model.device)
     finally:
         set_sharpness(acts, saved)
         model.train(was_training)
+
+
+def _accuracy(model: nn.Module, loader, device) -> float:
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in loader:
+            correct += int((model(x.to(device)).argmax(-1).cpu() == y).sum())
+            total += len(y)
     return correct / max(total, 1)
 
 
@@ -523,6 +528,7 @@ class SharpenedSNN(GraphSNN):
         super().__init__(build(snn, net.input_shape), 1, readout)
         self.sharpened, self.tie_break = net.gm, tie_break
         self._sharpened_potential = _Potential(net.gm.get_submodule("spike_out"))
+        self._sharpened_decode = _decoder(net.gm)
         self.agree = self.total = self.ties = 0
 
     def to(self, device):
@@ -535,7 +541,7 @@ class SharpenedSNN(GraphSNN):
         self.ties += int(ties.sum())
         votes = self.sharpened(x)
         assert self._sharpened_potential.value is not None
-        ref, _ = _decoder(self.sharpened).decide(votes, self._sharpened_potential.value, self.tie_break)
+        ref, _ = self._sharpened_decode.decide(votes, self._sharpened_potential.value, self.tie_break)
         self.agree += int((out.final() == ref).sum())
         self.total += x.shape[0]
         self.first_predictions.append(first.cpu())
@@ -621,7 +627,8 @@ class Sharpen(Method):
 
             before = copy.deepcopy(net.gm)
             before.load_state_dict(sharpener.before)
-            metrics["sharpen/brelu/test/accuracy"] = _test_accuracy(ctx, before.eval())
+            metrics["sharpen/brelu/test/accuracy"] = _accuracy(before.to(ctx.device).eval(), ctx.loader("test"),
+                                                               ctx.device)
         net.gm.eval()
         set_sharpness(net.activations, [1.0] * len(net.activations))
         return Preparation(SharpenedSNN(net, params.tie_break), metrics=metrics,
@@ -637,13 +644,3 @@ class Sharpen(Method):
             metrics["sharpen/test/accuracy_lowest_index"] = float((first == labels).double().mean())
         return Extras(metrics=metrics)
 
-
-def _test_accuracy(ctx, model: nn.Module) -> float:
-    correct = total = 0
-    device = ctx.device
-    model.to(device)
-    with torch.no_grad():
-        for x, y in ctx.loader("test"):
-            correct += int((model(x.to(device)).argmax(-1).cpu() == y).sum())
-            total += len(y)
-    return correct / max(total, 1)
