@@ -14,14 +14,20 @@ network's decisions before attaching the hooks.
 Rate coding's defaults changed since (``percentile`` 99.99 → 99.9, initial membrane ``v_init`` 0 →
 0.5); ``rate`` and ``layer-scaling`` are checked with the recording's values set explicitly
 (``CURRENT_ONLY`` below); so is ``sharpen``, whose ties now go to the class with the highest output
-potential and whose learning rate drops while sharpening on large data. One intended change since: ``layer-scaling`` evaluates the first 200 test
-images, and its ANN baseline (``ann/*``, and so ``test/accuracy_drop``) is now measured on those same
-200 images instead of the whole test split. Those keys are left out of its comparison; ``test_rate.py`` checks the
+potential and whose learning rate drops while sharpening on large data. One intended change since:
+``layer-scaling`` evaluates the first 200 test images, and its ANN baseline (``ann/*``, and so
+``test/accuracy_drop``) is now measured on those same 200 images instead of the whole test split.
+Those keys are left out of its comparison; ``test_rate.py`` checks the
 baseline on a subset against the ANN's own forward pass.
 
-Floats are compared exactly (same data, seeds and arithmetic). So that the comparison does not
-depend on the machine, every case runs in one child process whose kernels are pinned: two threads,
-AVX2 code paths in ATen, oneDNN and MKL (``ENV`` below), as the recording was.
+Every case runs in one child process whose kernels are pinned as the recording's were: two threads,
+AVX2 code paths in ATen, oneDNN and MKL (``ENV`` below). That makes training identical across CPUs,
+but not every last bit: MKL's reproducible mode holds only for aligned buffers, and on another CI
+machine the calibration quantiles of ``dnn5`` came out 2e-6 apart (λ 3.970411 vs 3.970419), which
+moved one spike among 200 images (``extra_spikes`` 222.39 vs 222.395). So floats are compared to a
+relative ``REL_TOL`` (1e-3). A change in behaviour moves a metric far more: one test image of 359
+flipping is 2.8e-3 of accuracy, a double-counted layer doubles its SynOps, a constant changed in an
+energy model moves the joules by its ratio.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ RECORDED_SHARPEN = ("tie_break=first", "sharpen_lr=3e-3", "lr_floor=1")
 CURRENT_ONLY = {"rate": RECORDED_RATE_DEFAULTS, "layer-scaling": RECORDED_RATE_DEFAULTS, "sharpen": RECORDED_SHARPEN}
 # baselines now measured on the method's evaluation subset (see the module docstring)
 SUBSET_BASELINE = ("layer-scaling",)
+REL_TOL = 1e-3  # see the module docstring
 NO_AVGPOOL = ("ttfs", "sharpen")  # cnn7 averages; these methods refuse it
 
 CASES = [(model, method) for model in MODELS for method in SMOKE
@@ -121,5 +128,5 @@ def test_seed_models_keep_their_metrics(model, method, computed):
     if method in SUBSET_BASELINE:
         want = {k: v for k, v in want.items() if not (k.startswith("ann/") or k == "test/accuracy_drop")}
     diff = {k: (want[k], got[k]) for k in want
-            if not (want[k] == got[k] or (math.isnan(want[k]) and math.isnan(got[k])))}
+            if not (math.isclose(want[k], got[k], rel_tol=REL_TOL) or (math.isnan(want[k]) and math.isnan(got[k])))}
     assert not diff, f"{key}: {len(diff)} metrics changed, e.g. {dict(list(diff.items())[:8])}"
