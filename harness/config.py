@@ -284,21 +284,29 @@ class RunConfig(Params):
         data: dict[str, Any] = {}
         if yaml_path is not None:
             data.update(load_yaml_config(yaml_path))
-        data.update({k: v for k, v in overrides.items() if v is not None})
+        file_sets = _set_items(data.pop("sets", None))
+        data.update({k: v for k, v in overrides.items() if v is not None and k != "sets"})
         valid = set(cls.keys())
         for key in data:
             if key not in valid:
                 raise UnknownNameError("run setting", key, valid)
-        if "sets" in data:
-            sets = data["sets"]
-            if isinstance(sets, dict):
-                sets = [f"{k}={v}" for k, v in sets.items()]
-            elif isinstance(sets, str):  # set: "timesteps=8" is one setting, not eleven characters
-                sets = [sets]
-            elif not isinstance(sets, (list, tuple)) or not all(isinstance(x, str) for x in sets):
-                raise ConfigError(f"set: expected a mapping (timesteps: 8) or key=value strings, got {sets!r}")
-            data["sets"] = tuple(sets)
+        # method parameters merge key by key: a flag's --set overrides that key of the file's set:
+        merged = {**parse_sets(file_sets), **parse_sets(_set_items(overrides.get("sets")))}
+        if merged:
+            data["sets"] = tuple(f"{k}={v}" for k, v in merged.items())
         return cls(**data)
+
+
+def _set_items(sets: Any) -> list[str]:
+    if sets is None:
+        return []
+    if isinstance(sets, dict):
+        return [f"{k}={v}" for k, v in sets.items()]
+    if isinstance(sets, str):  # set: "timesteps=8" is one setting, not eleven characters
+        return [sets]
+    if not isinstance(sets, (list, tuple)) or not all(isinstance(x, str) for x in sets):
+        raise ConfigError(f"set: expected a mapping (timesteps: 8) or key=value strings, got {sets!r}")
+    return list(sets)
 
 
 def read_yaml_mapping(path: Path, error: type[Exception], what: str) -> dict[str, Any]:

@@ -147,3 +147,13 @@ def test_an_empty_test_split_is_refused():
     x, y = np.zeros((20, 1, 4, 4), np.float32), np.arange(20) % 2
     with pytest.raises(DataError, match="the test split is empty"):
         make_dataset("tiny", "v", x, y, x[:0], y[:0], num_classes=2, source="test")
+
+
+def test_yaml_set_and_set_flags_merge_key_by_key(tmp_path):
+    # a --set flag used to replace the file's whole set: mapping (scale_firing_rates and neuron lost)
+    y = tmp_path / "run.yaml"
+    y.write_text("method: rate\nset: {timesteps: 32, scale_firing_rates: 2, neuron: lif}\n")
+    cfg = RunConfig.build(y, sets=("timesteps=24",))
+    assert cfg.method_sets == {"timesteps": "24", "scale_firing_rates": "2", "neuron": "lif"}
+    assert len(cfg.sets) == 3  # one entry per key, not the file's and the flag's both
+    assert RunConfig.build(y, sets=("timesteps=24", "timesteps=16")).method_sets["timesteps"] == "16"
