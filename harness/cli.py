@@ -12,6 +12,7 @@ import sys
 from . import __version__
 from .errors import HarnessError
 
+STUDY_PARSER: list[argparse.ArgumentParser] = []  # the study verb's parser: its flags rebuild a worker's command
 LS_KINDS = ("methods", "datasets", "models", "energy", "params", "metrics")
 
 
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                "--grid synapse=0.001,0.005,0.01 --grid scale_firing_rates=1,10,100",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_run_flags(st)
+    STUDY_PARSER[:] = [st]
     st.add_argument("--trials", "-n", type=int, default=20, help="finished trials wanted (default: 20)")
     st.add_argument("--objective", action="append", dest="objectives", metavar="METRIC:max|min",
                     help="repeatable; several make the study multi-objective (default: test/accuracy:max)")
@@ -88,6 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: sqlite optuna.db beside the MLflow store)")
     st.add_argument("--study-name", dest="study_name", help="default: METHOD-MODEL-DATASET")
     st.add_argument("--n-jobs", dest="n_jobs", type=int, default=1, help="parallel trials (threads)")
+    st.add_argument("--workers", type=int, default=1,
+                    help="worker processes on this machine, all on one storage (default: 1); the same command "
+                         "on other machines joins the study")
+    st.add_argument("--worker-index", dest="worker_index", type=int, metavar="K",
+                    help="this machine's (or task's) index: its workers are K*N .. K*N+N-1 for --workers N, "
+                         "which seeds their samplers apart; worker 0 re-evaluates the best trials and closes the "
+                         "study's MLflow run (default: $SLURM_ARRAY_TASK_ID or $JOB_COMPLETION_INDEX, else 0)")
+    st.add_argument("--heartbeat", type=int, default=10, metavar="S",
+                    help="seconds between a running trial's heartbeats; a trial silent for 3 of them is "
+                         "failed and retried once (RDB storage; default: 10)")
     st.add_argument("--eval-limit", dest="eval_limit", type=int,
                     help="evaluate trials on the first N test images (best trials are re-evaluated on all)")
     st.add_argument("--reevaluate", type=int, default=3,
@@ -189,7 +201,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from .study import Objective, StudyConfig, parse_grid, run_study
+    from .study import Objective, StudyConfig, parse_grid, run_study, worker_argv
 
     cfg = _run_config(args, eval_limit=args.eval_limit)
     grid = parse_grid(args.grid)
@@ -198,7 +210,8 @@ def cmd_study(args) -> int:
         objectives=tuple(Objective.parse(o) for o in (args.objectives or ["test/accuracy:max"])),
         sampler=args.sampler or ("grid" if grid else "tpe"), grid=grid, storage=args.storage,
         study_name=args.study_name, n_jobs=args.n_jobs, reevaluate=args.reevaluate,
-        output_json=args.output_json, progress=cfg.progress)
+        output_json=args.output_json, progress=cfg.progress, workers=args.workers, worker_index=args.worker_index,
+        heartbeat=args.heartbeat, worker_command=lambda i: worker_argv(STUDY_PARSER[0], args, i))
     summary = run_study(scfg)
     states: dict[str, int] = {}
     for t in summary.trials:
@@ -206,7 +219,10 @@ def cmd_study(args) -> int:
     print(f"study {summary.study_name} ({summary.storage}): "
           + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) + f"; {summary.wall_s:.1f} s")
     if summary.recovered:
-        print(f"  re-queued trials of a stopped process: {summary.recovered}")
+        print(f"  trials of a dead worker, failed and re-queued: {summary.recovered}")
+    retried = [t for t in summary.trials if t.get("retry_of") is not None]
+    if retried:
+        print("  retries: " + ", ".join(f"#{t['number']} of #{t['retry_of']} ({t['state'].lower()})" for t in retried))
     label = "Pareto front" if len(summary.objectives) > 1 else "best trial"
     print(f"  {label} ({', '.join(summary.objectives)}):")
     for t in summary.best:
@@ -252,8 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"run": cmd_run, "ls": cmd_ls, "study": cmd_study, "report": cmd_report}[args.verb](args)
     except Interrupted as exc:
-        print(f"harness: interrupted by {exc} while {PHASE[0]}; nothing half-written was kept (the ANN cache, "
-              "the JSON and MLflow runs are written whole or not at all)", file=sys.stderr)
+        note = exc.note or ("nothing half-written was kept (the ANN cache, the JSON and MLflow runs are written "
+                            "whole or not at all)")
+        print(f"harness: interrupted by {exc} while {PHASE[0]}; {note}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:  # output piped into `head`: stop quietly
         import os

@@ -79,6 +79,7 @@ class Interrupted(BaseException):
 
         self.signum = signum
         self.exit_code = 128 + signum
+        self.note: str | None = None  # what was done about the interrupted work, if not the default
         super().__init__(signal.Signals(signum).name)
 
 

@@ -104,13 +104,15 @@ def _architecture(factory, input_shape, num_classes, name: str):
 
 
 def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None, fit_callbacks: list | None = None,
-        tags: dict[str, str] | None = None, model: Any = None, dataset: Any = None) -> RunResult:
+        tags: dict[str, str] | None = None, model: Any = None, dataset: Any = None,
+        run_id: str | None = None) -> RunResult:
     """Execute one run described by ``cfg`` and return its :class:`RunResult`.
 
     ``model``/``dataset`` (Python API) replace ``cfg.model``/``cfg.dataset`` with objects: an
     ``nn.Module``, a factory, or the data splits. ``parent_run_id`` nests the MLflow run (a study's
-    trial), ``tags`` are added to it, and ``fit_callbacks`` join the Lightning callbacks of methods
-    that train (not the ANN's training).
+    trial), ``tags`` are added to it, ``run_id`` names an MLflow run already started for this work
+    (a study's trial), and ``fit_callbacks`` join the Lightning callbacks of methods that train (not
+    the ANN's training).
     """
     from .datasets import check_dataset, load_dataset
     from .methods import resolve
@@ -235,8 +237,9 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None, fit_c
         if tracker is not None:
             set_phase("logging the MLflow run")
             write_json_atomic(result.to_record(), ctx.artifact("result.json"))
-            run_id = tracker.log(result, artifacts + [ctx.artifact("result.json")], ds, parent_run_id, tags=tags)
-            result.tracking = dict(run_id=run_id, tracking_uri=tracker.settings.tracking_uri,
+            logged = tracker.log(result, artifacts + [ctx.artifact("result.json")], ds, parent_run_id, tags=tags,
+                                 run_id=run_id)
+            result.tracking = dict(run_id=logged, tracking_uri=tracker.settings.tracking_uri,
                                    experiment=tracker.settings.experiment)
         if out_json is not None:
             set_phase(f"writing {out_json}")

@@ -11,7 +11,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import subprocess
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,12 +38,17 @@ class TrackingSettings:
 
         data = dict(DEFAULTS)
         p = Path(path) if path else Path("mlflow.yaml")
+        loaded: dict[str, Any] = {}
         if p.is_file():
             loaded = read_yaml_mapping(p, TrackingError, "settings (tracking_uri, experiment, artifact_location)")
             data.update({k: v for k, v in loaded.items() if k in DEFAULTS})
         data["tracking_uri"] = os.environ.get("MLFLOW_TRACKING_URI") or data["tracking_uri"]
         data["experiment"] = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or data["experiment"]
         loc = data.get("artifact_location")
+        if data["tracking_uri"].startswith(("http://", "https://")) and not (p.is_file() and "artifact_location" in loaded):
+            # a tracking server keeps the artifacts (``mlflow server --serve-artifacts``): a local
+            # folder would be invisible to every other worker and to the server's UI
+            loc = None
         if loc and "://" not in str(loc):
             loc = Path(loc).resolve().as_uri()
         return cls(str(data["tracking_uri"]), str(data["experiment"]), loc)
@@ -84,6 +92,8 @@ class Tracker:
                                 "mlflow.yaml or MLFLOW_TRACKING_URI")
         if uri.startswith(("http://", "https://")):
             _probe_server(uri)
+        elif uri.split(":", 1)[0].split("+", 1)[0] in DB_PORTS:
+            _probe_database(uri)
         if db is not None:
             from .errors import OutputError
             from .io import ensure_writable_dir
@@ -108,6 +118,32 @@ class Tracker:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure to reach the store
             raise TrackingError(f"cannot open MLflow store {uri}: {exc}") from None
+        self.close_orphans()
+
+    def close_orphans(self) -> list[str]:
+        """Mark FAILED the runs of this experiment left RUNNING by a process of this host that no
+        longer exists (SIGKILL while a run was written, a crash); returns their ids. Runs of other
+        hosts are left to their own host (and a study's to Optuna's heartbeat)."""
+        from mlflow.tracking import MlflowClient
+
+        host = socket.gethostname()
+        if self.experiment_id is None:
+            return []
+        try:
+            client = MlflowClient(self.settings.tracking_uri)
+            runs = client.search_runs([self.experiment_id], max_results=1000, filter_string=(
+                f"attributes.status = 'RUNNING' and tags.`{OWNER_TAG}` LIKE '{host}:%'"))
+        except Exception as exc:  # noqa: BLE001 - tidying must not stop the work
+            log.warning("runs left running could not be listed: %s", exc)
+            return []
+        closed = []
+        for r in runs:
+            pid = r.data.tags.get(OWNER_TAG, "").rpartition(":")[2]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                self.end_run(r.info.run_id, "FAILED", f"orphaned: its process ({host}, pid {pid}) ended without "
+                             "closing it")
+                closed.append(r.info.run_id)
+        return closed
 
     def _open_experiment(self, mlflow) -> None:
         """Find or create the experiment. For SQLite this runs under the store lock: processes
@@ -123,10 +159,47 @@ class Tracker:
         else:
             self.experiment_id = exp.experiment_id
 
+    def start_run(self, name: str, tags: dict[str, Any], parent_run_id: str | None = None) -> str:
+        """Create a RUNNING run now and return its id. A study's trial starts its run when it starts,
+        so the run can be watched, and a worker that dies leaves a run the study marks FAILED."""
+        from mlflow.tracking import MlflowClient
+
+        if self.experiment_id is None:
+            self.check()
+        assert self.experiment_id is not None
+        all_tags = {"mlflow.runName": name, **{k: str(v) for k, v in tags.items()}, OWNER_TAG: owner()}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        try:
+            return MlflowClient(self.settings.tracking_uri).create_run(
+                self.experiment_id, tags=all_tags, run_name=name).info.run_id
+        except Exception as exc:  # noqa: BLE001 - a full or broken store: nothing was written
+            raise TrackingError(f"creating the MLflow run in {self.settings.tracking_uri} failed ({exc}); "
+                                "no run was recorded") from None
+
+    def end_run(self, run_id: str, status: str, reason: str | None = None, **tags: Any) -> None:
+        """Close ``run_id`` with ``status`` (FAILED, KILLED, FINISHED), saying why in the tag
+        ``harness.status_reason``. Best effort: the caller's own outcome matters more."""
+        from mlflow.entities import RunTag
+        from mlflow.tracking import MlflowClient
+
+        all_tags = {**({"harness.status_reason": reason[:5000]} if reason else {}), **tags}
+        try:
+            client = MlflowClient(self.settings.tracking_uri)
+            if all_tags:
+                client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
+            client.set_terminated(run_id, status)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("the MLflow run %s could not be marked %s: %s", run_id, status, exc)
+
     def log(self, result, artifacts: list[Path], dataset=None, parent_run_id: str | None = None,
-            tags: dict[str, str] | None = None) -> str:
-        """Write ``result`` (a :class:`~harness.api.RunResult`) as one run; returns the run id."""
-        from mlflow.entities import Metric, Param
+            tags: dict[str, str] | None = None, run_id: str | None = None) -> str:
+        """Write ``result`` (a :class:`~harness.api.RunResult`) as one run; returns the run id.
+
+        Without ``run_id`` the run is created here and deleted again if writing it fails half-way.
+        With ``run_id`` (a run :meth:`start_run` opened) the results go into that run, and a failure
+        is left to its owner to record (a study marks its trial's run FAILED)."""
+        from mlflow.entities import Metric, Param, RunTag
         from mlflow.tracking import MlflowClient
 
         if self.experiment_id is None:
@@ -140,13 +213,12 @@ class Tracker:
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         assert self.experiment_id is not None
+        owned = run_id is None
+        if run_id is None:
+            run_id = self.start_run(name, tags)
         try:
-            run = client.create_run(self.experiment_id, tags=tags, run_name=name)
-        except Exception as exc:  # noqa: BLE001 - a full or broken store: nothing was written
-            raise TrackingError(f"creating the MLflow run in {self.settings.tracking_uri} failed ({exc}); "
-                                "no run was recorded") from None
-        run_id = run.info.run_id
-        try:
+            if not owned:
+                client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             params = flat_params(result)
             metrics = [Metric(k, float(v), 0, 0) for k, v in result.metrics.items() if _is_number(v)]
             for key, values in result.step_metrics.items():
@@ -161,6 +233,10 @@ class Tracker:
                 self._log_dataset(client, run_id, dataset)
             client.set_terminated(run_id, "FINISHED")
         except BaseException as exc:
+            if not owned:
+                if isinstance(exc, Exception):
+                    raise TrackingError(f"writing the MLflow run {run_id} failed ({exc})") from exc
+                raise
             from mlflow.exceptions import MlflowException
 
             try:
@@ -173,15 +249,48 @@ class Tracker:
         return run_id
 
     def _log_dataset(self, client, run_id: str, ds) -> None:
-        import mlflow
+        """The test split as the run's input. MLflow stores a data set once per experiment and
+        inserts it without a lock: trials logging the same data set at the same instant (threads of
+        ``--n-jobs``, or worker processes) collide on its unique key. Threads take turns; a process
+        that loses the race to another finds the row on its next try."""
         import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
 
         x, y = ds.x["test"], ds.y["test"]
         data = mlflow.data.from_numpy(x.reshape(len(x), -1), targets=y,  # type: ignore[attr-defined]
                                       name=f"{ds.name}:{ds.version}")
-        mlflow.set_tracking_uri(self.settings.tracking_uri)
-        with mlflow.start_run(run_id=run_id):
-            mlflow.log_input(data, context="test")
+        entity = DatasetInput(data._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "test")])
+        with _DATASET_LOCK:
+            for attempt in range(DATASET_TRIES):
+                try:
+                    client.log_inputs(run_id, datasets=[entity])
+                    return
+                except Exception as exc:  # only the unique-key race is retried (re-raised otherwise)
+                    text = str(exc)
+                    if attempt == DATASET_TRIES - 1 or not ("UNIQUE constraint" in text or "duplicate key" in text):
+                        raise
+                    time.sleep(0.2 * (attempt + 1))
+
+
+_DATASET_LOCK = threading.Lock()
+DATASET_TRIES = 5
+
+
+OWNER_TAG = "harness.owner"  # host:pid of the process writing a run
+
+
+def owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 PROBE_TIMEOUT_S = 5.0
@@ -203,6 +312,28 @@ def _probe_server(uri: str) -> None:
         reason = getattr(exc, "reason", exc)
         raise TrackingError(f"MLflow tracking server {uri} is unreachable ({reason}); start it or fix "
                             "MLFLOW_TRACKING_URI") from None
+
+
+DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def _probe_database(uri: str) -> None:
+    """Reach a database store's host and port within a few seconds: MLflow's SQLAlchemy store
+    retries a database that does not answer for minutes. Login and database errors are left to
+    MLflow, whose message names them."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if not parts.hostname:  # a Unix socket: nothing to wait for
+        return
+    scheme = parts.scheme.split("+", 1)[0]
+    try:
+        port = parts.port or DB_PORTS[scheme]
+        with socket.create_connection((parts.hostname, port), timeout=PROBE_TIMEOUT_S):
+            pass
+    except (OSError, ValueError) as exc:
+        raise TrackingError(f"MLflow store {scheme}://{parts.hostname}:{parts.port or DB_PORTS[scheme]} is unreachable "
+                            f"({exc}); start it or fix MLFLOW_TRACKING_URI") from None
 
 
 def _is_number(v: Any) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 
 import pytest
@@ -195,3 +196,156 @@ def test_processes_started_together_on_a_new_store_all_open_it(tmp_path):
     from mlflow.tracking import MlflowClient
 
     assert [e.name for e in MlflowClient(uri).search_experiments() if e.name == "exp"] == ["exp"]
+
+
+def test_trials_logging_the_same_test_set_together_all_keep_their_runs(tmp_path, digits):
+    # `harness study --n-jobs 2` lost an evaluated trial: two threads inserting the same data set
+    # row failed with `UNIQUE constraint failed: datasets.experiment_id, datasets.name, datasets.digest`
+    import threading
+
+    from harness.tracking import Tracker, TrackingSettings
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    errors: list[BaseException] = []
+    for round_ in range(3):  # each round a new experiment: the data set row is new to it
+        tracker = Tracker(TrackingSettings(uri, f"exp{round_}", None))
+        tracker.check()
+        client = MlflowClient(uri)
+        runs = [client.create_run(tracker.experiment_id).info.run_id for _ in range(4)]
+        barrier = threading.Barrier(len(runs))
+
+        def log(run_id, tracker=tracker, client=client, barrier=barrier):
+            barrier.wait()
+            try:
+                tracker._log_dataset(client, run_id, digits)
+            except BaseException as exc:  # collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=log, args=(r,)) for r in runs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[0]
+        for r in runs:
+            assert [d.dataset.name for d in client.get_run(r).inputs.dataset_inputs] == [f"{digits.name}:{digits.version}"]
+
+
+def _wait_for_mark_then(proc, mark, sig, timeout=300):
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert mark.exists(), f"never reached the point to interrupt: {proc.stderr.read()[-2000:] if proc.poll() is not None else ''}"
+    proc.send_signal(getattr(signal, sig))
+    return proc.communicate(timeout=120)
+
+
+SLOW_LOGGING = '''
+import os, pathlib, sys, time
+from mlflow.tracking import MlflowClient
+
+_log_batch = MlflowClient.log_batch
+
+
+def slow_log_batch(self, run_id, metrics=(), *args, **kwargs):
+    if metrics:  # the run's results are being written
+        pathlib.Path(os.environ["MARK"]).touch()
+        time.sleep(120)
+    return _log_batch(self, run_id, metrics, *args, **kwargs)
+
+
+MlflowClient.log_batch = slow_log_batch
+from harness.cli import main
+
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def _signal_while_logging(tmp_path, sig: str):
+    """``harness run`` (ann on digits) whose MLflow logging stalls; ``sig`` is sent once the run's
+    results are being written. Returns (process, stderr, store URI)."""
+    import sys
+
+    wrapper = tmp_path / "slow_logging.py"
+    wrapper.write_text(SLOW_LOGGING)
+    mark, uri = tmp_path / "logging-started", f"sqlite:///{tmp_path}/m.db"
+    env = {**os.environ, "MARK": str(mark), "MLFLOW_TRACKING_URI": uri}
+    proc = subprocess.Popen([sys.executable, str(wrapper), "run", "--method", "ann", "--dataset", "digits",
+                             "--epochs", "1", "--no-progress", "--cache-dir", str(tmp_path / "cache")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = _wait_for_mark_then(proc, mark, sig)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc, stderr, uri
+
+
+def test_a_signal_while_the_mlflow_run_is_written_leaves_no_run_behind(tmp_path):
+    proc, stderr, uri = _signal_while_logging(tmp_path, "SIGTERM")
+    assert proc.returncode == 143, stderr[-2000:]
+    assert [ln for ln in stderr.splitlines() if ln.startswith("harness:")] == [
+        "harness: interrupted by SIGTERM while logging the MLflow run; nothing half-written was kept (the ANN cache, "
+        "the JSON and MLflow runs are written whole or not at all)"]
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id], run_view_type=ViewType.ALL)]
+    assert [r.info.lifecycle_stage for r in runs] == ["deleted"]  # the half-written run was deleted
+
+
+def test_a_study_interrupted_in_a_trial_closes_its_runs_and_requeues_the_trial(tmp_path):
+    import sys
+
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    model = tmp_path / "marking.py"
+    model.write_text(MARKING_MODEL)
+    mark, uri, storage = tmp_path / "training-started", f"sqlite:///{tmp_path}/m.db", f"sqlite:///{tmp_path}/o.db"
+    env = {**os.environ, "MARK": str(mark), "MLFLOW_TRACKING_URI": uri}
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "study", "--method", "ttfs", "--dataset", "digits",
+                             "--model", f"{model}:factory", "--epochs", "10000", "--no-progress", "--trials", "2",
+                             "--sampler", "random", "--storage", storage, "--study-name", "s"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = _wait_for_mark_then(proc, mark, "SIGTERM")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, stderr[-2000:]
+    assert [ln for ln in stderr.splitlines() if ln.startswith("harness:")] == [
+        f"harness: interrupted by SIGTERM while training the ANN ({model}:factory on digits); trial 0's MLflow run "
+        "was marked KILLED and its parameters re-queued; run the same command again to resume the study"]
+    assert "Traceback" not in stderr
+    study = optuna.load_study(study_name="s", storage=storage)
+    states = [t.state.name for t in study.trials]
+    assert states == ["FAIL", "WAITING"] and study.trials[1].system_attrs["fixed_params"] == study.trials[0].params
+    client = MlflowClient(uri)
+    runs = {r.data.tags.get("harness.kind", "trial"): r for e in client.search_experiments()
+            for r in client.search_runs([e.experiment_id])}
+    assert runs["study"].info.status == "KILLED" and runs["study"].data.tags["harness.interrupted"] == "SIGTERM"
+    assert runs["trial"].info.status == "KILLED"
+    assert runs["trial"].data.tags["mlflow.parentRunId"] == runs["study"].info.run_id
+
+
+def test_a_run_killed_while_it_was_written_is_marked_failed_by_the_next_harness_process(tmp_path):
+    # SIGKILL cannot be caught: the half-written run stays RUNNING until a later process sees that
+    # its writer (host:pid in the tag harness.owner) is gone
+    from harness.tracking import Tracker, TrackingSettings
+    from mlflow.tracking import MlflowClient
+
+    proc, _, uri = _signal_while_logging(tmp_path, "SIGKILL")
+    client = MlflowClient(uri)
+    [run] = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert run.info.status == "RUNNING"
+    Tracker(TrackingSettings(uri, "snn-harness", None)).check()  # what every run and study does first
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["harness.status_reason"] == (f"orphaned: its process ({socket.gethostname()}, pid "
+                                                      f"{proc.pid}) ended without closing it")

@@ -93,25 +93,52 @@ def test_grid_study_logs_parent_and_children_and_resumes(quick, tmp_path):
     assert len(again.trials) == 4 and again.parent_run_id == summary.parent_run_id
 
 
-def test_killed_trials_are_retried_not_lost_or_repeated(quick, tmp_path):
+def _backdate(db, table: str, column: str, trial_id: int) -> None:
+    """Move a trial's heartbeat or start an hour into the past, as if its worker had died then."""
+    import sqlite3
+
+    with sqlite3.connect(db) as con:
+        con.execute(f"UPDATE {table} SET {column} = datetime({column}, '-1 hour') WHERE trial_id = ?", (trial_id,))
+
+
+def test_trials_of_dead_workers_are_retried_once_and_their_runs_marked_failed(quick, tmp_path):
+    """A worker on any host that stops sending heartbeats: its trial is failed, retried once with
+    its parameters, and its MLflow run marked FAILED naming the retry. A trial that never sent one
+    (its process died right after creating it) is recovered the same way once it is old."""
     import optuna
+    from harness.tracking import Tracker, TrackingSettings
+    from mlflow.tracking import MlflowClient
 
-    storage = f"sqlite:///{tmp_path}/s.db"
-    scfg = _scfg(quick, trials=3, sampler="random", storage=storage, study_name="k",
-                 run=dict(eval_limit=100))
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
+    db = tmp_path / "s.db"
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}", heartbeat_interval=1)
     study = optuna.create_study(study_name="k", storage=storage, direction="maximize")
-    stale = study.ask({"scale_firing_rates": optuna.distributions.FloatDistribution(1, 1000, log=True)})
-    import socket
-
-    stale.set_user_attr("harness.owner", f"{socket.gethostname()}:{dead.pid}")
+    dist = {"scale_firing_rates": optuna.distributions.FloatDistribution(1, 1000, log=True)}
+    dead = study.ask(dist)  # its worker died on another host: its pid means nothing here
+    dead.set_user_attr("harness.owner", "other-host:1")
+    storage.record_heartbeat(dead._trial_id)
+    _backdate(db, "trial_heartbeats", "heartbeat", dead._trial_id)
+    tracker = Tracker(TrackingSettings.load())
+    tracker.check()
+    dead_run = tracker.start_run("k/trial-000", {"optuna.trial_number": 0})
+    dead.set_user_attr("mlflow_run_id", dead_run)
+    never = study.ask(dist)  # created, then its process died before the first heartbeat
+    _backdate(db, "trials", "datetime_start", never._trial_id)
+    scfg = _scfg(quick, trials=3, sampler="random", storage=f"sqlite:///{db}", study_name="k", heartbeat=1,
+                 run=dict(eval_limit=100))
     summary = run_study(scfg)
-    assert summary.recovered == [0]
-    states = [t["state"] for t in summary.trials]
-    assert states.count("COMPLETE") == 3 and states[0] == "FAIL"
-    retried = summary.trials[1]["params"]["scale_firing_rates"]
-    assert retried == summary.trials[0]["params"]["scale_firing_rates"]  # re-queued with its parameters
+    assert sorted(summary.recovered) == [0, 1]
+    by_number = {t["number"]: t for t in summary.trials}
+    assert by_number[0]["state"] == by_number[1]["state"] == "FAIL"
+    retries = {t["retry_of"]: t for t in summary.trials if t["retry_of"] is not None}
+    assert sorted(retries) == [0, 1] and all(t["state"] == "COMPLETE" for t in retries.values())
+    for n in (0, 1):  # retried with its parameters (the rest sampled afresh)
+        dead_params = by_number[n]["params"]
+        assert dead_params and {k: retries[n]["params"][k] for k in dead_params} == dead_params
+    assert [t["state"] for t in summary.trials].count("COMPLETE") == 3
+    run = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(dead_run)
+    assert run.info.status == "FAILED"
+    assert "stopped sending heartbeats" in run.data.tags["harness.status_reason"]
+    assert run.data.tags["harness.retried_as"] == str(retries[0]["number"])
     # evaluated on 100 test images; the best trial re-run on the full test set (359 digits)
     assert len(summary.reevaluated) == 1 and summary.reevaluated[0]["trial"] == summary.best[0]["number"]
 
@@ -123,6 +150,12 @@ def test_multi_objective_study_has_a_pareto_front(quick, tmp_path):
     summary = run_study(scfg)
     assert sum(t["state"] == "COMPLETE" for t in summary.trials) == 3
     assert summary.best and all(len(t["values"]) == 2 for t in summary.best)
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name="m", storage=optuna.storages.JournalStorage(
+        JournalFileBackend(str(tmp_path / "journal.log"))))
+    assert study.metric_names == ["test/accuracy", "spikes_per_neuron"]  # named in optuna-dashboard
     assert (tmp_path / "journal.log").stat().st_size > 0
 
 
@@ -280,3 +313,114 @@ def test_samplers_are_seeded(name):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     assert proposals(3) == proposals(3)
     assert proposals(3) != proposals(4)
+
+
+def _fake_run(calls=None):
+    from types import SimpleNamespace
+
+    def run(cfg, **kw):
+        if calls is not None:
+            calls.append(kw.get("run_id"))
+        return SimpleNamespace(metrics={"test/accuracy": 0.5}, tracking=None)
+    return run
+
+
+def test_workers_started_together_get_distinct_seeds_recorded_in_their_trials(quick, tmp_path, monkeypatch):
+    import harness.runner
+
+    monkeypatch.setattr(harness.runner, "run", _fake_run())
+
+    def first(index, name):
+        s = run_study(_scfg(quick, trials=1, sampler="random", storage=f"sqlite:///{tmp_path}/{name}.db",
+                            study_name=name, worker_index=index))
+        return s.trials[0]
+
+    a, b, again = first(0, "a"), first(1, "b"), first(0, "c")
+    assert a["params"] != b["params"]  # two workers on a fresh study: different first questions
+    assert a["params"] == again["params"]  # one worker: reproducible
+    assert (a["sampler_seed"], b["sampler_seed"]) == (0, 7919) and (a["worker"], b["worker"]) == (0, 1)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert first(None, "d")["worker"] == 3  # a SLURM array task is a worker by itself
+
+
+def test_a_worker_waits_for_the_last_running_trial_instead_of_running_past_the_target(quick, tmp_path, monkeypatch):
+    import threading
+
+    import harness.runner
+    import optuna
+
+    calls: list = []
+    monkeypatch.setattr(harness.runner, "run", _fake_run(calls))
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/w.db", heartbeat_interval=1)
+    study = optuna.create_study(study_name="w", storage=storage, direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.4))
+    elsewhere = study.ask()  # another worker's trial, alive: its heartbeat is fresh
+    elsewhere.set_user_attr("harness.owner", "other-host:1")
+    storage.record_heartbeat(elsewhere._trial_id)
+
+    def finish_later():
+        for _ in range(3):
+            storage.record_heartbeat(elsewhere._trial_id)
+            threading.Event().wait(1)
+        study.tell(elsewhere, 0.6)
+
+    worker = threading.Thread(target=finish_later)
+    worker.start()
+    summary = run_study(_scfg(quick, trials=2, sampler="random", storage=f"sqlite:///{tmp_path}/w.db",
+                              study_name="w", heartbeat=1))
+    worker.join()
+    assert calls == []  # 1 finished + 1 running = 2: nothing more to start
+    assert [t["state"] for t in summary.trials] == ["COMPLETE", "COMPLETE"]
+
+
+def test_a_worker_that_asks_another_search_space_is_refused_with_both_named(quick, tmp_path, monkeypatch):
+    import harness.runner
+
+    monkeypatch.setattr(harness.runner, "run", _fake_run())
+    scfg = _scfg(quick, trials=1, sampler="random", storage=f"sqlite:///{tmp_path}/x.db", study_name="x")
+    run_study(scfg)
+    other = replace(scfg, run=quick(method="rate", model="cnn7", track=True, sets=("timesteps=16",)))
+    with pytest.raises(StudyError, match=r"exists with search space .*'timesteps': '8'.* this command asks for .*"
+                                         r"'timesteps': '16'"):
+        run_study(other)
+    with pytest.raises(StudyError, match=r"exists with objectives \['test/accuracy:max'\]; this command asks for "
+                                         r"\['spikes_per_neuron:max'\]"):
+        run_study(replace(scfg, objectives=(Objective("spikes_per_neuron", "maximize"),)))
+
+
+def test_runs_left_running_by_a_killed_process_are_marked_failed_on_resume(quick, tmp_path, monkeypatch):
+    import harness.runner
+    import optuna
+    from harness.tracking import Tracker, TrackingSettings
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setattr(harness.runner, "run", _fake_run())
+    scfg = _scfg(quick, trials=1, sampler="random", storage=f"sqlite:///{tmp_path}/o.db", study_name="o")
+    parent = run_study(scfg).parent_run_id
+    study = optuna.load_study(study_name="o", storage=f"sqlite:///{tmp_path}/o.db")
+    t = study.ask()
+    study.tell(t, state=optuna.trial.TrialState.FAIL)  # what Optuna knows of a trial whose process died
+    tracker = Tracker(TrackingSettings.load())
+    orphan = tracker.start_run("o/trial-001", {"optuna.trial_number": t.number}, parent)
+    run_study(replace(scfg, trials=2))
+    run = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(orphan)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["harness.status_reason"].startswith("orphaned: the process writing it ended without "
+                                                             "closing it (Optuna records trial 1 as FAIL)")
+
+
+def test_a_worker_runs_the_same_study_command_without_workers_output_or_progress():
+    from harness.cli import STUDY_PARSER, build_parser
+    from harness.study import worker_argv
+
+    parser = build_parser()
+    args = parser.parse_args(["study", "--method", "ttfs", "-s", "t_max=16", "--set", "fig2=false", "--workers", "3",
+                              "-o", "s.json", "--trials", "5", "--no-baseline", "--storage", "sqlite:///s.db",
+                              "--objective", "test/accuracy:max", "--objective", "spikes_per_neuron:min",
+                              "--heartbeat", "4"])
+    argv = worker_argv(STUDY_PARSER[0], args, 7)
+    assert argv[:4] == [sys.executable, "-m", "harness", "study"]
+    child = parser.parse_args(argv[3:])
+    for key in ("method", "sets", "trials", "baseline", "storage", "objectives", "heartbeat"):
+        assert getattr(child, key) == getattr(args, key), key
+    assert (child.workers, child.worker_index, child.output_json, child.progress) == (1, 7, None, False)

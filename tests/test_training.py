@@ -54,6 +54,10 @@ def test_a_store_that_is_a_directory_or_an_unreachable_server_fails_at_once(quic
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     with pytest.raises(TrackingError, match=f"server http://127.0.0.1:{port} is unreachable"):
         run(quick(method="ann", track=True))
+    # a database store: MLflow's own engine retried it for minutes
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"postgresql://u:pw@127.0.0.1:{port}/mlflow")
+    with pytest.raises(TrackingError, match=f"MLflow store postgresql://127.0.0.1:{port} is unreachable"):
+        run(quick(method="ann", track=True))
     assert not (tmp_path / "cache").exists()
 
 

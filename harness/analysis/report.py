@@ -296,13 +296,15 @@ def build_report(experiment: str | None = None, out_dir: str | Path = "report", 
 def _build_report(experiment: str | None, out_dir: str | Path, tracking_uri: str | None,
                   energy_model: str) -> ReportOutput:
     from ..energy import ENERGY_MODELS
-    from ..errors import UnknownNameError
+    from ..errors import UnknownNameError, set_phase
     from .figures import FIGURES, Missing
 
     if energy_model not in ENERGY_MODELS:
         raise UnknownNameError("energy model", energy_model, list(ENERGY_MODELS))
     out = ensure_writable_dir(Path(out_dir), "the report folder (--out)")  # before reading the store
+    set_phase("reading the runs from the MLflow store")
     runs = load_runs(tracking_uri, experiment)
+    set_phase(f"writing the report into {out}")
     out.mkdir(parents=True, exist_ok=True)
     res = ReportOutput(out, runs.experiment, len(runs.df))
     energy_models = [m for m in ENERGY_MODELS if f"energy/{m}/joules" in runs.df]
