@@ -225,9 +225,10 @@ def cmd_study(args) -> int:
         print("  retries: " + ", ".join(f"#{t['number']} of #{t['retry_of']} ({t['state'].lower()})" for t in retried))
     label = "Pareto front" if len(summary.objectives) > 1 else "best trial"
     print(f"  {label} ({', '.join(summary.objectives)}):")
-    for t in summary.best:
+    for t in summary.best:  # the sampled parameters, typed and rounded (not the settings the method pins)
         vals = ", ".join(f"{v:.4g}" for v in t["values"] or [])
-        print(f"    #{t['number']:<4} [{vals}]  {t['sets']}")
+        params = " ".join(f"{k}={_short(v)}" for k, v in sorted(t["params"].items()))
+        print(f"    #{t['number']:<4} [{vals}]  {params or '(defaults)'}")
     for r in summary.reevaluated:
         print(f"    #{r['trial']:<4} on the full test set: {r['metrics']}")
     print(f"  MLflow parent run {summary.parent_run_id}; open the UI with: "
@@ -235,6 +236,10 @@ def cmd_study(args) -> int:
     if args.output_json:
         print(f"  study summary: {args.output_json}")
     return 0
+
+
+def _short(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def cmd_report(args) -> int:

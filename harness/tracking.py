@@ -205,9 +205,8 @@ class Tracker:
         if self.experiment_id is None:
             self.check()
         client = MlflowClient(self.settings.tracking_uri)
-        name = f"{result.method}-{result.model}-{result.dataset['name']}-s{result.seed}"
         extra = tags or {}
-        name = str(extra.get("mlflow.runName", name))
+        name = str(extra.get("mlflow.runName", run_name(result)))
         tags = {"mlflow.runName": name, **{k: str(v) for k, v in provenance_tags(result).items()},
                 **{k: str(v) for k, v in extra.items()}}
         if parent_run_id:
@@ -336,13 +335,38 @@ def _probe_database(uri: str) -> None:
                             f"({exc}); start it or fix MLFLOW_TRACKING_URI") from None
 
 
+def run_name(result) -> str:
+    """``method-model-dataset-sSEED``, then the parameters set on the command line (what differs
+    from the defaults) and a digest of every parameter and training setting, so that runs that
+    differ anywhere have different names: ``rate-cnn7-digits-s0 timesteps=16 [3fa9c1]``."""
+    import hashlib
+    import json
+
+    base = f"{result.method}-{result.model}-{result.dataset['name']}-s{result.seed}"
+    sets = " ".join(str(s) for s in result.config.get("sets", ()))
+    if len(sets) > 60:
+        sets = sets[:59] + "…"
+    key = json.dumps([result.params, result.config.get("train"), result.config.get("weights")], sort_keys=True,
+                     default=str)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:6]
+    return f"{base}{' ' + sets if sets else ''} [{digest}]"
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+RESULT_SETTINGS = ("weights", "baseline", "eval_limit")  # run settings beside training that change results
+
+
 def flat_params(result) -> list[tuple[str, str]]:
+    """One param per knob that changes results: the method's parameters (``method.*``), the ANN's
+    training (``train.*``), ``run.weights``/``run.baseline``/``run.eval_limit``, and the method,
+    model, data set and seed once each. Plumbing (paths, progress, tracking) is not a parameter;
+    the device is a tag."""
     out = [(f"method.{k}", str(v)) for k, v in result.params.items()]
-    out += [(f"run.{k}", str(v)) for k, v in result.config.items() if k not in ("sets",)]
+    out += [(f"train.{k}", str(v)) for k, v in (result.config.get("train") or {}).items()]
+    out += [(f"run.{k}", str(result.config[k])) for k in RESULT_SETTINGS if k in result.config]
     out += [("dataset", result.dataset["name"]), ("dataset_version", result.dataset["version"]),
             ("model", result.model), ("method", result.method), ("seed", str(result.seed))]
     return [(k, v[:6000]) for k, v in out]

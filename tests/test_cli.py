@@ -68,6 +68,10 @@ def test_run_ann_end_to_end_with_json_and_mlflow(tmp_path, capsys):
     run = client.get_run(rec["tracking"]["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["method"] == "ann" and run.data.params["dataset"] == "digits"
+    # one param per knob that changes results: no duplicates of method/model/seed, no plumbing
+    assert run.data.params["train.epochs"] == "2" and run.data.params["run.eval_limit"] == "0"
+    assert not [k for k in run.data.params if k.startswith("run.") and k not in ("run.weights", "run.baseline",
+                                                                                  "run.eval_limit")]
     assert run.data.metrics["test/accuracy"] == pytest.approx(m["test/accuracy"])
     assert "layer/conv1/macs" in run.data.metrics
     assert run.data.tags["seed"] == "0" and run.data.tags["device"] == "cpu"

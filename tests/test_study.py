@@ -1,6 +1,7 @@
 """harness study: objectives, grids, storage, MLflow parent/child runs, resume after a kill, pruning."""
 
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -424,3 +425,15 @@ def test_a_worker_runs_the_same_study_command_without_workers_output_or_progress
     for key in ("method", "sets", "trials", "baseline", "storage", "objectives", "heartbeat"):
         assert getattr(child, key) == getattr(args, key), key
     assert (child.workers, child.worker_index, child.output_json, child.progress) == (1, 7, None, False)
+
+
+def test_the_study_summary_prints_sampled_parameters_rounded_without_pinned_settings(monkeypatch, capsys):
+    import harness.runner
+    from harness.cli import main
+
+    monkeypatch.setattr(harness.runner, "run", _fake_run())
+    assert main(["study", "--method", "ttfs", "--dataset", "digits", "--trials", "1", "--sampler", "random",
+                 "--no-progress"]) == 0
+    best = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("#0")]
+    assert len(best) == 1
+    assert re.fullmatch(r"\s+#0\s+\[0\.5\]\s+percentile=\d+\.\d{1,4} t_max=\d+ threshold_scale=\d\.\d{1,4}", best[0]), best

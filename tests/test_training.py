@@ -1,4 +1,5 @@
 import pickle
+import re
 
 import pytest
 import torch
@@ -136,3 +137,21 @@ def test_temp_folders_of_dead_runs_are_removed_and_live_ones_kept(tmp_path, monk
     with private_tempdir("run") as d:
         assert os.path.basename(d).startswith(f"harness-run-{os.getpid()}-")
         assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_run_names_tell_runs_with_different_settings_apart():
+    # rate runs at T = 8, 16, 24 were all named rate-cnn7-digits-s0
+    from types import SimpleNamespace
+
+    from harness.tracking import run_name
+
+    def result(sets, timesteps, epochs=15):
+        return SimpleNamespace(method="rate", model="cnn7", dataset={"name": "digits"}, seed=0,
+                               params={"timesteps": timesteps, "neuron": "if"},
+                               config={"sets": sets, "train": {"epochs": epochs}, "weights": None})
+
+    names = [run_name(result((f"timesteps={t}",), t)) for t in (8, 16, 24)]
+    assert len(set(names)) == 3 and names[1].startswith("rate-cnn7-digits-s0 timesteps=16 [")
+    assert run_name(result((), 64)) != run_name(result((), 64, epochs=20))  # a training setting differs
+    assert run_name(result((), 64)) == run_name(result((), 64))  # a repeat keeps its name
+    assert re.fullmatch(r"rate-cnn7-digits-s0 \[[0-9a-f]{6}\]", run_name(result((), 64)))
