@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run one method on one data set and model",
                        description="Train (or load the cached) ANN, apply a method, meter it, log to MLflow.")
     _add_run_flags(r)
-    r.add_argument("--output-json", "-o", dest="output_json", metavar="FILE", help="write the result record")
+    r.add_argument("--output-json", "-o", dest="output_json", metavar="FILE",
+                   help="write the result record ('-': to stdout, instead of the summary)")
     r.add_argument("--no-track", dest="track", action="store_const", const=False, help="do not log to MLflow")
 
     st = sub.add_parser(
@@ -176,8 +177,14 @@ def _run_config(args, **extra):
 def cmd_run(args) -> int:
     from .runner import run
 
-    cfg = _run_config(args, output_json=args.output_json, track=args.track)
+    to_stdout = args.output_json == "-"  # --output-json -: the record on stdout (for jq), nothing else
+    cfg = _run_config(args, output_json=None if to_stdout else args.output_json, track=args.track)
     result = run(cfg)
+    if to_stdout:
+        import json
+
+        print(json.dumps(result.to_record(), default=str))
+        return 0
     m = result.metrics
     print(f"{result.method} on {result.dataset['name']} / {result.model} (seed {result.seed})")
     baseline = "ann/test/accuracy" in m

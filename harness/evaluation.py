@@ -95,11 +95,13 @@ def evaluate(ev: Evaluable, loader, *, device: str = "cpu", progress: bool = Fal
     """Run ``loader`` through ``ev``, meter it and check the invariants."""
     from tqdm.auto import tqdm
 
+    from .io import tqdm_disable
+
     ev = ev.to(device)
     meters = Meters(timesteps=ev.timesteps, dt=ev.dt, keep_per_neuron=ev.keep_per_neuron)
     correct_at_t: torch.Tensor | None = None
     with torch.no_grad():
-        for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        for x, y in tqdm(loader, desc=desc, disable=tqdm_disable(progress), leave=False):
             out = ev.run_batch(x.to(device), meters)
             y = y.to("cpu")
             meters.record_predictions(out.final().to("cpu"), y)

@@ -124,3 +124,9 @@ def ensure_writable_file(path: Path, what: str) -> Path:
         raise OutputError(f"{what} {path} is a folder; give a file name")
     ensure_writable_dir(path.parent, f"{what}: the folder of")
     return path
+
+
+def tqdm_disable(progress: bool) -> bool | None:
+    """tqdm's ``disable`` for a bar the user asked for (``progress``): ``None`` lets tqdm show it
+    only when its stream (stderr) is a terminal, so redirected output gets no ``\r`` updates."""
+    return None if progress else True

@@ -448,6 +448,8 @@ def run_study(scfg: StudyConfig) -> StudySummary:
     from optuna.trial import TrialState
     from tqdm.auto import tqdm
 
+    from .io import tqdm_disable
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = scfg.study_name or f"{base.method}-{model}-{base.dataset}"
     directions: list[Any] = [o.direction for o in scfg.objectives]
@@ -562,7 +564,7 @@ def run_study(scfg: StudyConfig) -> StudySummary:
         return values if multi else values[0]
 
     bar = tqdm(total=target, initial=min(count(*finished_states), target), desc=f"study {name}", unit="trial",
-               disable=not scfg.progress)
+               disable=tqdm_disable(scfg.progress))
 
     def on_trial_end(st, trial):
         set_phase(f"between trials of study {name}")

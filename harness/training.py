@@ -6,7 +6,9 @@ a run whose ANN is in the cache (:mod:`harness.ann_cache`) never loads it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import warnings
 from typing import Any
 
@@ -109,7 +111,9 @@ def make_trainer(ctx, max_epochs: int, callbacks: list | None = None, **kwargs: 
     accelerator = "gpu" if ctx.device.startswith("cuda") else "cpu"
     return pl.Trainer(
         max_epochs=max_epochs, accelerator=accelerator, devices=1, logger=False,
-        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=ctx.progress,
+        enable_checkpointing=False, enable_model_summary=False,
+        # the bar only on a terminal: redirected output would get a \r update per batch
+        enable_progress_bar=bool(ctx.progress) and sys.stderr.isatty(),
         callbacks=callbacks or [], num_sanity_val_steps=0, **kwargs,
     )
 
@@ -119,7 +123,9 @@ def fit(ctx, module: Classifier, max_epochs: int, callbacks: list | None = None,
     pl.seed_everything(ctx.seed, workers=True, verbose=False)
     trainer = make_trainer(ctx, max_epochs, [*(callbacks or []), *getattr(ctx, "fit_callbacks", [])], **kwargs)
     try:
-        trainer.fit(module, ctx.loader("train", shuffle=True), ctx.loader("val"))
+        # Lightning's bar writes to stdout, which carries the run's result alone: send it to stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            trainer.fit(module, ctx.loader("train", shuffle=True), ctx.loader("val"))
     except SystemExit:  # Lightning turns Ctrl-C into exit(1): it is an interruption
         if trainer.interrupted:
             raise KeyboardInterrupt from None

@@ -93,3 +93,25 @@ def test_ls_params(capsys):
     out = capsys.readouterr().out
     assert "prune parameters (--set prune.key=value):" in out and "prune.final_sparsity" in out
     assert "ttfs parameters (--set key=value):" in out and "\n  t_max " in out
+
+
+def test_redirected_output_carries_the_result_alone_and_no_progress_updates(tmp_path):
+    # `harness run --method ttfs > out.txt` wrote 226 KB: Lightning's bar on stdout, tqdm's \r on stderr
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}
+    base = [sys.executable, "-m", "harness", "run", "--method", "ann", "--dataset", "digits", "--epochs", "1",
+            "--cache-dir", str(tmp_path / "cache")]
+    proc = subprocess.run(base, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "\r" not in proc.stdout and "\r" not in proc.stderr
+    assert proc.stdout.splitlines()[0] == "ann on digits / cnn7 (seed 0)" and len(proc.stdout.splitlines()) <= 8
+    proc = subprocess.run(base + ["--output-json", "-", "--no-track"], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads(proc.stdout)  # stdout is the record, for jq
+    assert record["method"] == "ann" and 0 <= record["metrics"]["test/accuracy"] <= 1
+    assert not (tmp_path / "-").exists()

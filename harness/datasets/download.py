@@ -78,7 +78,9 @@ def fetch(remote: Remote, dest_dir: Path, *, progress: bool = True, timeout: flo
 def _bar(total: int | None, name: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}", disable=not enabled)
+    from ..io import tqdm_disable
+
+    return tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}", disable=tqdm_disable(enabled))
 
 
 def find_files(names: list[str], candidates: list[Path]) -> Path | None:
