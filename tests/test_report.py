@@ -117,7 +117,8 @@ def test_latency_curves_come_from_the_best_full_test_run_of_each_series(tmp_path
     rows = [row("rate-best", "rate", 0.9, "32"), row("rate-other-T", "rate", 0.8, "64"),
             row("rate-subset", "rate", 0.99, "16", eval_limit=100),
             row("sur-T2", "surrogate", 0.7, "2"), row("sur-T4", "surrogate", 0.6, "4"),
-            row("ttfs-no-sweep", "ttfs", 0.95, None), row("ttfs-sweep", "ttfs", 0.9, None, sweep="(8, 16)")]
+            row("ttfs-no-sweep", "ttfs", 0.95, None), row("ttfs-sweep", "ttfs", 0.9, None, sweep="(8, 16)"),
+            row("pruned-sweep", "prune+ttfs", 0.85, None, sweep="(8, 16)")]
     fetched = []
 
     class Runs(RunTable):
@@ -126,9 +127,12 @@ def test_latency_curves_come_from_the_best_full_test_run_of_each_series(tmp_path
             return [0.5, 0.6]
 
     fig = accuracy_vs_time(Runs(pd.DataFrame(rows), "e", "sqlite://"), tmp_path, "cmos45-fp32")
-    assert sorted(fetched) == ["rate-best", "sur-T2", "sur-T4", "ttfs-sweep"] and fig.path.exists()
-    ttfs = [d for d in drawn_lines if d["panel"].str.startswith("ttfs").all()]
-    assert len(ttfs) == 1 and ttfs[0]["x"].tolist() == [8, 16] and ttfs[0]["acc"].tolist() == [0.5, 0.6]
+    assert sorted(fetched) == ["pruned-sweep", "rate-best", "sur-T2", "sur-T4", "ttfs-sweep"] and fig.path.exists()
+    [ttfs] = [d for d in drawn_lines if d["panel"].str.startswith("ttfs").all()]
+    # a pruned ttfs run is its own series, labelled with its chain (it was drawn as plain "ttfs")
+    assert sorted(ttfs["series"].unique()) == ["prune+ttfs / m / digits", "ttfs / m / digits"]
+    plain = ttfs[ttfs["series"] == "ttfs / m / digits"]
+    assert plain["x"].tolist() == [8, 16] and plain["acc"].tolist() == [0.5, 0.6]
     steps = [d for d in drawn_lines if d["panel"].str.startswith("rate").all()][0]
     assert sorted(steps["series"].unique()) == ["rate / m / digits", "surrogate / m / digits T=2",
                                                  "surrogate / m / digits T=4"]
@@ -349,3 +353,22 @@ def test_leaderboard_stars_the_front_of_each_data_set():
     lb = leaderboard(runs, ["cmos45-fp32"], "cmos45-fp32")
     starred = {(r.method, r.dataset) for r in lb.itertuples() if r.pareto == "★"}
     assert starred == {("ann", "a"), ("ttfs", "a"), ("ann", "b"), ("rate", "b")}
+
+
+def test_a_chain_run_feeds_the_pruning_figure_and_no_plain_method_row(tmp_path, drawn_lines):
+    # a prune+ttfs run was drawn as plain ttfs, while the reproduction table said "no prune run"
+    # and the pruning figure said "1 runs"
+    import harness.analysis.figures as figures
+    import pandas as pd
+    from harness.analysis.report import reproduction
+    from harness.analysis.runs import RunTable
+
+    runs = RunTable(pd.DataFrame([{
+        "run_id": "pt", "method": "prune+ttfs", "model": "ttfs-cnn", "dataset": "digits", "test/accuracy": 0.9,
+        "ann/test/accuracy": 0.95, "connection_sparsity": 0.8, "eval_limit": 0, "start_time": 0}]), "e", "sqlite://")
+    rep = reproduction(runs).set_index("seed")
+    assert set(rep.loc["lopez-randulfe (ttfs)", "harness_data"]) == {"no ttfs run"}
+    assert rep.loc["deutsch (prune)", "harness_data"] == ("no plain prune run (1 chain run in the pruning figure; "
+                                                          "a conversion's loss would mix in)")
+    fig = figures.pruning_curve(runs, tmp_path, "cmos45-fp32")
+    assert fig.caption.startswith("1 run;") and drawn_lines[0]["series"].tolist() == ["prune+ttfs / ttfs-cnn"]

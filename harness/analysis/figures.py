@@ -109,7 +109,8 @@ def accuracy_vs_time(runs: RunTable, out: Path, energy_model: str) -> Figure:
     df = runs.best("ttfs")
     sweeps = df.get("p.t_max_sweep", pd.Series("", df.index)).map(
         lambda v: [int(t) for t in str(v).strip("()").split(",") if t.strip().isdigit()])
-    df = df.assign(sweep=sweeps, series="ttfs / " + df["model"] + " / " + df["dataset"])
+    # labelled with the full method chain: a prune+ttfs run is its own series, not "ttfs"
+    df = df.assign(sweep=sweeps, series=df["method"] + " / " + df["model"] + " / " + df["dataset"])
     for _, r in df[sweeps.map(len) > 0].drop_duplicates("series").iterrows():
         acc = runs.history(r.run_id, "ttfs/test/accuracy_vs_t_max")
         if len(r.sweep) == len(acc):
@@ -284,7 +285,7 @@ def firing_rate_distributions(runs: RunTable, out: Path, energy_model: str) -> F
 
 
 def pruning_curve(runs: RunTable, out: Path, energy_model: str) -> Figure:
-    df = runs.df[runs.df["method"].fillna("").str.startswith("prune") & runs.df["test/accuracy"].notna()].copy()
+    df = runs.pruned().copy()
     if df.empty:
         raise Missing("no prune runs")
     df["series"] = df["method"] + " / " + df["model"]
@@ -294,17 +295,19 @@ def pruning_curve(runs: RunTable, out: Path, energy_model: str) -> Figure:
     ax.set_xlabel("connection sparsity (fraction of weights removed)")
     ax.set_ylabel("test accuracy (fraction)")
     return Figure("pruning", "Pruning: sparsity vs accuracy (deutsch-*)", _save(fig, out, "pruning"),
-                  f"{len(df)} runs; the seed's CNN stops recovering at about 80 % sparsity.")
+                  f"{len(df)} run{'s' * (len(df) != 1)}; the seed's CNN stops recovering at about 80 % sparsity.")
 
 
 def ttfs_fig2(runs: RunTable, out: Path, energy_model: str) -> Figure:
-    for _, r in runs.of("ttfs").sort_values("start_time", ascending=False).iterrows():
+    df = runs.of("ttfs")  # plain ttfs runs first (newest first), then chains ending in ttfs
+    df = df.assign(chain=df["method"] != "ttfs").sort_values(["chain", "start_time"], ascending=[True, False])
+    for _, r in df.iterrows():
         path = runs.artifact(r.run_id, "ttfs_fig2_rmse.csv")
         if path is None:
             continue
         df = pd.read_csv(path)
         return _heatmap(df, "u_th_fraction", "t_max", out, "ttfs_fig2",
-                        f"TTFS layer RMSE over t_max × u_th ({r.model}, run {r.run_id[:8]})",
+                        f"TTFS layer RMSE over t_max × u_th ({r.method} / {r.model}, run {r.run_id[:8]})",
                         "t_max (time steps)", "u_th / u_max", "RMSE of the first layer's output against the "
                         "ANN (lopez-randulfe-*, Fig. 2); lower is better.",
                         (Panel("rmse", "RMSE of the first layer's output (ANN activation units)"),))

@@ -66,6 +66,13 @@ class RunTable:
         last = df["method"].str.split("+").str[-1]
         return df[last.isin(methods) & df["test/accuracy"].notna()]
 
+    def pruned(self):
+        """Finished runs with results whose method chain prunes (``prune``, ``prune+rate``, ...):
+        the one list the pruning figure and the reproduction table both read."""
+        df = self.df
+        chain = df["method"].fillna("").str.split("+")
+        return df[chain.map(lambda c: "prune" in c) & df["test/accuracy"].notna()]
+
     def best(self, *methods: str):
         """``of(methods)`` on full test sets only (no ``eval_limit``), most accurate first, newest
         first among equals; ``.drop_duplicates(cols)`` then keeps the best run of each group."""
