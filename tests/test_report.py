@@ -372,3 +372,22 @@ def test_a_chain_run_feeds_the_pruning_figure_and_no_plain_method_row(tmp_path, 
                                                           "a conversion's loss would mix in)")
     fig = figures.pruning_curve(runs, tmp_path, "cmos45-fp32")
     assert fig.caption.startswith("1 run;") and drawn_lines[0]["series"].tolist() == ["prune+ttfs / ttfs-cnn"]
+
+
+def test_accuracy_vs_cost_draws_one_panel_and_one_front_per_data_set(tmp_path, monkeypatch):
+    # runs of two data sets shared one axis and one Pareto front: the fashion run looked "dominated"
+    import harness.analysis.figures as figures
+    import pandas as pd
+    from harness.analysis.runs import RunTable
+
+    drawn, fronts = [], []
+    monkeypatch.setattr(figures.sns, "scatterplot", lambda data, **kw: drawn.append(data.copy()))
+    mask = figures.pareto_mask
+    monkeypatch.setattr(figures, "pareto_mask", lambda pts, maximize: fronts.append(pts.copy()) or mask(pts, maximize))
+    rows = [{"run_id": f"{d}{i}", "method": "ttfs", "model": "m", "dataset": d, "synops": syn, "test/accuracy": acc}
+            for i, (d, syn, acc) in enumerate([("digits", 1e5, 0.95), ("digits", 2e5, 0.97),
+                                               ("fashion-mnist", 3e5, 0.85), ("fashion-mnist", 4e5, 0.80)])]
+    fig = figures.accuracy_vs_cost(RunTable(pd.DataFrame(rows), "e", "sqlite://"), tmp_path, "cmos45-fp32", "synops")
+    assert [sorted(d["dataset"].unique()) for d in drawn] == [["digits"], ["fashion-mnist"]]
+    assert [len(f) for f in fronts] == [2, 2]  # each front sees its own data set's points only
+    assert "one panel per data set (2)" in fig.caption and fig.path.exists()

@@ -76,22 +76,30 @@ def accuracy_vs_cost(runs: RunTable, out: Path, energy_model: str, cost: str) ->
         raise Missing(f"no run has {key} > 0")
     pts = df[[key, "test/accuracy"]].copy()
     pts["series"] = _labelled(df)
+    pts["dataset"] = df["dataset"].fillna("?")
     if ann_key and ann_key in df:
-        ann = df.drop_duplicates(["model", "dataset"])[[ann_key, "ann/test/accuracy", "model"]].dropna()
+        ann = df.drop_duplicates(["model", "dataset"])[[ann_key, "ann/test/accuracy", "model", "dataset"]].dropna()
         ann = ann.rename(columns={ann_key: key, "ann/test/accuracy": "test/accuracy"})
         ann["series"] = "ann / " + ann["model"]
-        pts = pd.concat([pts, ann[[key, "test/accuracy", "series"]]], ignore_index=True)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    sns.scatterplot(data=pts, x=key, y="test/accuracy", hue="series", style="series", s=60, ax=ax)
-    front = pts[pareto_mask(pts[[key, "test/accuracy"]].to_numpy(float), (False, True))].sort_values(key)
-    ax.plot(front[key], front["test/accuracy"], "k--", lw=1, label="Pareto front")
-    ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("test accuracy (fraction)")
-    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+        pts = pd.concat([pts, ann[[key, "test/accuracy", "series", "dataset"]]], ignore_index=True)
+    # one panel and one Pareto front per data set: accuracies on different data do not compare
+    datasets = sorted(pts["dataset"].unique())
+    fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets) + 2, 5), squeeze=False)
+    for ax, ds in zip(axes[0], datasets):
+        sub = pts[pts["dataset"] == ds]
+        sns.scatterplot(data=sub, x=key, y="test/accuracy", hue="series", style="series", s=60, ax=ax)
+        front = sub[pareto_mask(sub[[key, "test/accuracy"]].to_numpy(float), (False, True))].sort_values(key)
+        ax.plot(front[key], front["test/accuracy"], "k--", lw=1, label="Pareto front")
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test accuracy (fraction)")
+        ax.set_title(f"data set: {ds}", fontsize=10)
+        ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     title = f"Accuracy vs {'energy' if cost == 'energy' else 'SynOps'}"
+    n = len(datasets)
     return Figure(fig_key, title, _save(fig, out, fig_key),
-                  f"{len(pts)} points; dashed: the Pareto front (no point is both more accurate and cheaper).")
+                  f"{len(pts)} points, one panel per data set ({n}); dashed: that data set's Pareto front (no "
+                  "point is both more accurate and cheaper).")
 
 
 def accuracy_vs_time(runs: RunTable, out: Path, energy_model: str) -> Figure:
