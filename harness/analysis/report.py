@@ -341,6 +341,10 @@ def _build_report(experiment: str | None, out_dir: str | Path, tracking_uri: str
     lb_csv = out / "leaderboard.csv"
     lb_table = csv_safe(lb)
     write_atomic(lb_csv, lambda f: lb_table.to_csv(f, index=False))
+    # the page shows the chosen energy model's column only (every model's is in leaderboard.csv):
+    # with all of them the table was wider than a 1400 px page
+    others = [ENERGY_COLUMN.format(m) for m in energy_models if m != energy_model]
+    lb_shown = lb.drop(columns=[c for c in others if c in lb])
     directions = dict(LEADERBOARD_DIRECTIONS,
                       **{ENERGY_COLUMN.format(m): SCHEMA.better(f"energy/{m}/joules") for m in energy_models})
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -352,8 +356,9 @@ def _build_report(experiment: str | None, out_dir: str | Path, tracking_uri: str
              "<h1>snn-harness report</h1>", f"<p>{intro}</p>",
              f"<p class='missing'>{html.escape(left_line)}</p>" if left_line else "",
              "<h2>Leaderboard</h2><p>Best run per method × model × data set (full test sets only). "
-             "★ = Pareto-optimal in accuracy and energy within its data set. ↑/↓: better direction; click a header to sort.</p>",
-             _table_html(lb, "leaderboard", sortable=True, directions=directions),
+             "★ = Pareto-optimal in accuracy and energy within its data set. ↑/↓: better direction; click a header to sort. "
+             "Energy on the report's model (<code>--energy-model</code>); leaderboard.csv has every model's.</p>",
+             _table_html(lb_shown, "leaderboard", sortable=True, directions=directions),
              "<h2>Reproduction tables</h2><p>Each seed's reported figure beside the harness's own, with both "
              "data sets named.</p>", _table_html(rep, "reproduction"),
              "<h2>Whetstone table (sandia-*)</h2>", _table_html(wt, "whetstone"),
@@ -364,7 +369,7 @@ def _build_report(experiment: str | None, out_dir: str | Path, tracking_uri: str
     md = [f"# snn-harness report\n\nexperiment `{runs.experiment}` in `{runs.tracking_uri}`; {len(runs.df)} runs; "
           f"generated {stamp}; Pareto mark on accuracy vs energy ({energy_model}).\n",
           f"{_md_escape(left_line)}\n" if left_line else "",
-          "## Leaderboard\n", _table_md(lb), "\n## Reproduction tables\n", _table_md(rep),
+          "## Leaderboard\n", _table_md(lb_shown), "\n## Reproduction tables\n", _table_md(rep),
           "\n## Whetstone table (sandia-*)\n", _table_md(wt),
           "\n## Energy: arithmetic only vs memory traffic\n", _table_md(et), "\n## Figures\n"]
     for f in figures:
