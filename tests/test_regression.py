@@ -20,6 +20,12 @@ potential and whose learning rate drops while sharpening on large data. One inte
 Those keys are left out of its comparison; ``test_rate.py`` checks the
 baseline on a subset against the ANN's own forward pass.
 
+``cnn7`` and ``stpu-cnn`` were re-recorded with the current code when their adaptation to 8×8
+inputs changed (cnn7 keeps a 2×2 map instead of pooling to 1×1; stpu-cnn's 11×11 kernel scales to
+3×3 instead of being clipped to the whole image): every key of those two models was recorded by the
+commit that changed them, the other models' keys come from the recording above. Their
+architectures on 28×28 and 32×32 inputs are unchanged.
+
 Every case runs in one child process whose kernels are pinned as the recording's were: two threads,
 AVX2 code paths in ATen, oneDNN and MKL (``ENV`` below). That makes training identical across CPUs,
 but not every last bit: MKL's reproducible mode holds only for aligned buffers, and on another CI
