@@ -42,7 +42,8 @@ def _study(tmp: Path, storage: str, tracking: str, workers: int, name: str) -> d
            "--workers", str(workers), "--eval-limit", "100", "--reevaluate", "0", "--no-progress",
            "--set", "fig2=false", "--set", "t_max_sweep=16"]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+    # run in the cell's folder: a SQLite-tracked study keeps its artifacts in ./mlartifacts
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600, cwd=tmp)
     wall = time.perf_counter() - t0
     study = optuna.load_study(study_name=name, storage=_optuna_storage(storage))
     trials = [t for t in study.trials if not t.user_attrs.get("harness.surplus")]
