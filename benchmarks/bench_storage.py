@@ -72,12 +72,8 @@ def _bare_worker(storage: str, name: str, trials: int, out: Path) -> subprocess.
 import json, time, warnings, optuna
 warnings.simplefilter("ignore")
 optuna.logging.set_verbosity(optuna.logging.ERROR)
-spec = {storage!r}
-if spec.startswith("journal:"):
-    from optuna.storages.journal import JournalFileBackend
-    st = optuna.storages.JournalStorage(JournalFileBackend(spec[8:]))
-else:
-    st = optuna.storages.RDBStorage(spec, heartbeat_interval=10, grace_period=30)
+from harness.study import open_storage
+st = open_storage({storage!r}, heartbeat=10)  # as a study opens it (the journal has no heartbeat)
 errors = 0
 study = optuna.create_study(study_name={name!r}, storage=st, load_if_exists=True)
 t0 = time.perf_counter(); done = 0
@@ -110,12 +106,9 @@ def _bare(storage: str, workers: int, name: str, tmp: Path, trials: int = 200) -
 
 
 def _optuna_storage(spec: str):
-    if spec.startswith("journal:"):
-        import optuna
-        from optuna.storages.journal import JournalFileBackend
+    from harness.study import open_storage
 
-        return optuna.storages.JournalStorage(JournalFileBackend(spec[len("journal:"):]))
-    return spec
+    return open_storage(spec)
 
 
 def _spec(storage: str, folder: Path, postgresql: str) -> str:

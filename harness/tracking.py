@@ -82,6 +82,7 @@ class Tracker:
     def __init__(self, settings: TrackingSettings):
         self.settings = settings
         self.experiment_id: str | None = None
+        self._orphans_closed = False  # once per process: check() runs before every trial of a study
 
     def check(self) -> None:
         """Open the store and the experiment now, so a bad store fails before any training."""
@@ -118,7 +119,9 @@ class Tracker:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure to reach the store
             raise TrackingError(f"cannot open MLflow store {uri}: {exc}") from None
-        self.close_orphans()
+        if not self._orphans_closed:
+            self._orphans_closed = True
+            self.close_orphans()
 
     def close_orphans(self) -> list[str]:
         """Mark FAILED the runs of this experiment left RUNNING by a process of this host that no

@@ -139,9 +139,7 @@ def factory(input_shape, num_classes):
 
 @pytest.mark.parametrize("sig,code,name", [("SIGTERM", 143, "SIGTERM"), ("SIGINT", 130, "SIGINT")])
 def test_a_signal_during_training_exits_128_plus_n_with_one_line_and_keeps_nothing(tmp_path, sig, code, name):
-    import signal
     import sys
-    import time
 
     model = tmp_path / "marking.py"
     model.write_text(MARKING_MODEL)
@@ -152,12 +150,7 @@ def test_a_signal_during_training_exits_128_plus_n_with_one_line_and_keeps_nothi
                              "--cache-dir", str(cache), "--output-json", str(out)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 300
-        while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert mark.exists(), "training never started"
-        proc.send_signal(getattr(signal, sig))
-        stdout, stderr = proc.communicate(timeout=120)
+        _, stderr = _wait_for_mark_then(proc, mark, sig)
     finally:
         if proc.poll() is None:
             proc.kill()
