@@ -14,11 +14,12 @@
   sampler is seeded with ``seed + trials stored + 7919 × index`` (recorded in every trial), so workers
   started together ask different questions. The study ends when ``--trials`` trials have finished
   (complete + pruned), whichever worker finished them: a worker starts a trial only while finished
-  and running trials are fewer, and waits while the last ones run elsewhere (one of them may have
-  died and come back as a retry).
+  trials and those holding a place (running, queued, or dead a moment ago and about to be retried)
+  are fewer, and waits while the last ones run elsewhere (one of them may die and come back as a
+  retry, which runs before any new trial).
 * Dead workers, on any host: on RDB storage every running trial records an Optuna heartbeat every
   ``--heartbeat`` seconds; a trial whose heartbeat is older than three intervals is failed by the
-  next worker that looks, retried once with its parameters (Optuna's ``RetryFailedTrialCallback``),
+  next worker that looks, retried once with its parameters (Optuna's ``RetryHeartbeatStaleTrialCallback``),
   and its MLflow run marked FAILED with the reason and the trial that retries it. Optuna's journal
   storage has no heartbeat: there, trials left running by a process that no longer exists on this
   host are failed and re-queued when a study starts (processes on other hosts cannot be checked).
@@ -361,8 +362,8 @@ def _trial_record(t) -> dict:
 
 
 class SurplusTrial(Exception):
-    """A trial created after enough trials had finished or were running: failed at once, unrun
-    (``harness.surplus`` in its attributes), so that no worker runs past ``--trials``."""
+    """A trial created after enough trials had finished or held a place (``_places``): failed at
+    once, unrun (``harness.surplus`` in its attributes), so that no worker runs past ``--trials``."""
 
 
 def worker_index(scfg: StudyConfig) -> int:
@@ -377,16 +378,20 @@ def worker_index(scfg: StudyConfig) -> int:
 
 class _OnStaleTrial:
     """Optuna's heartbeat found a trial whose worker died: retry it once with its parameters
-    (``RetryFailedTrialCallback``) and mark its MLflow run FAILED, saying why."""
+    (``RetryHeartbeatStaleTrialCallback``) and mark its MLflow run FAILED, saying why."""
 
     def __init__(self, tracker, grace_s: int):
         self.tracker, self.grace_s = tracker, grace_s
         self.recovered: list[int] = []
 
     def __call__(self, study, trial) -> None:
-        from optuna.storages import RetryFailedTrialCallback
+        import optuna.storages
 
-        RetryFailedTrialCallback(max_retry=1)(study, trial)
+        # renamed in Optuna 4.9 (the old name warns, and goes in 6.0)
+        retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry(max_retry=1)(study, trial)
         retried = len(trial.system_attrs.get("retry_history", [])) < 1
         self.recovered.append(trial.number)
         run_id = trial.user_attrs.get("mlflow_run_id")
@@ -504,21 +509,29 @@ def run_study(scfg: StudyConfig) -> StudySummary:
                 and scfg.objectives[0].key.endswith("accuracy"))
     run_cfg = base.replace(model=model, track=True, progress=False, output_json=None)
 
-    def surplus(trial) -> bool:
-        earlier = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number < trial.number]
-        return count(*finished_states) + len(earlier) >= target
-
     def objective(trial):
-        from .runner import run
-
         trial.set_user_attr("harness.owner", owner())
         trial.set_user_attr("harness.worker", index)
         trial.set_user_attr("harness.sampler_seed", sampler_seed)
-        if surplus(trial):
-            trial.set_user_attr("harness.surplus", True)
-            raise SurplusTrial(f"trial {trial.number}: {target} trials have finished or are running")
+        try:
+            return run_trial(trial)
+        finally:  # however it ends (a trial that died never gets here): see _places
+            try:
+                trial.set_user_attr("harness.ended", True)
+            except Exception:  # noqa: BLE001 - already told (an interrupted trial was re-queued)
+                pass
+
+    def run_trial(trial):
+        from .runner import run
+
         # Optuna's Trial hides system attributes; its stored (frozen) trial has them
-        retry_of = trial.study._storage.get_trial(trial._trial_id).system_attrs.get("failed_trial")
+        frozen = trial.study._storage.get_trial(trial._trial_id)
+        fin, ahead = _places(study, _place_key(frozen), on_stale.grace_s)
+        if fin + ahead >= target:
+            trial.set_user_attr("harness.surplus", True)
+            raise SurplusTrial(f"trial {trial.number}: {target} trials have finished, are running or are "
+                               "queued")
+        retry_of = frozen.system_attrs.get("failed_trial")
         dead_run = trial.user_attrs.get("mlflow_run_id") if retry_of is not None else None
         sets = _trial_sets(trial, classes, scfg.grid, fixed)
         trial.set_user_attr("harness.sets", sets)
@@ -619,6 +632,53 @@ def run_study(scfg: StudyConfig) -> StudySummary:
     return summary
 
 
+def _place_key(t) -> tuple[int, int]:
+    """The order in which trials hold the study's places: queued trials (retries of dead trials,
+    re-queued interrupted ones, ``enqueue_trial``) before new ones, then by number."""
+    queued = "failed_trial" in t.system_attrs or "fixed_params" in t.system_attrs
+    return (0 if queued else 1, t.number)
+
+
+def _retried(t, trials) -> bool:
+    return any(t.number in u.system_attrs.get("retry_history", ())
+               or t.number in (u.user_attrs.get("harness.retry_of"), u.user_attrs.get("harness.retry_of_interrupted"))
+               for u in trials)
+
+
+def _places(study, key: tuple[int, int] | None, window_s: float, queued: bool = True) -> tuple[int, int]:
+    """(finished trials, trials holding a place ahead of ``key``; all of them if ``key`` is None).
+
+    A place is held by a running trial (not a surplus one), a queued trial (``queued``), and a
+    trial that died moments ago and whose retry is not queued yet: a stale trial is failed first and
+    re-queued after (Optuna's heartbeat calls the retry callback once the trial is FAIL), and
+    another worker that counted in between saw a free place and took it with a new trial, leaving
+    the retry queued and never run. A dead trial is one that failed without the harness ending it
+    (``harness.ended``); it holds its place for ``window_s`` after it failed, or until its retry
+    exists, and not at all if it cannot be retried (it is itself a retry)."""
+    import datetime
+
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    now = datetime.datetime.now()
+    fin = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    held = 0
+    for t in trials:
+        if t.state == TrialState.RUNNING:
+            holds, t_key = not t.user_attrs.get("harness.surplus"), _place_key(t)
+        elif t.state == TrialState.WAITING:
+            holds, t_key = queued, _place_key(t)
+        elif (t.state == TrialState.FAIL and not t.user_attrs.get("harness.ended")
+              and "failed_trial" not in t.system_attrs  # a retry is not retried again
+              and t.datetime_complete is not None
+              and (now - t.datetime_complete).total_seconds() < window_s and not _retried(t, trials)):
+            holds, t_key = True, (0, t.number)  # its retry will be queued
+        else:
+            continue
+        held += holds and (key is None or t_key < key)
+    return fin, held
+
+
 def _fail_stale(study, grace_s: int, on_stale) -> None:
     """Optuna's stale-trial check, and one it does not make: a trial that never recorded a
     heartbeat (its process died between creating it and starting it, or it was made outside the
@@ -663,28 +723,28 @@ POLL_S = 1.0
 
 def _work(study, objective, target: int, scfg: StudyConfig, *, stale, on_trial_end, bar) -> None:
     """Run trials until ``target`` have finished, in this process. A trial starts only while
-    finished + running trials are fewer than ``target``; with heartbeats, a worker then waits for
-    the last running trials (of any worker) instead of leaving: one of them may die and come back
-    as a retry that must be run. Without heartbeats nothing would ever tell, so it leaves."""
+    finished trials and trials holding a place (see ``_places``) are fewer than ``target``; with
+    heartbeats, a worker then waits for the last running trials (of any worker) instead of leaving:
+    one of them may die and come back as a retry that must be run. Without heartbeats nothing would
+    ever tell, so it leaves."""
     import optuna
-    from optuna.trial import TrialState
 
-    finished_states = (TrialState.COMPLETE, TrialState.PRUNED)
     heartbeat = stale is not None
+    grace_s = stale.grace_s if stale is not None else GRACE_INTERVALS * HEARTBEAT_S
     while True:
         if stale is not None:
             _fail_stale(study, stale.grace_s, stale)
-        fin = len(study.get_trials(deepcopy=False, states=finished_states))
-        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        fin, held = _places(study, None, grace_s, queued=False)
         if fin >= target:
             return
-        if fin + running >= target:
+        if fin + held >= target:
             if not heartbeat:
                 return
-            bar.set_postfix_str(f"waiting for {running} running trial{'s' * (running > 1)}")
+            bar.set_postfix_str(f"waiting for {held} running trial{'s' * (held > 1)}")
             time.sleep(POLL_S)
             continue
-        k = min(scfg.n_jobs, target - fin - running)
+        # Optuna pops queued trials (retries first) before it samples new ones
+        k = min(scfg.n_jobs, target - fin - held)
         try:
             study.optimize(objective, n_trials=k, n_jobs=k, gc_after_trial=False, callbacks=[on_trial_end],
                            catch=(SurplusTrial,))

@@ -44,6 +44,17 @@ def _running_trial_of_a_worker(study, lead_pid: int):
     return None, None
 
 
+def _trial_table(study) -> str:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        start = t.datetime_start.strftime("%H:%M:%S.%f")[:-3] if t.datetime_start else "-"
+        end = t.datetime_complete.strftime("%H:%M:%S.%f")[:-3] if t.datetime_complete else "-"
+        rows.append(f"#{t.number} id {t._trial_id} {t.state.name} {start}..{end} "
+                    f"owner {t.user_attrs.get('harness.owner')} surplus {t.user_attrs.get('harness.surplus', False)} "
+                    f"retry_of {t.system_attrs.get('failed_trial')}")
+    return "trials:\n" + "\n".join(rows)
+
+
 def test_three_workers_on_postgresql_survive_a_worker_killed_in_a_trial(services, tmp_path, monkeypatch):
     import optuna
     from harness.runner import run
@@ -81,11 +92,12 @@ def test_three_workers_on_postgresql_survive_a_worker_killed_in_a_trial(services
     study = optuna.load_study(study_name="svc", storage=services["optuna"])
     trials = [t for t in study.trials if not t.user_attrs.get("harness.surplus")]
     complete = [t for t in trials if t.state.name == "COMPLETE"]
-    assert len(complete) == TRIALS
+    table = _trial_table(study)  # printed with any failure below: which trial did what, and when
+    assert len(complete) == TRIALS, table
     dead = study.trials[killed_trial.number]
-    assert dead.state.name == "FAIL"
+    assert dead.state.name == "FAIL", table
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
-    assert len(retries) == 1 and retries[0].state.name == "COMPLETE"
+    assert len(retries) == 1 and retries[0].state.name == "COMPLETE", table
     assert {k: retries[0].params[k] for k in dead.params} == dead.params
     param_sets = [tuple(sorted(t.params.items())) for t in complete]
     assert len(set(param_sets)) == TRIALS  # no parameter set evaluated twice but the retried one

@@ -374,6 +374,44 @@ def test_a_worker_waits_for_the_last_running_trial_instead_of_running_past_the_t
     assert [t["state"] for t in summary.trials] == ["COMPLETE", "COMPLETE"]
 
 
+def test_a_trial_that_just_died_keeps_its_place_until_its_retry_is_queued(quick, tmp_path, monkeypatch):
+    """Optuna's heartbeat fails a stale trial first and calls the retry callback after. A worker that
+    counts places in between must not take the dead trial's place with a new trial: the retry would
+    stay queued, never run, once the study had its trials."""
+    import threading
+
+    import harness.runner
+    import optuna
+
+    calls: list = []
+    monkeypatch.setattr(harness.runner, "run", _fake_run(calls))
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/d.db", heartbeat_interval=1)
+    study = optuna.create_study(study_name="d", storage=storage, direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.4))
+    dist = {"scale_firing_rates": optuna.distributions.FloatDistribution(1, 1000, log=True)}
+    dead = study.ask(dist)  # another worker's trial: this worker waits for it
+    dead.set_user_attr("harness.owner", "other-host:1")
+
+    def retry_later():
+        while "harness.mlflow_parent_run_id" not in study.user_attrs:  # this worker has started
+            threading.Event().wait(0.1)
+        threading.Event().wait(0.5)
+        study.tell(dead, state=optuna.trial.TrialState.FAIL)  # what a heartbeat check does first ...
+        threading.Event().wait(1.5)
+        optuna.storages.RetryFailedTrialCallback(max_retry=1)(study, study.trials[dead.number])  # ... then
+
+    other_worker = threading.Thread(target=retry_later)
+    other_worker.start()
+    summary = run_study(_scfg(quick, trials=2, sampler="random", storage=f"sqlite:///{tmp_path}/d.db",
+                              study_name="d", heartbeat=1))
+    other_worker.join()
+    states = {t["number"]: t["state"] for t in summary.trials}
+    [retry] = [t for t in summary.trials if t["retry_of"] == dead.number]
+    assert states == {0: "COMPLETE", 1: "FAIL", retry["number"]: "COMPLETE"}  # no new trial took its place
+    assert retry["params"]["scale_firing_rates"] == pytest.approx(study.trials[dead.number].params["scale_firing_rates"])
+    assert len(calls) == 1
+
+
 def test_a_worker_that_asks_another_search_space_is_refused_with_both_named(quick, tmp_path, monkeypatch):
     import harness.runner
 
