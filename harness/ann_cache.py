@@ -120,7 +120,7 @@ def train_ann(ctx) -> tuple[nn.Module, dict]:
     tc = ctx.train
     module = Classifier(model, lr=tc.lr, weight_decay=tc.weight_decay, act_l1=tc.act_l1)
     if tc.epochs > 0:
-        fit(ctx, module, tc.epochs)
+        fit(ctx, module, tc.epochs, stage="ann")
     history = {k: [float(x) for x in v] for k, v in module.history.items() if all(map(math.isfinite, v))}
     model = module.model.cpu().eval()
     try:

@@ -61,6 +61,8 @@ class RunContext:
     progress: bool = True
     fit_callbacks: list = field(default_factory=list)  # extra Lightning callbacks (a study's pruning)
     info: dict[str, Any] = field(default_factory=dict)  # the harness's provenance notes (ANN cache use)
+    live_run: tuple[str, str] | None = None  # (tracking URI, run id) of the MLflow run this work streams to
+    streamed: set[str] = field(default_factory=set)  # step-metric keys already streamed to it, epoch by epoch
 
     @property
     def seed(self) -> int:

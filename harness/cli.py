@@ -280,8 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"run": cmd_run, "ls": cmd_ls, "study": cmd_study, "report": cmd_report}[args.verb](args)
     except Interrupted as exc:
-        note = exc.note or ("nothing half-written was kept (the ANN cache, the JSON and MLflow runs are written "
-                            "whole or not at all)")
+        note = exc.note or "nothing half-written was kept (the ANN cache and the JSON are written whole or not at all)"
         print(f"harness: interrupted by {exc} while {PHASE[0]}; {note}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:  # output piped into `head`: stop quietly

@@ -22,7 +22,7 @@ from typing import Any
 from . import __version__
 from .api import Extras, Preparation, RunContext, RunResult
 from .config import ConfigError, RunConfig
-from .errors import InvariantError, OutputError, set_phase
+from .errors import Interrupted, InvariantError, OutputError, set_phase
 from .io import ensure_writable_dir, ensure_writable_file, private_tempdir, write_csv, write_json_atomic
 
 PACKAGES = ("torch", "pytorch-lightning", "spikingjelly", "optuna", "mlflow", "numpy")
@@ -156,101 +156,137 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None, fit_c
     ds = load_dataset(dataset if dataset is not None else cfg.dataset, cfg.data_dir)
     architecture = _architecture(factory, ds.input_shape, ds.num_classes, model_name)
     graph = trace(architecture(), ds.input_shape, name=model_name)
-    with private_tempdir("run") as art_dir:
-        ctx = RunContext(cfg, ds, model_name, device, train_cfg, default_cache_dir(cfg), Path(art_dir),
-                         architecture=architecture, graph=graph, schema=schema, progress=cfg.progress)
-        methods = [cls() for cls in classes]
-        for m, p in zip(methods, params):
-            m.check(ctx, p)
-        ann: Any = None
-        history: dict[str, list[float]] = {}
-        needs_ann = cfg.baseline or any(c.needs_trained_ann or c.is_transform for c in classes)
-        if cfg.weights:
-            ann = load_weights(ctx, cfg.weights)
-            ctx.info["weights_sha256"] = weights_sha
-            ctx.info["ann_cache"] = "bypassed (--weights)"
-        elif needs_ann:
-            set_phase(f"training the ANN ({model_name} on {ds.name})")
-            ann, history = train_ann(ctx)
-        # the baseline is evaluated after the method has built its network, on the same test
-        # samples (a method evaluating the first N only is compared with the ANN on those N);
-        # a copy keeps it safe from a method that changes the network it was given
-        reference = copy.deepcopy(ann) if cfg.baseline and ann is not None else None
-        ctx.fit_callbacks = list(fit_callbacks or [])
+    # ---- the MLflow run starts with the work, so it can be watched (RUNNING, curves per epoch) --
+    param_dict: dict[str, Any] = {}
+    for cls, p in zip(classes, params):
+        prefix = "" if cls is classes[-1] else f"{cls.name}."
+        param_dict.update({prefix + k: v for k, v in p.as_dict().items()})
+    config = {**cfg.as_dict(), "model": model_name, "train": train_cfg.as_dict()}
+    live_id, owned, finished = run_id, False, False
+    if tracker is not None and run_id is None:
+        live_id, owned = _start_live_run(tracker, cfg, ds, model_name, param_dict, config, device, started,
+                                         parent_run_id, tags), True
+    try:
+        with private_tempdir("run") as art_dir:
+            ctx = RunContext(cfg, ds, model_name, device, train_cfg, default_cache_dir(cfg), Path(art_dir),
+                             architecture=architecture, graph=graph, schema=schema, progress=cfg.progress,
+                             live_run=(tracker.settings.tracking_uri, live_id) if tracker and live_id else None)
+            methods = [cls() for cls in classes]
+            for m, p in zip(methods, params):
+                m.check(ctx, p)
+            ann: Any = None
+            history: dict[str, list[float]] = {}
+            needs_ann = cfg.baseline or any(c.needs_trained_ann or c.is_transform for c in classes)
+            if cfg.weights:
+                ann = load_weights(ctx, cfg.weights)
+                ctx.info["weights_sha256"] = weights_sha
+                ctx.info["ann_cache"] = "bypassed (--weights)"
+            elif needs_ann:
+                set_phase(f"training the ANN ({model_name} on {ds.name})")
+                ann, history = train_ann(ctx)
+            # the baseline is evaluated after the method has built its network, on the same test
+            # samples (a method evaluating the first N only is compared with the ANN on those N);
+            # a copy keeps it safe from a method that changes the network it was given
+            reference = copy.deepcopy(ann) if cfg.baseline and ann is not None else None
+            ctx.fit_callbacks = list(fit_callbacks or [])
 
-        # ---- the method: it prepares, the harness evaluates ----------------------------------
-        prep_metrics: dict[str, float] = {}
-        steps: dict[str, list[float]] = {f"ann/{k}": v for k, v in history.items()}
-        info: dict[str, Any] = {}
-        artifacts: list[Path] = []
-        current: Any = ann
-        prep: Preparation | None = None
-        for m, p in zip(methods, params):
-            given = current if (m.needs_trained_ann or m.is_transform) else None
-            set_phase(f"preparing {m.name} (conversion or training)")
-            prep = m.prepare(ctx, given, p)
-            _merge(prep_metrics, prep.metrics, m.name, f"method {m.name}")
-            _merge(steps, prep.step_metrics, m.name, f"method {m.name}")
-            info.update(prep.info)
-            artifacts += prep.artifacts
-            current = prep.model
-        assert prep is not None
-        set_phase(f"evaluating the {cfg.method} network")
-        evaluation = ctx.evaluate(current, desc=f"evaluate {cfg.method}", what=f"the {cfg.method} network")
-        ann_metrics = None
-        ann_parts: dict[str, dict[str, float]] = {}
-        if reference is not None:
-            limit = getattr(current, "limit", None)
-            ann_eval = ctx.evaluate(reference, limit=limit, desc="evaluate ANN", what="the ANN baseline")
-            ann_metrics, ann_parts = ann_eval.metrics, ann_eval.breakdowns
-        extras = methods[-1].analyse(ctx, prep, evaluation, params[-1]) or Extras()
+            # ---- the method: it prepares, the harness evaluates ----------------------------------
+            prep_metrics: dict[str, float] = {}
+            steps: dict[str, list[float]] = {f"ann/{k}": v for k, v in history.items()}
+            info: dict[str, Any] = {}
+            artifacts: list[Path] = []
+            current: Any = ann
+            prep: Preparation | None = None
+            for m, p in zip(methods, params):
+                given = current if (m.needs_trained_ann or m.is_transform) else None
+                set_phase(f"preparing {m.name} (conversion or training)")
+                prep = m.prepare(ctx, given, p)
+                _merge(prep_metrics, prep.metrics, m.name, f"method {m.name}")
+                _merge(steps, prep.step_metrics, m.name, f"method {m.name}")
+                info.update(prep.info)
+                artifacts += prep.artifacts
+                current = prep.model
+            assert prep is not None
+            set_phase(f"evaluating the {cfg.method} network")
+            evaluation = ctx.evaluate(current, desc=f"evaluate {cfg.method}", what=f"the {cfg.method} network")
+            ann_metrics = None
+            ann_parts: dict[str, dict[str, float]] = {}
+            if reference is not None:
+                limit = getattr(current, "limit", None)
+                ann_eval = ctx.evaluate(reference, limit=limit, desc="evaluate ANN", what="the ANN baseline")
+                ann_metrics, ann_parts = ann_eval.metrics, ann_eval.breakdowns
+            extras = methods[-1].analyse(ctx, prep, evaluation, params[-1]) or Extras()
 
-        metrics = dict(evaluation.metrics)
-        what = f"the {cfg.method} run"
-        _merge(metrics, prep_metrics, "the method's preparation", what)
-        _merge(metrics, extras.metrics, "the method's analysis", what)
-        _merge(steps, evaluation.step_metrics, "the evaluation", what)
-        _merge(steps, extras.step_metrics, "the method's analysis", what)
-        if ann_metrics is not None:
-            _merge(metrics, ann_baseline_metrics(ann_metrics), "the ANN baseline", what)
-            metrics["test/accuracy_drop"] = metrics["ann/test/accuracy"] - metrics["test/accuracy"]
-        _merge(metrics, energy_metrics(evaluation.metrics, ann_metrics, spiking=main_cls.spiking,
-                                       parts=evaluation.breakdowns, ann_parts=ann_parts), "energy", what)
-        problems = schema.problems(metrics) + schema.problems(steps, curves=True)
-        if problems:
-            raise InvariantError(what, problems)
+            metrics = dict(evaluation.metrics)
+            what = f"the {cfg.method} run"
+            _merge(metrics, prep_metrics, "the method's preparation", what)
+            _merge(metrics, extras.metrics, "the method's analysis", what)
+            _merge(steps, evaluation.step_metrics, "the evaluation", what)
+            _merge(steps, extras.step_metrics, "the method's analysis", what)
+            if ann_metrics is not None:
+                _merge(metrics, ann_baseline_metrics(ann_metrics), "the ANN baseline", what)
+                metrics["test/accuracy_drop"] = metrics["ann/test/accuracy"] - metrics["test/accuracy"]
+            _merge(metrics, energy_metrics(evaluation.metrics, ann_metrics, spiking=main_cls.spiking,
+                                           parts=evaluation.breakdowns, ann_parts=ann_parts), "energy", what)
+            problems = schema.problems(metrics) + schema.problems(steps, curves=True)
+            if problems:
+                raise InvariantError(what, problems)
 
-        layers_csv = write_csv(evaluation.layers, ctx.artifact("layers.csv"))
-        artifacts = [layers_csv, *artifacts, *extras.artifacts]
-        param_dict: dict[str, Any] = {}
-        for m, p in zip(methods, params):
-            prefix = "" if m is methods[-1] else f"{m.name}."
-            param_dict.update({prefix + k: v for k, v in p.as_dict().items()})
-        ctx.info["architecture"] = graph.fingerprint()
-        result = RunResult(
-            method=cfg.method, dataset=ds.describe(), model=model_name, seed=cfg.seed,
-            params=param_dict, config={**cfg.as_dict(), "model": model_name, "train": train_cfg.as_dict()},
-            metrics=metrics, layers=evaluation.layers, step_metrics=steps,
-            provenance=provenance(device, started, {**ctx.info, **info}),
-            artifacts=[p.name for p in artifacts],
-        )
-        if tracker is not None:
-            set_phase("logging the MLflow run")
-            write_json_atomic(result.to_record(), ctx.artifact("result.json"))
-            logged = tracker.log(result, artifacts + [ctx.artifact("result.json")], ds, parent_run_id, tags=tags,
-                                 run_id=run_id)
-            result.tracking = dict(run_id=logged, tracking_uri=tracker.settings.tracking_uri,
-                                   experiment=tracker.settings.experiment)
-        if out_json is not None:
-            set_phase(f"writing {out_json}")
-            try:
-                write_json_atomic(result.to_record(), out_json)
-            except OSError as exc:
-                kept = (f"the MLflow run {result.tracking['run_id']} was recorded" if result.tracking
-                        else "nothing was recorded (--no-track)")
-                raise OutputError(f"writing {out_json} failed ({exc.strerror or exc}); {kept}, the JSON was "
-                                  "not (no partial file was left)") from None
+            layers_csv = write_csv(evaluation.layers, ctx.artifact("layers.csv"))
+            artifacts = [layers_csv, *artifacts, *extras.artifacts]
+            ctx.info["architecture"] = graph.fingerprint()
+            result = RunResult(
+                method=cfg.method, dataset=ds.describe(), model=model_name, seed=cfg.seed,
+                params=param_dict, config=config,
+                metrics=metrics, layers=evaluation.layers, step_metrics=steps,
+                provenance=provenance(device, started, {**ctx.info, **info}),
+                artifacts=[p.name for p in artifacts],
+            )
+            if tracker is not None:
+                set_phase("logging the MLflow run")
+                write_json_atomic(result.to_record(), ctx.artifact("result.json"))
+                logged = tracker.log(result, artifacts + [ctx.artifact("result.json")], ds, parent_run_id, tags=tags,
+                                     run_id=live_id, streamed=ctx.streamed)
+                finished = owned
+                result.tracking = dict(run_id=logged, tracking_uri=tracker.settings.tracking_uri,
+                                       experiment=tracker.settings.experiment)
+            if out_json is not None:
+                set_phase(f"writing {out_json}")
+                try:
+                    write_json_atomic(result.to_record(), out_json)
+                except OSError as exc:
+                    kept = (f"the MLflow run {result.tracking['run_id']} was recorded" if result.tracking
+                            else "nothing was recorded (--no-track)")
+                    raise OutputError(f"writing {out_json} failed ({exc.strerror or exc}); {kept}, the JSON was "
+                                      "not (no partial file was left)") from None
+    except BaseException as exc:
+        if owned and not finished:
+            assert tracker is not None and live_id is not None
+            interrupted = isinstance(exc, (Interrupted, KeyboardInterrupt))
+            tracker.end_run(live_id, "KILLED" if interrupted else "FAILED",
+                            f"interrupted by {exc}" if interrupted else f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, Interrupted) and exc.note is None:
+                exc.note = (f"the MLflow run {live_id} was marked KILLED with what it had logged; nothing "
+                            "half-written was kept (the ANN cache and the JSON are written whole or not at all)")
+        raise
     return result
+
+
+def _start_live_run(tracker, cfg: RunConfig, ds, model_name: str, param_dict: dict, config: dict, device: str,
+                    started: float, parent_run_id: str | None, tags: dict[str, str] | None) -> str:
+    """Open the run's MLflow run (RUNNING) with its name, tags and parameters before any work; the
+    results, step metrics and artifacts join it at the end, and it is closed FAILED or KILLED if
+    the work does not get there."""
+    from types import SimpleNamespace
+
+    from .tracking import flat_params, provenance_tags, run_name
+
+    draft = SimpleNamespace(method=cfg.method, model=model_name, dataset=ds.describe(), seed=cfg.seed,
+                            params=param_dict, config=config, provenance=provenance(device, started, {}))
+    name = str((tags or {}).get("mlflow.runName", run_name(draft)))
+    run_id = tracker.start_run(name, {**provenance_tags(draft), **(tags or {})}, parent_run_id)
+    tracker.log_params(run_id, flat_params(draft))
+    return run_id
 
 
 def provenance(device: str, started: float, info: dict) -> dict[str, Any]:

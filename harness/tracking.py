@@ -1,9 +1,13 @@
-"""MLflow tracking: settings from ``mlflow.yaml``, a store check before any work, and one
-complete run per harness run (params, metrics, per-layer and step metrics, artifacts, the data
-set as a run input, provenance tags).
+"""MLflow tracking: settings from ``mlflow.yaml``, a store check before any work, and one run
+per harness run (params, metrics, per-layer and step metrics, artifacts, the data set as a run
+input, provenance tags).
 
-A run is written only once the results exist; if writing fails half-way, the partial run is
-deleted, so the store never holds a half-written run.
+A run opens (RUNNING, with its name, tags and parameters) when the work starts, receives its
+training curves epoch by epoch while it trains (Lightning's ``MLFlowLogger`` on the same run), and
+its results at the end; it is FINISHED when everything is written, FAILED if the work or the
+writing fails, KILLED on Ctrl-C or SIGTERM (tag ``harness.status_reason`` says why). A process
+killed outright leaves it RUNNING: the owner tag (host:pid) lets the next harness process that
+opens the store mark it FAILED (:meth:`Tracker.close_orphans`).
 """
 
 from __future__ import annotations
@@ -180,6 +184,20 @@ class Tracker:
             raise TrackingError(f"creating the MLflow run in {self.settings.tracking_uri} failed ({exc}); "
                                 "no run was recorded") from None
 
+    def log_params(self, run_id: str, params: list[tuple[str, str]]) -> None:
+        """The run's parameters, now (a failing store closes the just-opened run FAILED)."""
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        try:
+            client = MlflowClient(self.settings.tracking_uri)
+            for i in range(0, len(params), 100):
+                client.log_batch(run_id, params=[Param(k, v) for k, v in params[i:i + 100]])
+        except Exception as exc:  # noqa: BLE001 - said as a TrackingError, the run closed
+            self.end_run(run_id, "FAILED", f"logging its parameters failed: {exc}")
+            raise TrackingError(f"logging the parameters of MLflow run {run_id} failed ({exc}); the run was "
+                                "marked FAILED") from None
+
     def end_run(self, run_id: str, status: str, reason: str | None = None, **tags: Any) -> None:
         """Close ``run_id`` with ``status`` (FAILED, KILLED, FINISHED), saying why in the tag
         ``harness.status_reason``. Best effort: the caller's own outcome matters more."""
@@ -196,12 +214,13 @@ class Tracker:
             log.warning("the MLflow run %s could not be marked %s: %s", run_id, status, exc)
 
     def log(self, result, artifacts: list[Path], dataset=None, parent_run_id: str | None = None,
-            tags: dict[str, str] | None = None, run_id: str | None = None) -> str:
+            tags: dict[str, str] | None = None, run_id: str | None = None, streamed: set[str] | None = None) -> str:
         """Write ``result`` (a :class:`~harness.api.RunResult`) as one run; returns the run id.
 
         Without ``run_id`` the run is created here and deleted again if writing it fails half-way.
-        With ``run_id`` (a run :meth:`start_run` opened) the results go into that run, and a failure
-        is left to its owner to record (a study marks its trial's run FAILED)."""
+        With ``run_id`` (a run :meth:`start_run` opened when the work started) the results go into
+        that run, and a failure is left to its owner to record (it marks the run FAILED). Step
+        metrics in ``streamed`` were logged epoch by epoch while training and are not written again."""
         from mlflow.entities import Metric, Param, RunTag
         from mlflow.tracking import MlflowClient
 
@@ -224,6 +243,8 @@ class Tracker:
             params = flat_params(result)
             metrics = [Metric(k, float(v), 0, 0) for k, v in result.metrics.items() if _is_number(v)]
             for key, values in result.step_metrics.items():
+                if key in (streamed or ()):
+                    continue
                 metrics += [Metric(key, float(v), 0, step) for step, v in enumerate(values) if _is_number(v)]
             for i in range(0, len(params), 100):
                 client.log_batch(run_id, params=[Param(k, v) for k, v in params[i:i + 100]])

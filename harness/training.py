@@ -76,6 +76,9 @@ class Classifier(pl.LightningModule):
             raise DivergedError(f"{stage} loss became {loss.item()} at epoch {self.current_epoch}; "
                                 "lower the learning rate or check the method's parameters")
         acc = (logits.argmax(-1) == y).float().mean()
+        # Lightning hands a logged "step" to its loggers as the step: curves streamed to MLflow are
+        # indexed by epoch, as the step metrics written at the end of a run are
+        self.log("step", float(self.current_epoch), on_step=False, on_epoch=True)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "train")
         self.log(f"{stage}/accuracy", acc, on_step=False, on_epoch=True, prog_bar=True)
         sums = self._sums.setdefault(stage, [0.0, 0.0, 0])
@@ -106,11 +109,39 @@ class Classifier(pl.LightningModule):
         return OPTIMIZERS[self.optimizer](self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
 
-def make_trainer(ctx, max_epochs: int, callbacks: list | None = None, **kwargs: Any) -> pl.Trainer:
-    """A Trainer with the harness's defaults: no checkpoint files, no logger, one device."""
+def epoch_logger(ctx, stage: str):
+    """Lightning's ``MLFlowLogger`` on the run's own MLflow run (``ctx.live_run``), so its training
+    curves can be watched as they happen: keys ``<stage>/train/loss`` … at step = epoch, the keys
+    and steps the run's step metrics have. None when the run is not tracked."""
+    if ctx.live_run is None:
+        return None
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    class EpochCurves(MLFlowLogger):
+        LOGGER_JOIN_CHAR = "/"
+
+        def log_hyperparams(self, params, *args, **kwargs) -> None:
+            pass  # the run's parameters are the harness's (one per knob), logged by the harness
+
+        def log_metrics(self, metrics, step=None) -> None:
+            super().log_metrics(metrics, step)
+            ctx.streamed.update(f"{stage}/{k}" for k in metrics)
+
+        def finalize(self, status: str = "success") -> None:
+            pass  # the run ends with the harness's work, not with this training
+
+    uri, run_id = ctx.live_run
+    return EpochCurves(tracking_uri=uri, run_id=run_id, prefix=stage)
+
+
+def make_trainer(ctx, max_epochs: int, callbacks: list | None = None, stage: str | None = None,
+                 **kwargs: Any) -> pl.Trainer:
+    """A Trainer with the harness's defaults: no checkpoint files, one device, no logger but the
+    run's own MLflow run (``stage`` prefixes its curves)."""
     accelerator = "gpu" if ctx.device.startswith("cuda") else "cpu"
+    logger = epoch_logger(ctx, stage) if stage else None
     return pl.Trainer(
-        max_epochs=max_epochs, accelerator=accelerator, devices=1, logger=False,
+        max_epochs=max_epochs, accelerator=accelerator, devices=1, logger=logger or False, log_every_n_steps=1,
         enable_checkpointing=False, enable_model_summary=False,
         # the bar only on a terminal: redirected output would get a \r update per batch
         enable_progress_bar=bool(ctx.progress) and sys.stderr.isatty(),
@@ -118,10 +149,13 @@ def make_trainer(ctx, max_epochs: int, callbacks: list | None = None, **kwargs: 
     )
 
 
-def fit(ctx, module: Classifier, max_epochs: int, callbacks: list | None = None, **kwargs: Any) -> Classifier:
-    """Train ``module`` on the train split, validating on val each epoch."""
+def fit(ctx, module: Classifier, max_epochs: int, callbacks: list | None = None, stage: str | None = None,
+        **kwargs: Any) -> Classifier:
+    """Train ``module`` on the train split, validating on val each epoch; with ``stage`` (the prefix
+    of its step metrics: ``ann``, ``surrogate`` …) the curves stream to the run's MLflow run."""
     pl.seed_everything(ctx.seed, workers=True, verbose=False)
-    trainer = make_trainer(ctx, max_epochs, [*(callbacks or []), *getattr(ctx, "fit_callbacks", [])], **kwargs)
+    trainer = make_trainer(ctx, max_epochs, [*(callbacks or []), *getattr(ctx, "fit_callbacks", [])], stage=stage,
+                           **kwargs)
     try:
         # Lightning's bar writes to stdout, which carries the run's result alone: send it to stderr
         with contextlib.redirect_stdout(sys.stderr):

@@ -10,11 +10,11 @@ import contextlib
 import os
 import socket
 import subprocess
+import time
 
 import pytest
 from harness.errors import OutputError, ReportError
 from harness.runner import run
-
 
 @contextlib.contextmanager
 def tmpfs(path, options: str):
@@ -29,7 +29,6 @@ def tmpfs(path, options: str):
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
-
 @contextlib.contextmanager
 def full_disk(path):
     """A 64 KiB tmpfs at ``path``, filled to the last byte."""
@@ -38,7 +37,6 @@ def full_disk(path):
             with contextlib.suppress(OSError):
                 f.write(bytes(1 << 20))
         yield disk
-
 
 @pytest.mark.parametrize("where", ["cache_dir", "output_json", "report"])
 def test_a_read_only_file_system_fails_before_any_work(quick, tmp_path, where):
@@ -52,7 +50,6 @@ def test_a_read_only_file_system_fails_before_any_work(quick, tmp_path, where):
             else:
                 run(quick(method="ann", **{where: str(ro / "x.json" if where == "output_json" else ro)}))
 
-
 def test_a_tracking_store_on_a_read_only_file_system_fails_before_any_work(quick, tmp_path, monkeypatch):
     from harness.errors import TrackingError
 
@@ -61,7 +58,6 @@ def test_a_tracking_store_on_a_read_only_file_system_fails_before_any_work(quick
         with pytest.raises(TrackingError, match="m.db is not writable"):
             run(quick(method="ann", track=True, cache_dir=str(tmp_path / "cache")))
     assert not (tmp_path / "cache").exists()
-
 
 @pytest.mark.parametrize("what", ["cache_dir_is_a_file", "output_json_is_a_folder", "output_json_in_a_file"])
 def test_unwritable_outputs_fail_before_any_work(quick, tmp_path, what):
@@ -75,7 +71,6 @@ def test_unwritable_outputs_fail_before_any_work(quick, tmp_path, what):
         run(quick(method="ann", **{"cache_dir": str(cache), **sets}))
     assert not cache.exists() or not any(cache.rglob("*.pt"))  # nothing was trained
 
-
 def test_report_folder_that_is_a_file_fails_before_reading(tmp_path):
     from harness.analysis.report import build_report
 
@@ -84,7 +79,6 @@ def test_report_folder_that_is_a_file_fails_before_reading(tmp_path):
     with pytest.raises(OutputError, match="report folder .* is a file"):
         build_report(out_dir=out)
 
-
 def test_a_full_disk_under_the_json_keeps_no_partial_file_and_says_what_was_kept(quick, tmp_path):
     with full_disk(tmp_path / "full") as disk:
         with pytest.raises(OutputError, match="r.json failed \\(No space left on device\\); nothing was recorded "
@@ -92,14 +86,12 @@ def test_a_full_disk_under_the_json_keeps_no_partial_file_and_says_what_was_kept
             run(quick(method="ann", output_json=str(disk / "r.json")))
         assert sorted(p.name for p in disk.iterdir()) == ["filler"]
 
-
 def test_a_full_disk_under_the_cache_keeps_no_partial_file(quick, tmp_path):
     with full_disk(tmp_path / "full") as disk:
         with pytest.raises(OutputError, match="writing the ANN cache .*No space left on device.*not kept"):
             run(quick(method="ann", cache_dir=str(disk)))
         leftovers = [p.name for p in disk.rglob("*") if p.is_file() and p.name != "filler"]
         assert leftovers == []
-
 
 def test_a_full_disk_under_the_report_names_the_file(quick, tmp_path):
     from harness.analysis.report import build_report
@@ -110,14 +102,12 @@ def test_a_full_disk_under_the_report_names_the_file(quick, tmp_path):
             build_report(out_dir=disk / "rep")
         assert not [p for p in (disk / "rep").rglob("*") if p.name.endswith(".tmp")]  # no partial file
 
-
 MARKING_MODEL = '''
 import os
 import pathlib
 
 import torch
 from torch import nn
-
 
 class Marking(nn.Module):
     """Touches $MARK on its first training step, so a test knows training has started."""
@@ -131,11 +121,9 @@ class Marking(nn.Module):
             pathlib.Path(os.environ["MARK"]).touch()
         return self.fc(self.flat(x))
 
-
 def factory(input_shape, num_classes):
     return Marking(input_shape, num_classes)
 '''
-
 
 @pytest.mark.parametrize("sig,code,name", [("SIGTERM", 143, "SIGTERM"), ("SIGINT", 130, "SIGINT")])
 def test_a_signal_during_training_exits_128_plus_n_with_one_line_and_keeps_nothing(tmp_path, sig, code, name):
@@ -149,23 +137,37 @@ def test_a_signal_during_training_exits_128_plus_n_with_one_line_and_keeps_nothi
                              "--model", f"{model}:factory", "--epochs", "10000", "--no-progress",
                              "--cache-dir", str(cache), "--output-json", str(out)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
     try:
+        # the run can be watched while it trains: RUNNING, its curves growing epoch by epoch
+        curve, run, watched_from = [], None, None
+        deadline = time.monotonic() + 300
+        while len(curve) < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+            if runs:
+                run = runs[0]
+                watched_from = watched_from or time.time()
+                curve = client.get_metric_history(run.info.run_id, "ann/val/accuracy")
+        assert run is not None and run.info.status == "RUNNING" and [m.step for m in curve][:3] == [0, 1, 2]
         _, stderr = _wait_for_mark_then(proc, mark, sig)
+        killed_at = time.time()
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == code, stderr[-2000:]
     lines = [ln for ln in stderr.splitlines() if ln.startswith("harness:")]
-    assert lines == [f"harness: interrupted by {name} while training the ANN ({model}:factory on digits); nothing "
-                     "half-written was kept (the ANN cache, the JSON and MLflow runs are written whole or not at all)"]
+    assert lines == [f"harness: interrupted by {name} while training the ANN ({model}:factory on digits); the MLflow "
+                     f"run {run.info.run_id} was marked KILLED with what it had logged; nothing half-written was kept "
+                     "(the ANN cache and the JSON are written whole or not at all)"]
     assert "Traceback" not in stderr
     assert not out.exists() and not any(cache.rglob("*.pt")) and not any(cache.rglob("*.tmp"))
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
-    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
-    assert runs == []  # the run is written only when its results exist
-
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["harness.status_reason"] == f"interrupted by {name}"
+    # its duration is the work's: it started before we first saw it and ended when it was stopped
+    assert run.info.start_time / 1000 <= watched_from and abs(run.info.end_time / 1000 - killed_at) < 30
 
 def test_processes_started_together_on_a_new_store_all_open_it(tmp_path):
     # without the store lock two of three failed in MLflow's schema migration (every time, here)
@@ -189,7 +191,6 @@ def test_processes_started_together_on_a_new_store_all_open_it(tmp_path):
     from mlflow.tracking import MlflowClient
 
     assert [e.name for e in MlflowClient(uri).search_experiments() if e.name == "exp"] == ["exp"]
-
 
 def test_trials_logging_the_same_test_set_together_all_keep_their_runs(tmp_path, digits):
     # `harness study --n-jobs 2` lost an evaluated trial: two threads inserting the same data set
@@ -224,7 +225,6 @@ def test_trials_logging_the_same_test_set_together_all_keep_their_runs(tmp_path,
         for r in runs:
             assert [d.dataset.name for d in client.get_run(r).inputs.dataset_inputs] == [f"{digits.name}:{digits.version}"]
 
-
 def _wait_for_mark_then(proc, mark, sig, timeout=300):
     import signal
     import time
@@ -236,27 +236,23 @@ def _wait_for_mark_then(proc, mark, sig, timeout=300):
     proc.send_signal(getattr(signal, sig))
     return proc.communicate(timeout=120)
 
-
 SLOW_LOGGING = '''
 import os, pathlib, sys, time
 from mlflow.tracking import MlflowClient
 
 _log_batch = MlflowClient.log_batch
 
-
 def slow_log_batch(self, run_id, metrics=(), *args, **kwargs):
-    if metrics:  # the run's results are being written
+    if any(m.key == "test/accuracy" for m in metrics):  # the run's results are being written
         pathlib.Path(os.environ["MARK"]).touch()
         time.sleep(120)
     return _log_batch(self, run_id, metrics, *args, **kwargs)
-
 
 MlflowClient.log_batch = slow_log_batch
 from harness.cli import main
 
 sys.exit(main(sys.argv[1:]))
 '''
-
 
 def _signal_while_logging(tmp_path, sig: str):
     """``harness run`` (ann on digits) whose MLflow logging stalls; ``sig`` is sent once the run's
@@ -277,20 +273,20 @@ def _signal_while_logging(tmp_path, sig: str):
             proc.kill()
     return proc, stderr, uri
 
-
-def test_a_signal_while_the_mlflow_run_is_written_leaves_no_run_behind(tmp_path):
+def test_a_signal_while_the_mlflow_run_is_written_marks_the_run_killed(tmp_path):
     proc, stderr, uri = _signal_while_logging(tmp_path, "SIGTERM")
     assert proc.returncode == 143, stderr[-2000:]
-    assert [ln for ln in stderr.splitlines() if ln.startswith("harness:")] == [
-        "harness: interrupted by SIGTERM while logging the MLflow run; nothing half-written was kept (the ANN cache, "
-        "the JSON and MLflow runs are written whole or not at all)"]
     from mlflow.entities import ViewType
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id], run_view_type=ViewType.ALL)]
-    assert [r.info.lifecycle_stage for r in runs] == ["deleted"]  # the half-written run was deleted
-
+    assert [(r.info.lifecycle_stage, r.info.status) for r in runs] == [("active", "KILLED")]
+    assert [ln for ln in stderr.splitlines() if ln.startswith("harness:")] == [
+        f"harness: interrupted by SIGTERM while logging the MLflow run; the MLflow run {runs[0].info.run_id} was "
+        "marked KILLED with what it had logged; nothing half-written was kept (the ANN cache and the JSON are "
+        "written whole or not at all)"]
+    assert "test/accuracy" not in runs[0].data.metrics  # its results were not written: KILLED says so
 
 def test_a_study_interrupted_in_a_trial_closes_its_runs_and_requeues_the_trial(tmp_path):
     import sys
@@ -325,7 +321,6 @@ def test_a_study_interrupted_in_a_trial_closes_its_runs_and_requeues_the_trial(t
     assert runs["study"].info.status == "KILLED" and runs["study"].data.tags["harness.interrupted"] == "SIGTERM"
     assert runs["trial"].info.status == "KILLED"
     assert runs["trial"].data.tags["mlflow.parentRunId"] == runs["study"].info.run_id
-
 
 def test_a_run_killed_while_it_was_written_is_marked_failed_by_the_next_harness_process(tmp_path):
     # SIGKILL cannot be caught: the half-written run stays RUNNING until a later process sees that

@@ -109,7 +109,7 @@ class Prune(Method):
         pruning = ModelPruning("l1_unstructured", parameters_to_prune=targets, amount=amount,
                                use_global_unstructured=True, use_lottery_ticket_hypothesis=False,
                                make_pruning_permanent=True)
-        fit(ctx, module, p.epochs, callbacks=[pruning, SparsityLog()])
+        fit(ctx, module, p.epochs, callbacks=[pruning, SparsityLog()], stage="prune")
         pruned = module.model.eval()
         alone = ctx.evaluate(pruned, desc="evaluate pruned ANN", what="the pruned ANN")
         steps = {"prune/sparsity": history, **{f"prune/{k}": v for k, v in module.history.items()}}

@@ -609,7 +609,8 @@ class Sharpen(Method):
         sharpener = Sharpener(net.activations, params)
         module = Classifier(net.gm, lr=params.lr, optimizer=params.optimizer)
         fit(ctx, module, params.epochs,
-            callbacks=[sharpener.callback(net.gm, params.sharpen_lr, ctx.loader("val"), params.lr_floor)])
+            callbacks=[sharpener.callback(net.gm, params.sharpen_lr, ctx.loader("val"), params.lr_floor)],
+            stage="sharpen")
         reached = min(sharpener.values) if sharpener.values else 1.0
         info = {}
         if reached < 1.0:

@@ -380,7 +380,7 @@ class Surrogate(Method):
         loss_fn = _spike_rate_loss if params.readout == "spikes" else None
         module = Classifier(net, lr=params.lr, loss_fn=loss_fn)
         grads = GradientNorms(net)
-        fit(ctx, module, params.epochs, callbacks=[grads.callback()])
+        fit(ctx, module, params.epochs, callbacks=[grads.callback()], stage="surrogate")
         steps = {f"surrogate/{k}": v for k, v in module.history.items()}
         steps.update({f"surrogate/grad_norm/{k}": v for k, v in grads.per_epoch.items()})
         metrics = {}
