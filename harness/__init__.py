@@ -7,7 +7,7 @@ functions that need them, so ``harness --help`` and ``harness ls`` answer at onc
 
     import harness
     res = harness.run("rate", model=MyNet(), dataset=(train, val, test), timesteps=64, track=False)
-    res.metrics["test/accuracy"], res.metrics["energy/cmos45-fp32/ratio"]
+    res.metrics["test/accuracy"], res.metrics["energy_ratio/cmos45-fp32"]
 """
 
 from __future__ import annotations

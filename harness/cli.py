@@ -195,10 +195,10 @@ def cmd_run(args) -> int:
     print(f"  spikes_per_neuron    {m['spikes_per_neuron']:.4f}   activation_sparsity {m['activation_sparsity']:.4f}")
     print(f"  synops               {m['synops']:.4g}   macs {m['macs']:.4g}"
           + (f"   (ANN macs {m['ann/macs']:.4g})" if baseline else ""))
-    energy = f"  energy cmos45-fp32   {m['energy/cmos45-fp32/joules']:.4g} J"
+    energy = f"  energy cmos45-fp32   {m['energy_nJ/cmos45-fp32']:.4g} nJ"
     if baseline:
-        energy += (f"   (ANN {m['ann/energy/cmos45-fp32/joules']:.4g} J, "
-                   f"ratio {m['energy/cmos45-fp32/ratio']:.3f})")
+        energy += (f"   (ANN {m['ann/energy_nJ/cmos45-fp32']:.4g} nJ, "
+                   f"ratio {m['energy_ratio/cmos45-fp32']:.3f})")
     print(energy)
     if result.tracking:
         print(f"  MLflow run {result.tracking['run_id']} in {result.tracking['tracking_uri']}")

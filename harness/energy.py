@@ -97,7 +97,9 @@ _add(LemaireModel("lemaire-45nm", "Lemaire et al., ICONIP 2022 (arXiv 2210.13107
 def energy_metrics(snn: dict[str, float], ann: dict[str, float] | None, *, spiking: bool,
                    parts: dict[str, dict[str, float]] | None = None,
                    ann_parts: dict[str, dict[str, float]] | None = None) -> dict[str, float]:
-    """``energy/<model>/joules|ratio|break_even_spikes_per_neuron`` and ``ann/energy/<model>/joules``.
+    """``energy_nJ/<model>``, ``energy_ratio/<model>``, ``break_even_spikes_per_neuron/<model>`` and
+    ``ann/energy_nJ/<model>``: nanojoules (a J value of 1e-8 reads "0.00" in MLflow's charts), keyed
+    so that each quantity is one section of MLflow's chart view with a chart per energy model.
 
     ``snn`` holds the method's metrics; ``spiking=False`` (the ``ann`` method) charges it as an ANN.
     Without an ANN baseline (``ann`` None) only the method's own joules are computed. ``parts`` /
@@ -113,14 +115,14 @@ def energy_metrics(snn: dict[str, float], ann: dict[str, float] | None, *, spiki
             continue
         j = em.snn_joules(snn) if spiking else em.ann_joules(snn)
         if ann is None:
-            out[f"energy/{name}/joules"] = j
+            out[f"energy_nJ/{name}"] = j * 1e9
             continue
         ann_j = em.ann_joules(ann)
-        out[f"ann/energy/{name}/joules"] = ann_j
-        out[f"energy/{name}/joules"] = j
-        out[f"energy/{name}/ratio"] = j / ann_j if ann_j else float("nan")
+        out[f"ann/energy_nJ/{name}"] = ann_j * 1e9
+        out[f"energy_nJ/{name}"] = j * 1e9
+        out[f"energy_ratio/{name}"] = j / ann_j if ann_j else float("nan")
         view = snn if spiking else as_converted(snn)
-        out[f"energy/{name}/break_even_spikes_per_neuron"] = em.break_even_spikes_per_neuron(view, ann_j)
+        out[f"break_even_spikes_per_neuron/{name}"] = em.break_even_spikes_per_neuron(view, ann_j)
     return out
 
 
@@ -135,23 +137,22 @@ def _memory_aware_metrics(name: str, spiking: bool, snn: dict[str, float], parts
                           ann_parts: dict[str, float] | None) -> dict[str, float]:
     if parts is None:
         return {}
-    p = f"energy/{name}/"
-    out = {p + "joules": parts["total"]}
+    out = {f"energy_nJ/{name}": parts["total"] * 1e9}
     for k in ("compute", "addressing", "memory", "memory_params", "memory_potential", "memory_inout"):
-        out[p + f"{k}_nj"] = parts[k] * 1e9
+        out[f"energy_parts_nJ/{name}/{k}"] = parts[k] * 1e9
     if ann_parts is None:
         return out
     ann_j = ann_parts["total"]
-    out[f"ann/energy/{name}/joules"] = ann_j
-    out[f"ann/energy/{name}/compute_nj"] = (ann_parts["compute"] + ann_parts["addressing"]) * 1e9
-    out[f"ann/energy/{name}/memory_nj"] = ann_parts["memory"] * 1e9
-    out[p + "ratio"] = parts["total"] / ann_j if ann_j else float("nan")
+    out[f"ann/energy_nJ/{name}"] = ann_j * 1e9
+    out[f"ann/energy_parts_nJ/{name}/compute"] = (ann_parts["compute"] + ann_parts["addressing"]) * 1e9
+    out[f"ann/energy_parts_nJ/{name}/memory"] = ann_parts["memory"] * 1e9
+    out[f"energy_ratio/{name}"] = parts["total"] / ann_j if ann_j else float("nan")
     if spiking:
         # the breakdown is affine in the spike counts (buffer sizes do not depend on them):
         # E(s) = E0 + s · (E1 − E0) / s1, with E0 the same network without a spike
         e0, e1, s1 = parts["no_spikes"], parts["total"], snn.get("spikes_per_neuron", 0.0)
         slope = (e1 - e0) / s1 if s1 > 0 else 0.0
-        out[p + "break_even_spikes_per_neuron"] = (
+        out[f"break_even_spikes_per_neuron/{name}"] = (
             max(0.0, (ann_j - e0) / slope) if slope > 0 else (float("inf") if ann_j >= e0 else 0.0))
     return out
 

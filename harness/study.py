@@ -98,7 +98,7 @@ def check_metric_key(key: str, classes: list) -> None:
     if spec.curve:
         raise ConfigError(f"--objective {key!r}: that metric is a curve (one value per step or epoch), not a number")
     if "{model}" in spec.key:
-        model = key.split("/")[-2]
+        model = key.split("/")[spec.key.split("/").index("{model}")]
         if model not in ENERGY_MODELS:
             raise UnknownNameError(f"energy model in objective {key!r}", model, list(ENERGY_MODELS))
 

@@ -52,12 +52,12 @@ def test_run_ann_end_to_end_with_json_and_mlflow(tmp_path, capsys):
     rec = json.loads(out.read_text())
     assert rec["schema"] == "snn-harness/result/1"
     m = rec["metrics"]
-    for key in ("test/accuracy", "ann/test/accuracy", "ann/macs", "ann/energy/cmos45-fp32/joules",
-                "energy/cmos45-fp32/joules", "connection_sparsity", "activation_sparsity",
+    for key in ("test/accuracy", "ann/test/accuracy", "ann/macs", "ann/energy_nJ/cmos45-fp32",
+                "energy_nJ/cmos45-fp32", "connection_sparsity", "activation_sparsity",
                 "spikes_per_neuron", "synops", "layer/conv1/macs", "layer/relu1/activation_sparsity"):
         assert key in m, key
     assert 0.0 <= m["test/accuracy"] <= 1.0
-    assert m["ann/macs"] > 0 and m["ann/energy/cmos45-fp32/joules"] > 0
+    assert m["ann/macs"] > 0 and m["ann/energy_nJ/cmos45-fp32"] > 0
     assert rec["dataset"]["splits"]["test"] == 359
     assert rec["provenance"]["versions"]["torch"].startswith("2.")
     assert [r["layer"] for r in rec["layers"] if r.get("type") == "Conv2d"] == ["conv1", "conv2", "conv3"]

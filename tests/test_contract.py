@@ -14,7 +14,7 @@ from harness.runner import run
 
 REQUIRED = ("test/accuracy", "ann/test/accuracy", "test/accuracy_drop", "timesteps", "spikes_per_neuron",
             "activation_sparsity", "connection_sparsity", "synops", "macs", "ann/macs", "neuron_updates",
-            "energy/cmos45-fp32/joules", "ann/energy/cmos45-fp32/joules", "energy/cmos45-fp32/ratio")
+            "energy_nJ/cmos45-fp32", "ann/energy_nJ/cmos45-fp32", "energy_ratio/cmos45-fp32")
 
 
 @pytest.mark.parametrize("name", METHODS.names())
@@ -93,8 +93,8 @@ def test_needs_trained_ann_false_skips_training_without_a_baseline(quick, monkey
 
     monkeypatch.setattr(cache, "train_ann", lambda ctx: pytest.fail("the ANN was trained"))
     res = run(quick(method="surrogate", model="dnn5", baseline=False, sets=("epochs=1", "timesteps=2")))
-    assert "ann/test/accuracy" not in res.metrics and "energy/cmos45-fp32/ratio" not in res.metrics
-    assert res.metrics["energy/cmos45-fp32/joules"] > 0
+    assert "ann/test/accuracy" not in res.metrics and "energy_ratio/cmos45-fp32" not in res.metrics
+    assert res.metrics["energy_nJ/cmos45-fp32"] > 0
 
 
 # ---- SynOps counted independently ------------------------------------------------------------

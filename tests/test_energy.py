@@ -38,15 +38,15 @@ def test_energy_metrics_keys():
     ann = dict(macs=1000.0, neurons=100.0, input_layer_macs=100.0, synops_if_spiking=300.0, spikes=50.0,
                synops=0.0, neuron_updates=100.0)
     out = energy_metrics(ann, ann, spiking=False)
-    assert out["energy/cmos45-fp32/ratio"] == 1.0
-    assert out["ann/energy/cmos45-fp32/joules"] == pytest.approx(4600 * PJ)
+    assert out["energy_ratio/cmos45-fp32"] == 1.0
+    assert out["ann/energy_nJ/cmos45-fp32"] == pytest.approx(4600e-3)  # 4600 pJ in nJ
     # the ANN read as a one-step SNN: the input layer keeps its 100 MACs (460 pJ); the 300 other
     # effective ops become synops, 300 / 50 = 6 per spike; spikes per neuron s costs
     # 100 neurons · s · 6 · 0.9 pJ = 540·s pJ; 460 + 540·s = 4600  ->  s = 4140 / 540
-    be = out["energy/cmos45-fp32/break_even_spikes_per_neuron"]
+    be = out["break_even_spikes_per_neuron/cmos45-fp32"]
     assert be == pytest.approx(4140 / 540)
     # loihi also charges 81 pJ per neuron update (100) and 27.1 pJ per MAC or synop
-    loihi = out["energy/loihi/break_even_spikes_per_neuron"]
+    loihi = out["break_even_spikes_per_neuron/loihi"]
     ann_j = (1000 * 27.1 + 100 * 81) * PJ
     assert loihi == pytest.approx((ann_j - (100 * 27.1 + 100 * 81) * PJ) / (100 * 6 * 27.1 * PJ))
 
@@ -62,8 +62,8 @@ def test_break_even_is_infinite_without_synaptic_cost_and_zero_when_fixed_costs_
 def test_no_baseline_gives_only_joules():
     snn = dict(macs=10.0, synops=20.0, neuron_updates=5.0)
     out = energy_metrics(snn, None, spiking=True)
-    assert set(out) == {f"energy/{m}/joules" for m in ENERGY_MODELS if not isinstance(ENERGY_MODELS.get(m), LemaireModel)}
-    assert out["energy/cmos45-fp32/joules"] == pytest.approx((10 * 4.6 + 20 * 0.9) * PJ)
+    assert set(out) == {f"energy_nJ/{m}" for m in ENERGY_MODELS if not isinstance(ENERGY_MODELS.get(m), LemaireModel)}
+    assert out["energy_nJ/cmos45-fp32"] == pytest.approx((10 * 4.6 + 20 * 0.9) * 1e-3)  # pJ in nJ
 
 
 def test_a_silent_network_breaks_even_through_its_synaptic_capacity():
@@ -80,8 +80,8 @@ def test_an_ann_without_energy_gives_no_ratio():
                neuron_updates=10.0)
     out = energy_metrics(dict(macs=0.0, synops=5.0, neuron_updates=10.0, neurons=10.0, spikes=1.0), ann,
                          spiking=True)
-    assert math.isnan(out["energy/cmos45-fp32/ratio"])  # 0 J against 0 J has no ratio
-    assert out["energy/cmos45-fp32/joules"] == pytest.approx(5 * 0.9 * PJ)
+    assert math.isnan(out["energy_ratio/cmos45-fp32"])  # 0 J against 0 J has no ratio
+    assert out["energy_nJ/cmos45-fp32"] == pytest.approx(5 * 0.9 * 1e-3)  # pJ in nJ
 
 
 # ---- the memory-aware model (Lemaire et al.) --------------------------------------------------
@@ -215,8 +215,8 @@ def test_memory_aware_metrics_ratio_and_break_even():
     snn = dict(macs=0.0, synops=1.0, neuron_updates=1.0, neurons=1.0, spikes=2.0, spikes_per_neuron=2.0)
     out = energy_metrics(snn, dict(macs=1.0, neurons=1.0), spiking=True,
                          parts={"lemaire-45nm": parts}, ann_parts={"lemaire-45nm": ann_parts})
-    assert out["energy/lemaire-45nm/ratio"] == pytest.approx(0.5)
-    assert out["energy/lemaire-45nm/memory_nj"] == pytest.approx(8e-3)
+    assert out["energy_ratio/lemaire-45nm"] == pytest.approx(0.5)
+    assert out["energy_parts_nJ/lemaire-45nm/memory"] == pytest.approx(8e-3)
     # E(s) = 4 + s · (10 − 4) / 2 pJ = 20 pJ  ->  s = 16 / 3
-    assert out["energy/lemaire-45nm/break_even_spikes_per_neuron"] == pytest.approx(16 / 3)
-    assert "energy/lemaire-45nm/joules" not in energy_metrics(snn, None, spiking=True)  # no breakdown: skipped
+    assert out["break_even_spikes_per_neuron/lemaire-45nm"] == pytest.approx(16 / 3)
+    assert "energy_nJ/lemaire-45nm" not in energy_metrics(snn, None, spiking=True)  # no breakdown: skipped

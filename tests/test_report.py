@@ -41,7 +41,7 @@ def test_report_from_real_runs(quick, tmp_path):
     # the memory-aware model drives the Pareto mark and its ratios sit beside the arithmetic ones
     build_report(out_dir=tmp_path / "rep-lemaire", energy_model="lemaire-45nm")
     lb2 = pd.read_csv(tmp_path / "rep-lemaire" / "leaderboard.csv")
-    assert lb2["energy[lemaire-45nm] (J)"].gt(0).all()
+    assert lb2["energy[lemaire-45nm] (nJ)"].gt(0).all()
     md = (tmp_path / "rep-lemaire" / "report.md").read_text()
     assert "Energy: arithmetic only vs memory traffic" in md and "ratio (lemaire-45nm)" in md
     # the page's leaderboard carries the chosen model's energy column only (it overflowed 1400 px);
@@ -195,9 +195,9 @@ def test_energy_models_table_ranks_each_data_set_under_both_models():
 
     def row(r, method, acc, arith, aware, dataset="digits", eval_limit=0):
         return {"run_id": r, "method": method, "model": "m", "dataset": dataset, "test/accuracy": acc,
-                "eval_limit": eval_limit, "start_time": 0, "energy/cmos45-fp32/ratio": arith,
-                "energy/lemaire-45nm/ratio": aware, "energy/lemaire-45nm/joules": 2e-9,
-                "energy/lemaire-45nm/memory_nj": 1.5}
+                "eval_limit": eval_limit, "start_time": 0, "energy_ratio/cmos45-fp32": arith,
+                "energy_ratio/lemaire-45nm": aware, "energy_nJ/lemaire-45nm": 2.0,
+                "energy_parts_nJ/lemaire-45nm/memory": 1.5}
 
     rows = [row("t", "ttfs", 0.9, 0.1, 0.9), row("r", "rate", 0.95, 7.0, 9.0), row("s", "sharpen", 0.8, 0.05, 1.2),
             row("s-worse", "sharpen", 0.7, 0.01, 0.01), row("sub", "ttfs", 0.99, 0.01, 0.01, eval_limit=10),
@@ -209,6 +209,33 @@ def test_energy_models_table_ranks_each_data_set_under_both_models():
     assert d["rank (lemaire-45nm)"].to_dict() == {"sharpen": 2, "ttfs": 1, "rate": 3}  # memory reorders
     assert d.loc["sharpen", "memory share (lemaire-45nm)"] == pytest.approx(0.75)
     assert t.loc[("mnist-5k", "rate"), "rank (lemaire-45nm)"] == 1
+
+
+def test_runs_logged_with_the_old_energy_keys_read_under_todays_keys_and_units():
+    """Energy moved from joules under ``energy/<model>/…`` to nanojoules under one section per
+    quantity; a store holding runs of both kinds reads as one table."""
+    from harness.analysis.runs import load_runs
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    exp = client.create_experiment("mixed")
+    for metrics in ({"energy/cmos45-fp32/joules": 3e-8, "ann/energy/cmos45-fp32/joules": 6e-8,
+                     "energy/cmos45-fp32/ratio": 0.5, "energy/lemaire-45nm/memory_nj": 7.0,
+                     "energy/loihi/break_even_spikes_per_neuron": 1.25},
+                    {"energy_nJ/cmos45-fp32": 40.0}):
+        r = client.create_run(exp)
+        client.log_param(r.info.run_id, "method", "rate")
+        client.log_param(r.info.run_id, "run.eval_limit", "0")
+        for k, v in {"test/accuracy": 0.5, **metrics}.items():
+            client.log_metric(r.info.run_id, k, v)
+        client.set_terminated(r.info.run_id)
+    df = load_runs(experiment="mixed").df
+    assert sorted(df["energy_nJ/cmos45-fp32"]) == [pytest.approx(30.0), 40.0]
+    old = df[df["energy_nJ/cmos45-fp32"] < 35].iloc[0]
+    assert old["ann/energy_nJ/cmos45-fp32"] == pytest.approx(60.0) and old["energy_ratio/cmos45-fp32"] == 0.5
+    assert old["energy_parts_nJ/lemaire-45nm/memory"] == 7.0
+    assert old["break_even_spikes_per_neuron/loihi"] == 1.25
+    assert not any(c.startswith("energy/") for c in df.columns)
 
 
 def test_text_from_runs_is_escaped_and_missing_metrics_are_named(tmp_path):
@@ -348,7 +375,7 @@ def test_leaderboard_stars_the_front_of_each_data_set():
 
     def row(method, dataset, acc, joules):
         return {"run_id": f"{method}-{dataset}", "method": method, "model": "m", "dataset": dataset,
-                "test/accuracy": acc, "energy/cmos45-fp32/joules": joules, "eval_limit": 0, "start_time": 0}
+                "test/accuracy": acc, "energy_nJ/cmos45-fp32": joules, "eval_limit": 0, "start_time": 0}
 
     runs = RunTable(pd.DataFrame([
         row("ann", "a", 0.95, 10.0), row("rate", "a", 0.94, 20.0), row("ttfs", "a", 0.93, 1.0),

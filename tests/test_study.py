@@ -22,7 +22,7 @@ from harness.study import (
 
 def test_objective_parsing():
     assert Objective.parse("test/accuracy:max") == Objective("test/accuracy", "maximize")
-    assert Objective.parse("energy/loihi/joules:min").direction == "minimize"
+    assert Objective.parse("energy_nJ/loihi:min").direction == "minimize"
     with pytest.raises(ConfigError, match="METRIC:max"):
         Objective.parse("test/accuracy")
     with pytest.raises(UnknownNameError, match="max"):
@@ -36,7 +36,7 @@ def test_objectives_are_checked_against_the_metric_schema():
     check_metric_key("spikes_per_neuron", ttfs)
     check_metric_key("layer/conv1/synops", ttfs)
     check_metric_key("layer/relu1/u_th", ttfs)  # ttfs's own per-layer metric
-    check_metric_key("energy/loihi/ratio", rate)
+    check_metric_key("energy_ratio/loihi", rate)
     with pytest.raises(UnknownNameError, match="unknown metric in --objective 'layer/relu1/u_th'"):
         check_metric_key("layer/relu1/u_th", rate)  # rate writes no thresholds
     with pytest.raises(UnknownNameError, match="Did you mean 'spikes_per_neuron'"):
@@ -45,8 +45,8 @@ def test_objectives_are_checked_against_the_metric_schema():
         check_metric_key("latency_steps", ttfs)  # no run writes it: refused before the first trial
     with pytest.raises(ConfigError, match="is a curve"):
         check_metric_key("ttfs/test/accuracy_vs_t_max", ttfs)
-    with pytest.raises(UnknownNameError, match="unknown energy model in objective 'energy/lohi/joules' 'lohi'"):
-        check_metric_key("energy/lohi/joules", ttfs)
+    with pytest.raises(UnknownNameError, match="unknown energy model in objective 'energy_nJ/lohi' 'lohi'"):
+        check_metric_key("energy_nJ/lohi", ttfs)
 
 
 def _scfg(quick, **kw):

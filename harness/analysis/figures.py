@@ -65,8 +65,8 @@ def accuracy_vs_cost(runs: RunTable, out: Path, energy_model: str, cost: str) ->
     """Accuracy against energy (or SynOps) for every run, ANN baselines included, Pareto front drawn."""
     df = runs.df[runs.df["test/accuracy"].notna()].copy()
     if cost == "energy":
-        key, ann_key = f"energy/{energy_model}/joules", f"ann/energy/{energy_model}/joules"
-        xlabel, fig_key = f"energy per inference on {energy_model} (J, log scale)", "accuracy_vs_energy"
+        key, ann_key = f"energy_nJ/{energy_model}", f"ann/energy_nJ/{energy_model}"
+        xlabel, fig_key = f"energy per inference on {energy_model} (nJ, log scale)", "accuracy_vs_energy"
     else:
         key, ann_key, xlabel, fig_key = "synops", None, "synaptic operations per inference (log scale)", "accuracy_vs_synops"
     if key not in df or df[key].notna().sum() == 0:

@@ -29,7 +29,7 @@ LEADERBOARD_COLUMNS = {
     "synops": "synops", "macs": "macs", "latency_steps": "timesteps",
 }
 LEADERBOARD_DIRECTIONS = {col: SCHEMA.better(key) for col, key in LEADERBOARD_COLUMNS.items()}
-ENERGY_COLUMN = "energy[{}] (J)"
+ENERGY_COLUMN = "energy[{}] (nJ)"
 
 # Figures the seeds report (paper data sets named), next to which the harness's own are shown.
 PAPER: dict[str, Any] = {
@@ -72,7 +72,7 @@ def leaderboard(runs: RunTable, energy_models: list[str], energy_model: str) -> 
     df = runs.df[runs.df["test/accuracy"].notna() & (runs.df["eval_limit"] == 0)].copy()
     if df.empty:
         return pd.DataFrame()
-    ekey = f"energy/{energy_model}/joules"
+    ekey = f"energy_nJ/{energy_model}"
     df["_cost"] = df[ekey] if ekey in df else 0.0
     df = df.sort_values(["test/accuracy", "_cost"], ascending=[False, True])
     rows = []
@@ -83,7 +83,7 @@ def leaderboard(runs: RunTable, energy_models: list[str], energy_model: str) -> 
                    drop=best.get("test/accuracy_drop"), spikes_per_neuron=best.get("spikes_per_neuron"),
                    synops=best.get("synops"), macs=best.get("macs"), latency_steps=best.get("timesteps"))
         for em in energy_models:
-            row[ENERGY_COLUMN.format(em)] = best.get(f"energy/{em}/joules")
+            row[ENERGY_COLUMN.format(em)] = best.get(f"energy_nJ/{em}")
         row["run_id"] = best["run_id"]
         rows.append(row)
     lb = pd.DataFrame(rows)
@@ -105,8 +105,8 @@ def energy_models_table(runs: RunTable, arithmetic: str = "cmos45-fp32") -> pd.D
     from ..energy import ENERGY_MODELS, LemaireModel
 
     aware = [m for m in ENERGY_MODELS if isinstance(ENERGY_MODELS.get(m), LemaireModel)
-             and f"energy/{m}/ratio" in runs.df]
-    key = f"energy/{arithmetic}/ratio"
+             and f"energy_ratio/{m}" in runs.df]
+    key = f"energy_ratio/{arithmetic}"
     best = runs.best(*runs.df["method"].dropna().str.split("+").str[-1].unique())
     if not aware or key not in best or best.empty:
         return pd.DataFrame()
@@ -116,9 +116,9 @@ def energy_models_table(runs: RunTable, arithmetic: str = "cmos45-fp32") -> pd.D
         row = {"method": b["method"], "model": b["model"], "data": b["dataset"], "accuracy": b["test/accuracy"],
                f"ratio ({arithmetic})": b.get(key)}
         for m in aware:
-            row[f"ratio ({m})"] = b.get(f"energy/{m}/ratio")
-            row[f"memory share ({m})"] = (b.get(f"energy/{m}/memory_nj") / (b.get(f"energy/{m}/joules") * 1e9)
-                                          if b.get(f"energy/{m}/joules") else None)
+            row[f"ratio ({m})"] = b.get(f"energy_ratio/{m}")
+            row[f"memory share ({m})"] = (b.get(f"energy_parts_nJ/{m}/memory") / b.get(f"energy_nJ/{m}")
+                                          if b.get(f"energy_nJ/{m}") else None)
         rows.append(row)
     t = pd.DataFrame(rows)
     for col in [c for c in t.columns if c.startswith("ratio (")]:
@@ -311,7 +311,7 @@ def _build_report(experiment: str | None, out_dir: str | Path, tracking_uri: str
     set_phase(f"writing the report into {out}")
     out.mkdir(parents=True, exist_ok=True)
     res = ReportOutput(out, runs.experiment, len(runs.df))
-    energy_models = [m for m in ENERGY_MODELS if f"energy/{m}/joules" in runs.df]
+    energy_models = [m for m in ENERGY_MODELS if f"energy_nJ/{m}" in runs.df]
     lb = leaderboard(runs, energy_models, energy_model)
     wt = whetstone_table(runs)
     et = energy_models_table(runs)
@@ -322,7 +322,7 @@ def _build_report(experiment: str | None, out_dir: str | Path, tracking_uri: str
             figures.append(fn(runs, out, energy_model))
         except Missing as exc:
             res.missing.append(f"{key}: {exc}")
-    needed = ["test/accuracy", "spikes_per_neuron", "synops", f"energy/{energy_model}/joules"]
+    needed = ["test/accuracy", "spikes_per_neuron", "synops", f"energy_nJ/{energy_model}"]
     absent = [k for k in needed if k not in runs.df or runs.df[k].isna().all()]
     if absent:
         res.missing.append("metrics absent from every run: " + ", ".join(absent))
@@ -346,7 +346,7 @@ def _build_report(experiment: str | None, out_dir: str | Path, tracking_uri: str
     others = [ENERGY_COLUMN.format(m) for m in energy_models if m != energy_model]
     lb_shown = lb.drop(columns=[c for c in others if c in lb])
     directions = dict(LEADERBOARD_DIRECTIONS,
-                      **{ENERGY_COLUMN.format(m): SCHEMA.better(f"energy/{m}/joules") for m in energy_models})
+                      **{ENERGY_COLUMN.format(m): SCHEMA.better(f"energy_nJ/{m}") for m in energy_models})
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     intro = (f"experiment <b>{html.escape(runs.experiment)}</b> in <code>{html.escape(runs.tracking_uri)}</code>; "
              f"{len(runs.df)} runs; generated {stamp}; energy model for the Pareto mark: "

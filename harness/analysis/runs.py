@@ -1,7 +1,7 @@
 """Read an experiment's runs from MLflow into a DataFrame (the analysis package reads results only).
 
 Columns: ``run_id``, ``method``, ``model``, ``dataset``, ``seed``, ``study``, ``trial``, ``state``,
-``start_time``; every metric under its own key (``test/accuracy``, ``energy/loihi/joules`` ...);
+``start_time``; every metric under its own key (``test/accuracy``, ``energy_nJ/loihi`` ...);
 every method parameter as ``p.<key>`` (``p.timesteps``, ``p.prune.final_sparsity``).
 Step metrics and artifacts are fetched on demand and cached.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,8 +117,8 @@ def load_runs(tracking_uri: str | None = None, experiment: str | None = None) ->
     df["study"], df["trial"] = tag("harness.study"), tag("optuna.trial_number")
     df["trial_state"], df["reevaluated_trial"] = tag("optuna.trial_state"), tag("harness.reevaluated_trial")
     df["eval_limit"] = pd.to_numeric(par("run.eval_limit"), errors="coerce").fillna(0)
-    metrics = {c[len("metrics."):]: pd.to_numeric(raw[c], errors="coerce") for c in raw.columns
-               if c.startswith("metrics.")}
+    metrics = _current_energy_keys({c[len("metrics."):]: pd.to_numeric(raw[c], errors="coerce")
+                                    for c in raw.columns if c.startswith("metrics.")})
     params = {f"p.{c[len('params.method.'):]}": raw[c] for c in raw.columns if c.startswith("params.method.")}
     df = pd.concat([df, pd.DataFrame(metrics), pd.DataFrame(params)], axis=1)
     if "test/accuracy" not in df:
@@ -127,6 +128,29 @@ def load_runs(tracking_uri: str | None = None, experiment: str | None = None) ->
         raise ReportError(f"experiment {name!r} in {uri} has only study parent runs")
     df, left_out = admitted(df)
     return RunTable(df=df, experiment=name, tracking_uri=uri, client=client, left_out=left_out)
+
+
+# Energy keys of runs logged before energy moved to nanojoules, one section per quantity:
+# (pattern, new key, factor)
+_OLD_ENERGY = [(re.compile(r"^ann/energy/([^/]+)/joules$"), r"ann/energy_nJ/\1", 1e9),
+               (re.compile(r"^ann/energy/([^/]+)/(\w+)_nj$"), r"ann/energy_parts_nJ/\1/\2", 1.0),
+               (re.compile(r"^energy/([^/]+)/joules$"), r"energy_nJ/\1", 1e9),
+               (re.compile(r"^energy/([^/]+)/(\w+)_nj$"), r"energy_parts_nJ/\1/\2", 1.0),
+               (re.compile(r"^energy/([^/]+)/ratio$"), r"energy_ratio/\1", 1.0),
+               (re.compile(r"^energy/([^/]+)/break_even_spikes_per_neuron$"), r"break_even_spikes_per_neuron/\1", 1.0)]
+
+
+def _current_energy_keys(metrics: dict) -> dict:
+    """Older runs' energy metrics (``energy/<model>/joules`` …) under today's keys and units, so a
+    store that holds both reads as one table."""
+    out: dict = {}
+    for key, col in metrics.items():
+        for rx, new, factor in _OLD_ENERGY:
+            if rx.match(key):
+                key, col = rx.sub(new, key), col * factor
+                break
+        out[key] = col.combine_first(out[key]) if key in out else col
+    return out
 
 
 def admitted(df):
