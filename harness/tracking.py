@@ -159,12 +159,16 @@ class Tracker:
         exp = mlflow.get_experiment_by_name(self.settings.experiment)
         if exp is None:
             self.experiment_id = mlflow.create_experiment(
-                self.settings.experiment, artifact_location=self.settings.artifact_location)
+                self.settings.experiment, artifact_location=self.settings.artifact_location,
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         elif exp.lifecycle_stage == "deleted":
             raise TrackingError(f"MLflow experiment {self.settings.experiment!r} is deleted; "
                                 "restore it or choose another with --experiment")
         else:
             self.experiment_id = exp.experiment_id
+            if EXPERIMENT_KIND_TAG not in exp.tags:  # made before the harness set it
+                mlflow.MlflowClient(self.settings.tracking_uri).set_experiment_tag(
+                    self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
     def start_run(self, name: str, tags: dict[str, Any], parent_run_id: str | None = None) -> str:
         """Create a RUNNING run now and return its id. A study's trial starts its run when it starts,
@@ -300,6 +304,9 @@ DATASET_TRIES = 5
 
 
 OWNER_TAG = "harness.owner"  # host:pid of the process writing a run
+# MLflow 3's UI opens an experiment on the page its kind says: this one is model development, so
+# the runs table (and the compare view) is the landing page, not the GenAI overview
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def owner() -> str:

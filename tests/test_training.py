@@ -155,3 +155,17 @@ def test_run_names_tell_runs_with_different_settings_apart():
     assert run_name(result((), 64)) != run_name(result((), 64, epochs=20))  # a training setting differs
     assert run_name(result((), 64)) == run_name(result((), 64))  # a repeat keeps its name
     assert re.fullmatch(r"rate-cnn7-digits-s0 \[[0-9a-f]{6}\]", run_name(result((), 64)))
+
+
+def test_the_experiment_opens_on_its_runs_table_in_the_mlflow_ui(tmp_path):
+    """MLflow 3's UI lands on the page an experiment's kind names (untagged: the GenAI overview)."""
+    from harness.tracking import Tracker, TrackingSettings
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/k.db"
+    Tracker(TrackingSettings(uri, "fresh", None)).check()
+    client = MlflowClient(uri)
+    assert client.get_experiment_by_name("fresh").tags["mlflow.experimentKind"] == "custom_model_development"
+    older = client.create_experiment("older")  # made before the harness tagged its experiments
+    Tracker(TrackingSettings(uri, "older", None)).check()
+    assert client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
