@@ -154,6 +154,10 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None, fit_c
 
     set_phase(f"loading the data ({cfg.dataset if dataset is None else 'given splits'})")
     ds = load_dataset(dataset if dataset is not None else cfg.dataset, cfg.data_dir)
+    if cfg.epochs is None:  # the default depends on the training split's size
+        from .config import default_epochs
+
+        train_cfg = train_cfg.replace(epochs=default_epochs(len(ds.y["train"]), train_cfg.batch_size))
     architecture = _architecture(factory, ds.input_shape, ds.num_classes, model_name)
     graph = trace(architecture(), ds.input_shape, name=model_name)
     # ---- the MLflow run starts with the work, so it can be watched (RUNNING, curves per epoch) --
@@ -234,6 +238,12 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None, fit_c
 
             layers_csv = write_csv(evaluation.layers, ctx.artifact("layers.csv"))
             artifacts = [layers_csv, *artifacts, *extras.artifacts]
+            if tracker is not None:  # the network itself, as MLflow artifacts (network.pt, network.nir)
+                from .export import save_network
+
+                set_phase("saving the network")
+                files, ctx.info["nir_export"] = save_network(current, ctx, cfg.method, param_dict, ds.input_shape)
+                artifacts += files
             ctx.info["architecture"] = graph.fingerprint()
             result = RunResult(
                 method=cfg.method, dataset=ds.describe(), model=model_name, seed=cfg.seed,

@@ -157,3 +157,23 @@ def test_yaml_set_and_set_flags_merge_key_by_key(tmp_path):
     assert cfg.method_sets == {"timesteps": "24", "scale_firing_rates": "2", "neuron": "lif"}
     assert len(cfg.sets) == 3  # one entry per key, not the file's and the flag's both
     assert RunConfig.build(y, sets=("timesteps=24", "timesteps=16")).method_sets["timesteps"] == "16"
+
+
+def test_the_default_ann_training_takes_at_least_800_steps_on_a_small_split():
+    from harness.config import default_epochs
+
+    assert default_epochs(1295, 64) == 39  # digits: 21 batches per epoch, 39 x 21 = 819 >= 800 > 38 x 21
+    assert default_epochs(1295, 32) == 20  # 41 batches: 20 x 41 = 820
+    assert default_epochs(3600, 64) == 15  # mnist-5k: 15 x 57 = 855 steps already
+    assert default_epochs(54000, 64) == 15
+    assert default_epochs(64, 64) == 100  # one batch: capped
+
+
+def test_a_run_without_epochs_trains_the_ann_for_the_data_sets_default(quick):
+    from harness.runner import run
+
+    res = run(quick(method="surrogate", model="dnn5", epochs=None, batch_size=64, baseline=False,
+                    sets=("epochs=1", "timesteps=2")))
+    assert res.config["train"]["epochs"] == 39  # digits; recorded, so the run name's digest and cache key see it
+    assert run(quick(method="surrogate", model="dnn5", epochs=7, baseline=False,
+                     sets=("epochs=1", "timesteps=2"))).config["train"]["epochs"] == 7

@@ -15,6 +15,7 @@ import sys
 OPTIONAL = ("torchvision", "torchaudio")
 REQUIRED = ("torch", "pytorch_lightning", "spikingjelly.activation_based.neuron",
             "spikingjelly.activation_based.ann2snn", "spikingjelly.activation_based.op_counter",
+            "spikingjelly.activation_based.nir_exchange",
             "optuna", "mlflow", "seaborn", "harness")
 
 
