@@ -233,3 +233,11 @@ def test_explicit_thresholds_are_used_as_given(quick):
     assert (m["layer/relu1/u_th"], m["layer/relu2/u_th"], m["layer/relu_fc1/u_th"]) == (3.0, 5.0, 7.0)
     assert m["layer/relu1/lambda"] == 3.0 * 1.0 / 8  # λ_1 = u_th · λ_0 / t_max
     assert m["layer/relu2/lambda"] == 5.0 * (3.0 / 8) / 8
+
+
+def test_fig2_reads_the_first_layer_of_a_dense_network_through_its_flatten(quick):
+    """A dense network's first layer reads the flattened image (before: StopIteration, a traceback)."""
+    from harness.runner import run
+
+    res = run(quick(method="ttfs", model="dnn5", eval_limit=50, sets=("t_max_sweep=",)))
+    assert "ttfs_fig2_rmse.csv" in res.artifacts

@@ -501,8 +501,11 @@ def layer_rmse_grid(layer: nn.Module, x: torch.Tensor, t_values, fractions, x_ma
 def fig2_rmse(ctx, net: TTFSNetwork, params):
     """The grid of :func:`layer_rmse_grid` for the layer that reads the encoded input, as a CSV
     (``harness report`` draws it)."""
-    first = next(op for op in net.graph.synapses if op.inputs[0] == net.graph.input.name)
     x, _ = ctx.dataset.subset("val", params.fig2_samples)
-    rows = layer_rmse_grid(first.layer, torch.from_numpy(x).to(ctx.device), params.fig2_t_max,
-                           params.fig2_fractions, params.x_max)
+    inp, name = torch.from_numpy(x).to(ctx.device), net.graph.input.name
+    for op in net.graph:  # reshapes between the input and its layer (a dense network's Flatten)
+        if op.kind in (Kind.FLATTEN, Kind.IDENTITY) and op.inputs == (name,):
+            inp, name = apply_op(op, [inp]), op.name
+    first = next(op for op in net.graph.synapses if op.inputs[0] == name)
+    rows = layer_rmse_grid(first.layer, inp, params.fig2_t_max, params.fig2_fractions, params.x_max)
     return write_csv(rows, ctx.artifact("ttfs_fig2_rmse.csv"))
