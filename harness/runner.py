@@ -25,7 +25,7 @@ from .config import ConfigError, RunConfig
 from .errors import Interrupted, InvariantError, OutputError, set_phase
 from .io import ensure_writable_dir, ensure_writable_file, private_tempdir, write_csv, write_json_atomic
 
-PACKAGES = ("torch", "pytorch-lightning", "spikingjelly", "optuna", "mlflow", "numpy")
+PACKAGES = ("torch", "lightning", "spikingjelly", "optuna", "mlflow", "numpy")
 ANN_BASELINE_KEYS = ("test/accuracy", "macs", "macs_effective", "macs_dense_nopad", "activation_sparsity",
                      "connection_sparsity", "neurons", "spikes_per_neuron")
 

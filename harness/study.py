@@ -290,32 +290,30 @@ def _trains(classes: list) -> bool:
 
 
 def _make_pruning_callback(trial, monitor: str = "val/accuracy"):
-    """Report ``monitor`` to Optuna after every validation epoch and prune when it says so.
+    """optuna-integration's ``PyTorchLightningPruningCallback`` (report ``monitor`` after every
+    validation epoch, prune when the pruner says so), keeping what it reported so that a pruned
+    trial's MLflow run shows the curve it was pruned on."""
+    from optuna_integration import PyTorchLightningPruningCallback
 
-    optuna-integration's ``PyTorchLightningPruningCallback`` subclasses ``lightning.pytorch``'s
-    Callback, which the ``pytorch_lightning`` Trainer used here rejects; this is the same logic.
-    """
-    import optuna
-    import pytorch_lightning as pl
-
-    class _Pruning(pl.Callback):
-        reported: dict[int, float] = {}
+    class _Pruning(PyTorchLightningPruningCallback):
+        def __init__(self):
+            super().__init__(trial, monitor)
+            self.reported: dict[int, float] = {}
 
         def on_validation_end(self, trainer, pl_module):
-            if trainer.sanity_checking:
-                return
-            score = trainer.callback_metrics.get(monitor)
-            if score is None:
-                return
-            epoch = pl_module.current_epoch
-            trial.report(float(score), step=epoch)
-            self.reported[epoch] = float(score)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} ({monitor} {float(score):.4f})")
+            import optuna
 
-    cb = _Pruning()
-    cb.reported = {}
-    return cb
+            score = trainer.callback_metrics.get(monitor)
+            if score is None or trainer.sanity_checking:
+                return super().on_validation_end(trainer, pl_module)
+            epoch = pl_module.current_epoch
+            self.reported[epoch] = float(score)
+            try:
+                super().on_validation_end(trainer, pl_module)
+            except optuna.TrialPruned:  # the same, saying on what value (the run's harness.pruned_reason)
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} ({monitor} {float(score):.4f})") from None
+
+    return _Pruning()
 
 
 @dataclass

@@ -12,7 +12,7 @@ import sys
 import warnings
 from typing import Any
 
-import pytorch_lightning as pl
+import lightning.pytorch as pl
 import torch
 from torch import nn
 
@@ -115,7 +115,7 @@ def epoch_logger(ctx, stage: str):
     and steps the run's step metrics have. None when the run is not tracked."""
     if ctx.live_run is None:
         return None
-    from pytorch_lightning.loggers import MLFlowLogger
+    from lightning.pytorch.loggers import MLFlowLogger
 
     class EpochCurves(MLFlowLogger):
         LOGGER_JOIN_CHAR = "/"

@@ -17,7 +17,7 @@ def test_help_and_ls_import_nothing_heavy():
         "for kind in ('methods', 'datasets', 'models', 'energy'):\n"
         "    main(['ls', kind])\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('torch', 'pytorch_lightning', 'mlflow', 'optuna', 'spikingjelly') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'lightning', 'pytorch_lightning', 'mlflow', 'optuna', 'spikingjelly') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
     assert proc.returncode == 0, proc.stderr

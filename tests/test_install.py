@@ -5,7 +5,7 @@ import sys
 
 
 def test_stack_imports_cleanly():
-    code = ("import pytorch_lightning, mlflow, optuna, seaborn\n"
+    code = ("import lightning.pytorch, mlflow, optuna, seaborn\n"
             "from spikingjelly.activation_based import neuron, ann2snn, op_counter, functional, surrogate\n"
             "from neurobench.metrics.workload import ActivationSparsity, SynapticOperations\n"
             "import importlib.util\n"

@@ -175,6 +175,9 @@ def test_median_pruner_prunes_a_trial_for_its_validation_accuracy(quick):
     res = run(quick(method="surrogate", model="dnn5", baseline=False, sets=(*sets, "lr=3e-3")), fit_callbacks=[cb])
     study.tell(good, res.metrics["test/accuracy"])
     assert len(cb.reported) == 3 and cb.reported[2] > 0.5
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    assert isinstance(cb, PyTorchLightningPruningCallback)  # optuna-integration's own, on lightning.pytorch
     bad = study.ask()
     cb = _make_pruning_callback(bad)
     with pytest.raises(optuna.TrialPruned, match=r"pruned at epoch 0 \(val/accuracy 0\."):

@@ -2,7 +2,7 @@
 
 ``spikingjelly`` declares torchvision and torchaudio as dependencies, and the package index has no
 CPU builds of them matching a CPU torch: importing them then fails (``operator torchvision::nms
-does not exist``) and breaks ``import pytorch_lightning``. The harness needs neither (SpikingJelly's
+does not exist``) and breaks ``import lightning.pytorch``. The harness needs neither (SpikingJelly's
 neuron, ann2snn and op_counter code runs without them), so a build that cannot be imported is
 uninstalled. Finally the stack the harness needs is imported once, so a broken install fails here.
 """
@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 OPTIONAL = ("torchvision", "torchaudio")
-REQUIRED = ("torch", "pytorch_lightning", "spikingjelly.activation_based.neuron",
+REQUIRED = ("torch", "lightning.pytorch", "spikingjelly.activation_based.neuron",
             "spikingjelly.activation_based.ann2snn", "spikingjelly.activation_based.op_counter",
             "spikingjelly.activation_based.nir_exchange",
             "optuna", "mlflow", "seaborn", "harness")

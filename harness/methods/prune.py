@@ -87,8 +87,8 @@ class Prune(Method):
         return cls.Params(final_sparsity=trial.suggest_float("final_sparsity", 0.0, 0.95))
 
     def prepare(self, ctx, ann, params):
-        import pytorch_lightning as pl
-        from pytorch_lightning.callbacks import ModelPruning
+        import lightning.pytorch as pl
+        from lightning.pytorch.callbacks import ModelPruning
 
         from ..training import Classifier, fit
 

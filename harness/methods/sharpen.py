@@ -398,7 +398,7 @@ class Sharpener:
         the same)."""
         import copy
 
-        import pytorch_lightning as pl
+        import lightning.pytorch as pl
 
         outer = self
         self.sharpened_val: list[float] = []

@@ -400,7 +400,7 @@ class GradientNorms:
         self._sums: dict[str, list[float]] = {}
 
     def callback(self):
-        import pytorch_lightning as pl
+        import lightning.pytorch as pl
 
         outer = self
 
