@@ -31,7 +31,11 @@
   accuracy every epoch to Optuna's median pruner and stop early when it says so (single objective,
   not in a grid study, whose every cell is wanted); a diverging trial (NaN loss) is pruned.
 * MLflow: the study is a parent run; every trial is a child run (params, metrics, trial number,
-  state), pruned trials included, so the MLflow UI's compare view lines them up.
+  state), pruned trials included, so the MLflow UI's compare view lines them up. Not
+  optuna-integration's ``MLflowCallback``: it writes a trial's run once the trial has ended, with
+  its parameters and objective values only, while a trial here is a whole harness run (every metric,
+  per-layer keys, curves streamed per epoch, artifacts) whose MLflow run opens RUNNING when the
+  trial starts, under the study's parent, and ends FAILED or KILLED when the trial dies.
 * ``--eval-limit N`` evaluates trials on the first N test images; the best trials are then
   re-evaluated on the full test set (``--reevaluate K``) and logged as child runs too.
 """
