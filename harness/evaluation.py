@@ -153,7 +153,7 @@ def capacity(graph: Graph, synapse: str, fan: torch.Tensor, input_spikes: bool =
     path = graph.event_path(synapse, input_spikes)
     ones = {s: torch.ones((1, *graph[s].shape), dtype=torch.float64) for s in path.sources}
     events = event_counts(graph, path, ones)[0]
-    return float((events * fan.to(torch.float64)).sum())
+    return float((events * fan.detach().to("cpu", torch.float64)).sum())  # the fan-outs of a GPU run are on it
 
 
 def check_invariants(ev: Evaluable, meters: Meters, metrics: dict[str, float], schema: Schema = SCHEMA,

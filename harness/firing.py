@@ -32,7 +32,8 @@ def fit_distribution(rates: np.ndarray, max_points: int = 20_000, seed: int = 0)
         except (ValueError, RuntimeError, FloatingPointError, OverflowError) as exc:
             log.info("firing-rate fit %s skipped: %s", name, exc)  # a family that does not fit
             continue
-        ks = stats.kstest(r, name, args=params).statistic
+        # the frozen distribution's CDF: newer SciPy passes ``args`` to norm's ndtr, which refuses them
+        ks = stats.kstest(r, dist(*params).cdf).statistic
         if best is None or ks < best[2]:
             best = (name, params, ks)
     if best is None:

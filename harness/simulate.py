@@ -18,10 +18,12 @@ simulator (:class:`Simulator`)
 
 Neurons. The dynamics are SpikingJelly's ``IFNode`` / ``LIFNode`` (``decay_input=False``) with soft
 reset (``v_reset=None``); :class:`NeuronPool` runs them either through SpikingJelly itself
-(``backend="spikingjelly"``) or through an in-place, allocation-free loop (``backend="inplace"``,
-the default). The in-place loop exists because SpikingJelly's CPU operator allocates every step
-and was measured 4× slower on the same tensors for inference; ``tests/test_rate.py`` checks that
-both backends give identical spikes, membranes exactly at threshold included.
+(``backend="spikingjelly"``: its multistep operator, which dispatches to SpikingJelly's CUDA/Triton
+kernels on a GPU) or through an in-place, allocation-free loop (``backend="inplace"``); ``"auto"``
+(the default) takes SpikingJelly on CUDA and the in-place loop on CPU. The in-place loop exists
+because SpikingJelly's CPU operator allocates every step and was measured 4× slower on the same
+tensors for inference; ``tests/test_rate.py`` checks that both backends give identical spikes,
+membranes exactly at threshold included.
 
 SpikingJelly's ``ann2snn`` converter builds the same kind of network (IF neurons between voltage
 scalers) but its multistep network recomputes every layer at every step and cannot meter spikes
@@ -47,17 +49,21 @@ class NeuronPool(nn.Module):
     """IF (``tau=None``) or LIF (membrane time constant ``tau`` in steps) neurons, threshold 1, soft
     reset: v ← v·(1 − 1/τ) + x;  s = [v ≥ 1];  v ← v − s. The membrane starts at ``v_init``."""
 
-    def __init__(self, tau: float | None = None, backend: str = "inplace", v_init: float = 0.0):
+    def __init__(self, tau: float | None = None, backend: str = "auto", v_init: float = 0.0):
         super().__init__()
         self.tau, self.backend, self.v_init = tau, backend, float(v_init)
         self.v: torch.Tensor | None = None
         self._sj = None
         if backend == "spikingjelly":
-            from spikingjelly.activation_based import neuron
+            self._make_sj()
 
-            self._sj = (neuron.IFNode(v_threshold=1.0, v_reset=None, step_mode="m") if tau is None else
-                        neuron.LIFNode(tau=tau, decay_input=False, v_threshold=1.0, v_reset=None, step_mode="m"))
-            self.reset()
+    def _make_sj(self) -> None:
+        from spikingjelly.activation_based import neuron
+
+        tau = self.tau
+        self._sj = (neuron.IFNode(v_threshold=1.0, v_reset=None, step_mode="m") if tau is None else
+                    neuron.LIFNode(tau=tau, decay_input=False, v_threshold=1.0, v_reset=None, step_mode="m"))
+        self.reset()
 
     @property
     def kind(self) -> str:
@@ -75,6 +81,8 @@ class NeuronPool(nn.Module):
         """``x``: ``[T, B, ...]`` currents, or ``[B, ...]`` constant over ``steps`` steps."""
         constant = steps is not None
         T = int(steps) if steps is not None else x.shape[0]
+        if self._sj is None and self.backend == "auto" and x.is_cuda:
+            self._make_sj()  # SpikingJelly's CUDA/Triton kernels on a GPU
         if self._sj is not None:
             seq = x.unsqueeze(0).expand(T, *x.shape).contiguous() if constant else x.contiguous()
             return self._sj(seq)

@@ -346,3 +346,14 @@ def test_metrics_do_not_depend_on_batching_or_time_chunks(quick, model):
         assert got["samples"] == ref["samples"] == 359  # four batches of 97, eight of 50
         for k, v in ref.items():
             assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-12), (sets, k)
+
+
+def test_the_auto_neuron_backend_takes_the_in_place_loop_on_cpu():
+    """``auto`` (the default) is SpikingJelly on CUDA (tools/gpu_check.py checks that there) and the
+    in-place loop on CPU, where SpikingJelly's operator allocates every step."""
+    from harness.methods.rate import RateParams
+
+    assert RateParams().neuron_backend == "auto"
+    x = torch.rand(16, 3, 5)
+    pool = NeuronPool(None, "auto")
+    assert torch.equal(pool(x), NeuronPool(None, "inplace")(x)) and pool._sj is None

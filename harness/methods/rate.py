@@ -75,8 +75,9 @@ class RateParams(Params):
     batch_chunk: int = param(500, "images simulated together", low=1)
     memory_mb: float = param(0.0, "memory for one chunk's spikes, bounds the chunk length (0 = by device)",
                              low=0)
-    neuron_backend: Literal["inplace", "spikingjelly"] = param(
-        "inplace", "neuron kernel: in-place loop (fast) or SpikingJelly's IFNode/LIFNode (same spikes)")
+    neuron_backend: Literal["auto", "inplace", "spikingjelly"] = param(
+        "auto", "neuron kernel: SpikingJelly's IFNode/LIFNode (its CUDA/Triton kernels) on a GPU and the in-place "
+        "loop on CPU (auto), or either one (same spikes)")
 
     def validate(self) -> None:
         if self.synapse is not None and self.synapse == 0:
