@@ -423,3 +423,14 @@ def test_accuracy_vs_cost_draws_one_panel_and_one_front_per_data_set(tmp_path, m
     assert [sorted(d["dataset"].unique()) for d in drawn] == [["digits"], ["fashion-mnist"]]
     assert [len(f) for f in fronts] == [2, 2]  # each front sees its own data set's points only
     assert "one panel per data set (2)" in fig.caption and fig.path.exists()
+
+
+def test_the_html_tables_shorten_run_ids_and_scroll_rather_than_widen_the_page():
+    import pandas as pd
+    from harness.analysis.report import _table_html
+
+    rid = "0123456789abcdef0123456789abcdef"
+    out = _table_html(pd.DataFrame([{"method": "ttfs", "run_id": rid}]), "lb")
+    assert f'<td title="{rid}"><code>01234567…</code></td>' in out
+    assert out.count(rid) == 1  # in the title only
+    assert out.startswith('<div style="overflow-x:auto"><table id="lb">')

@@ -222,10 +222,13 @@ def _table_html(df: pd.DataFrame, table_id: str, sortable: bool = False, directi
         for c in df.columns:
             v = row[c]
             sort_key = v if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)) else ""
+            if c == "run_id" and isinstance(v, str) and len(v) > 12:  # 32 hex digits would widen the page
+                cells.append(f'<td title="{html.escape(v)}"><code>{html.escape(v[:8])}…</code></td>')
+                continue
             cells.append(f'<td data-v="{html.escape(str(sort_key))}">{html.escape(_fmt(v))}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return (f'<table id="{table_id}"><thead><tr>{"".join(heads)}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table>')
+    return (f'<div style="overflow-x:auto"><table id="{table_id}"><thead><tr>{"".join(heads)}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|#])")
