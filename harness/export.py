@@ -85,7 +85,7 @@ def single_step_sequential(ev: Any, method: str) -> tuple[nn.Sequential, list[st
     if chain == "ttfs":
         raise NirUnsupported("ttfs: its two-stage neuron (silent integration, then a ramp to a single spike) "
                              "has no NIR primitive")
-    if isinstance(ev, AnnEvaluable):
+    if isinstance(ev, (AnnEvaluable, nn.Module)) or chain == "ann":
         raise NirUnsupported(f"{method}: an ANN has no spiking neurons to export (NIR is for spiking networks)")
     notes: list[str] = []
     if hasattr(ev, "net") and hasattr(ev.net, "neurons"):  # rate, layer-scaling
