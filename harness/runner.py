@@ -167,17 +167,18 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None, fit_c
         param_dict.update({prefix + k: v for k, v in p.as_dict().items()})
     config = {**cfg.as_dict(), "model": model_name, "train": train_cfg.as_dict()}
     live_id, owned, finished = run_id, False, False
-    if tracker is not None and run_id is None:
-        live_id, owned = _start_live_run(tracker, cfg, ds, model_name, param_dict, config, device, started,
-                                         parent_run_id, tags), True
-    try:
-        with private_tempdir("run") as art_dir:
-            ctx = RunContext(cfg, ds, model_name, device, train_cfg, default_cache_dir(cfg), Path(art_dir),
-                             architecture=architecture, graph=graph, schema=schema, progress=cfg.progress,
-                             live_run=(tracker.settings.tracking_uri, live_id) if tracker and live_id else None)
-            methods = [cls() for cls in classes]
-            for m, p in zip(methods, params):
-                m.check(ctx, p)
+    with private_tempdir("run") as art_dir:
+        ctx = RunContext(cfg, ds, model_name, device, train_cfg, default_cache_dir(cfg), Path(art_dir),
+                         architecture=architecture, graph=graph, schema=schema, progress=cfg.progress)
+        methods = [cls() for cls in classes]
+        for m, p in zip(methods, params):
+            m.check(ctx, p)  # a refused network leaves no run behind
+        if tracker is not None and run_id is None:
+            live_id, owned = _start_live_run(tracker, cfg, ds, model_name, param_dict, config, device, started,
+                                             parent_run_id, tags), True
+        if tracker is not None and live_id:
+            ctx.live_run = (tracker.settings.tracking_uri, live_id)
+        try:
             ann: Any = None
             history: dict[str, list[float]] = {}
             needs_ann = cfg.baseline or any(c.needs_trained_ann or c.is_transform for c in classes)
@@ -269,16 +270,16 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None, fit_c
                             else "nothing was recorded (--no-track)")
                     raise OutputError(f"writing {out_json} failed ({exc.strerror or exc}); {kept}, the JSON was "
                                       "not (no partial file was left)") from None
-    except BaseException as exc:
-        if owned and not finished:
-            assert tracker is not None and live_id is not None
-            interrupted = isinstance(exc, (Interrupted, KeyboardInterrupt))
-            tracker.end_run(live_id, "KILLED" if interrupted else "FAILED",
-                            f"interrupted by {exc}" if interrupted else f"{type(exc).__name__}: {exc}")
-            if isinstance(exc, Interrupted) and exc.note is None:
-                exc.note = (f"the MLflow run {live_id} was marked KILLED with what it had logged; nothing "
-                            "half-written was kept (the ANN cache and the JSON are written whole or not at all)")
-        raise
+        except BaseException as exc:
+            if owned and not finished:
+                assert tracker is not None and live_id is not None
+                interrupted = isinstance(exc, (Interrupted, KeyboardInterrupt))
+                tracker.end_run(live_id, "KILLED" if interrupted else "FAILED",
+                                f"interrupted by {exc}" if interrupted else f"{type(exc).__name__}: {exc}")
+                if isinstance(exc, Interrupted) and exc.note is None:
+                    exc.note = (f"the MLflow run {live_id} was marked KILLED with what it had logged; nothing "
+                                "half-written was kept (the ANN cache and the JSON are written whole or not at all)")
+            raise
     return result
 
 

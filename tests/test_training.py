@@ -1,3 +1,4 @@
+import os
 import pickle
 import re
 
@@ -169,3 +170,15 @@ def test_the_experiment_opens_on_its_runs_table_in_the_mlflow_ui(tmp_path):
     older = client.create_experiment("older")  # made before the harness tagged its experiments
     Tracker(TrackingSettings(uri, "older", None)).check()
     assert client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_network_a_method_refuses_leaves_no_mlflow_run(quick):
+    """The run opens when the work starts: after the methods have checked the network."""
+    from harness.errors import ConfigError
+    from harness.runner import run
+    from mlflow.tracking import MlflowClient
+
+    with pytest.raises(ConfigError, match="AvgPool2d"):
+        run(quick(method="sharpen", model="cnn7", track=True))
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    assert [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])] == []
