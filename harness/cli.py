@@ -263,9 +263,9 @@ def cmd_report(args) -> int:
 
 
 def _interrupt(signum, frame):
-    from .errors import Interrupted
+    from .errors import on_signal
 
-    raise Interrupted(signum)
+    on_signal(signum, frame)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import threading
 from collections.abc import Iterable
 
 
@@ -84,6 +86,33 @@ class Interrupted(BaseException):
 
 
 PHASE = ["starting"]  # what the current run is doing, for the message of an interruption
+
+_HOLD = threading.local()  # per thread: depth of uninterrupted() blocks and a held signal
+
+
+def on_signal(signum: int, frame=None) -> None:
+    """The CLI's SIGINT/SIGTERM handler: raise :class:`Interrupted` where the program is, or, inside
+    an :func:`uninterrupted` block of the main thread (where handlers run), when the block ends."""
+    if getattr(_HOLD, "depth", 0):
+        _HOLD.pending = signum
+        return
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def uninterrupted():
+    """Hold a signal until the block ends. For the short MLflow writes made while training: one cut
+    in the middle leaves SQLAlchemy's session half-rolled-back, and its pool logs a traceback on
+    the way out although the interruption itself is handled."""
+    _HOLD.depth = getattr(_HOLD, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _HOLD.depth -= 1
+        pending = getattr(_HOLD, "pending", None)
+        if _HOLD.depth == 0 and pending is not None:
+            _HOLD.pending = None
+            raise Interrupted(pending)
 
 
 def set_phase(what: str) -> None:

@@ -124,8 +124,11 @@ def epoch_logger(ctx, stage: str):
             pass  # the run's parameters are the harness's (one per knob), logged by the harness
 
         def log_metrics(self, metrics, step=None) -> None:
-            super().log_metrics(metrics, step)
-            ctx.streamed.update(f"{stage}/{k}" for k in metrics)
+            from .errors import uninterrupted
+
+            with uninterrupted():  # Ctrl-C lands after this write, not inside it
+                super().log_metrics(metrics, step)
+                ctx.streamed.update(f"{stage}/{k}" for k in metrics)
 
         def finalize(self, status: str = "success") -> None:
             pass  # the run ends with the harness's work, not with this training

@@ -139,18 +139,24 @@ def test_a_signal_during_training_exits_128_plus_n_with_one_line_and_keeps_nothi
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
     try:
-        # the run can be watched while it trains: RUNNING, its curves growing epoch by epoch
-        curve, run, watched_from = [], None, None
+        # the run can be watched while it trains: RUNNING, its curves growing epoch by epoch (the
+        # store is read once training has started: opening it earlier would race the harness's
+        # own creation of its tables)
         deadline = time.monotonic() + 300
+        while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert mark.exists(), proc.communicate()[1][-3000:] if proc.poll() is not None else "training never started"
+        watched_from = time.time()
+        client = MlflowClient(f"sqlite:///{tmp_path}/m.db")  # the harness has made the store's tables by now
+        curve, run = [], None
         while len(curve) < 3 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
             runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
             if runs:
                 run = runs[0]
-                watched_from = watched_from or time.time()
                 curve = client.get_metric_history(run.info.run_id, "ann/val/accuracy")
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert run is not None and run.info.status == "RUNNING" and [m.step for m in curve][:3] == [0, 1, 2]
         _, stderr = _wait_for_mark_then(proc, mark, sig)
         killed_at = time.time()
@@ -162,7 +168,7 @@ def test_a_signal_during_training_exits_128_plus_n_with_one_line_and_keeps_nothi
     assert lines == [f"harness: interrupted by {name} while training the ANN ({model}:factory on digits); the MLflow "
                      f"run {run.info.run_id} was marked KILLED with what it had logged; nothing half-written was kept "
                      "(the ANN cache and the JSON are written whole or not at all)"]
-    assert "Traceback" not in stderr
+    assert "Traceback" not in stderr, stderr
     assert not out.exists() and not any(cache.rglob("*.pt")) and not any(cache.rglob("*.tmp"))
     run = client.get_run(run.info.run_id)
     assert run.info.status == "KILLED" and run.data.tags["harness.status_reason"] == f"interrupted by {name}"
@@ -337,3 +343,27 @@ def test_a_run_killed_while_it_was_written_is_marked_failed_by_the_next_harness_
     assert run.info.status == "FAILED"
     assert run.data.tags["harness.status_reason"] == (f"orphaned: its process ({socket.gethostname()}, pid "
                                                       f"{proc.pid}) ended without closing it")
+
+
+def test_a_signal_during_a_streamed_mlflow_write_is_held_until_the_write_ends():
+    """Ctrl-C inside one of the short MLflow writes made while training (curves per epoch) would cut
+    SQLAlchemy's session half-way (its pool then logs a traceback): the CLI's handler holds it
+    until the write ends, then raises it."""
+    import signal
+
+    from harness.errors import Interrupted, on_signal, uninterrupted
+
+    previous = signal.signal(signal.SIGINT, on_signal)
+    try:
+        steps = []
+        with pytest.raises(Interrupted) as held:
+            with uninterrupted():
+                os.kill(os.getpid(), signal.SIGINT)  # delivered here, in the main thread
+                steps.append("the write went on to its end")
+            steps.append("never")
+        assert steps == ["the write went on to its end"] and held.value.exit_code == 130
+        with pytest.raises(Interrupted):  # outside such a block: at once
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
