@@ -59,19 +59,18 @@ def network_state(ev: Any) -> dict[str, torch.Tensor]:
     """The network's tensors: what a method's construction needs to rebuild it."""
     from .evaluation import AnnEvaluable, GraphSNN
 
+    def cpu(module: nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
     if hasattr(ev, "net") and hasattr(ev.net, "layers") and hasattr(ev.net, "neurons"):  # rate, layer-scaling
-        return {k: v.detach().cpu() for k, v in nn.ModuleDict(ev.net.layers).state_dict().items()}
-    if isinstance(ev, GraphSNN):
-        return {k: v.detach().cpu() for k, v in ev.graph.gm.state_dict().items()}
-    if isinstance(ev, AnnEvaluable):
-        return {k: v.detach().cpu() for k, v in ev.graph.gm.state_dict().items()}
+        return cpu(nn.ModuleDict(ev.net.layers))
+    if isinstance(ev, (GraphSNN, AnnEvaluable)):
+        return cpu(ev.graph.gm)
     net: Any = getattr(ev, "net", None)
     if hasattr(net, "graph") and hasattr(net.graph, "gm"):  # ttfs: the folded layers and a threshold per neuron op
-        state = {k: v.detach().cpu() for k, v in net.graph.gm.state_dict().items()}
-        state.update({f"u_th.{n}": torch.tensor(u) for n, u in getattr(net, "u_th", {}).items()})
-        return state
+        return {**cpu(net.graph.gm), **{f"u_th.{n}": torch.tensor(u) for n, u in getattr(net, "u_th", {}).items()}}
     if isinstance(ev, nn.Module):
-        return {k: v.detach().cpu() for k, v in ev.state_dict().items()}
+        return cpu(ev)
     raise NirUnsupported(f"{type(ev).__name__}: no tensors to save")
 
 

@@ -596,8 +596,8 @@ def run_study(scfg: StudyConfig) -> StudySummary:
     try:
         set_phase(f"running study {name}")
         workers = _start_workers(scfg, index, _share_cores(scfg.workers))
-        _work(study, objective, target, scfg, stale=None if journal else on_stale, on_trial_end=on_trial_end,
-              bar=bar)
+        _work(study, objective, target, scfg, stale=None if journal else on_stale, grace_s=on_stale.grace_s,
+              on_trial_end=on_trial_end, bar=bar)
         _wait_for(workers)
     except Interrupted as exc:
         _stop(workers, exc.signum)
@@ -723,7 +723,7 @@ def _requeue(study, trial) -> None:
 POLL_S = 1.0
 
 
-def _work(study, objective, target: int, scfg: StudyConfig, *, stale, on_trial_end, bar) -> None:
+def _work(study, objective, target: int, scfg: StudyConfig, *, stale, grace_s: float, on_trial_end, bar) -> None:
     """Run trials until ``target`` have finished, in this process. A trial starts only while
     finished trials and trials holding a place (see ``_places``) are fewer than ``target``; with
     heartbeats, a worker then waits for the last running trials (of any worker) instead of leaving:
@@ -732,7 +732,6 @@ def _work(study, objective, target: int, scfg: StudyConfig, *, stale, on_trial_e
     import optuna
 
     heartbeat = stale is not None
-    grace_s = stale.grace_s if stale is not None else GRACE_INTERVALS * HEARTBEAT_S
     while True:
         if stale is not None:
             _fail_stale(study, stale.grace_s, stale)

@@ -190,13 +190,10 @@ class Tracker:
 
     def log_params(self, run_id: str, params: list[tuple[str, str]]) -> None:
         """The run's parameters, now (a failing store closes the just-opened run FAILED)."""
-        from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
         try:
-            client = MlflowClient(self.settings.tracking_uri)
-            for i in range(0, len(params), 100):
-                client.log_batch(run_id, params=[Param(k, v) for k, v in params[i:i + 100]])
+            _log_params(MlflowClient(self.settings.tracking_uri), run_id, params)
         except Exception as exc:  # noqa: BLE001 - said as a TrackingError, the run closed
             self.end_run(run_id, "FAILED", f"logging its parameters failed: {exc}")
             raise TrackingError(f"logging the parameters of MLflow run {run_id} failed ({exc}); the run was "
@@ -218,40 +215,28 @@ class Tracker:
             log.warning("the MLflow run %s could not be marked %s: %s", run_id, status, exc)
 
     def log(self, result, artifacts: list[Path], dataset=None, parent_run_id: str | None = None,
-            tags: dict[str, str] | None = None, run_id: str | None = None, streamed: set[str] | None = None) -> str:
-        """Write ``result`` (a :class:`~harness.api.RunResult`) as one run; returns the run id.
-
-        Without ``run_id`` the run is created here and deleted again if writing it fails half-way.
-        With ``run_id`` (a run :meth:`start_run` opened when the work started) the results go into
-        that run, and a failure is left to its owner to record (it marks the run FAILED). Step
-        metrics in ``streamed`` were logged epoch by epoch while training and are not written again."""
-        from mlflow.entities import Metric, Param, RunTag
+            tags: dict[str, str] | None = None, *, run_id: str, streamed: set[str] | None = None) -> str:
+        """Write ``result`` (a :class:`~harness.api.RunResult`) into ``run_id``, the run
+        :meth:`start_run` opened when the work started, and close it FINISHED; returns the run id.
+        A failure raises :class:`TrackingError` and is left to the run's owner to record (it marks
+        the run FAILED). Step metrics in ``streamed`` were logged epoch by epoch while training and
+        are not written again."""
+        from mlflow.entities import Metric, RunTag
         from mlflow.tracking import MlflowClient
 
-        if self.experiment_id is None:
-            self.check()
         client = MlflowClient(self.settings.tracking_uri)
         extra = tags or {}
-        name = str(extra.get("mlflow.runName", run_name(result)))
-        tags = {"mlflow.runName": name, **{k: str(v) for k, v in provenance_tags(result).items()},
-                **{k: str(v) for k, v in extra.items()}}
+        all_tags = {"mlflow.runName": str(extra.get("mlflow.runName", run_name(result))),
+                    **{k: str(v) for k, v in provenance_tags(result).items()}, **{k: str(v) for k, v in extra.items()}}
         if parent_run_id:
-            tags["mlflow.parentRunId"] = parent_run_id
-        assert self.experiment_id is not None
-        owned = run_id is None
-        if run_id is None:
-            run_id = self.start_run(name, tags)
-        try:
-            if not owned:
-                client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-            params = flat_params(result)
-            metrics = [Metric(k, float(v), 0, 0) for k, v in result.metrics.items() if _is_number(v)]
-            for key, values in result.step_metrics.items():
-                if key in (streamed or ()):
-                    continue
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        metrics = [Metric(k, float(v), 0, 0) for k, v in result.metrics.items() if _is_number(v)]
+        for key, values in result.step_metrics.items():
+            if key not in (streamed or ()):
                 metrics += [Metric(key, float(v), 0, step) for step, v in enumerate(values) if _is_number(v)]
-            for i in range(0, len(params), 100):
-                client.log_batch(run_id, params=[Param(k, v) for k, v in params[i:i + 100]])
+        try:
+            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in all_tags.items()])
+            _log_params(client, run_id, flat_params(result))
             for i in range(0, len(metrics), 1000):
                 client.log_batch(run_id, metrics=metrics[i:i + 1000])
             for path in artifacts:
@@ -259,20 +244,8 @@ class Tracker:
             if dataset is not None:
                 self._log_dataset(client, run_id, dataset)
             client.set_terminated(run_id, "FINISHED")
-        except BaseException as exc:
-            if not owned:
-                if isinstance(exc, Exception):
-                    raise TrackingError(f"writing the MLflow run {run_id} failed ({exc})") from exc
-                raise
-            from mlflow.exceptions import MlflowException
-
-            try:
-                client.delete_run(run_id)
-            except (MlflowException, OSError) as cleanup:  # the original error matters more
-                log.warning("the partial MLflow run %s could not be deleted: %s", run_id, cleanup)
-            if isinstance(exc, Exception):
-                raise TrackingError(f"writing the MLflow run failed ({exc}); the partial run was deleted") from exc
-            raise
+        except Exception as exc:
+            raise TrackingError(f"writing the MLflow run {run_id} failed ({exc})") from exc
         return run_id
 
     def _log_dataset(self, client, run_id: str, ds) -> None:
@@ -297,6 +270,13 @@ class Tracker:
                     if attempt == DATASET_TRIES - 1 or not ("UNIQUE constraint" in text or "duplicate key" in text):
                         raise
                     time.sleep(0.2 * (attempt + 1))
+
+
+def _log_params(client, run_id: str, params: list[tuple[str, str]]) -> None:
+    from mlflow.entities import Param
+
+    for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run_id, params=[Param(k, v) for k, v in params[i:i + 100]])
 
 
 _DATASET_LOCK = threading.Lock()
