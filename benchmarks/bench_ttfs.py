@@ -9,6 +9,7 @@ import torch
 from harness.datasets import load_dataset
 from harness.graph import trace
 from harness.methods.ttfs import TTFSNetwork
+from harness.methods.ttfs.reference import simulate
 
 RATIOS = [
     ("ttfs stepped / closed form (t_max=64)", "ttfs-stepped", "ttfs-closed", ">= 20x"),
@@ -31,5 +32,5 @@ def test_ttfs_side_by_side(side_by_side, note):
             ann(x)
 
     side_by_side({"ann-forward": ann_forward, "ttfs-closed": lambda: net.closed_form(x),
-                  "ttfs-stepped": lambda: net.stepped(x)}, rounds=5)
+                  "ttfs-stepped": lambda: simulate(net.graph, net.u_th, net.t_max, x, net.x_max)}, rounds=5)
     note(f"ttfs-cnn on mnist-5k (256 test images, t_max = 64): ANN {ann_acc:.3f}, TTFS closed form {acc:.3f}")

@@ -1,5 +1,5 @@
 """The ANN: trained once per (data content, architecture, training config, seed, harness version)
-and cached, or brought by the user (``--weights FILE.pt``).
+and cached (a user's own ``--weights FILE.pt`` bypass the cache: :mod:`harness.inputs`).
 
 The cache key hashes the data set's name and version (which carries a digest of its content), the
 architecture's fingerprint from the fx trace (module types, hyper-parameters, parameter shapes and
@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from .errors import ConfigError, DataError
+from .inputs import check_state_dict
 from .io import save_torch_atomic
 
 
@@ -64,43 +65,9 @@ def load_cached(path: Path) -> dict:
     return blob
 
 
-def check_state_dict(model: nn.Module, state: dict, source: str) -> None:
-    """Raise ``ConfigError`` naming the first key whose presence or shape differs from ``model``'s."""
-    own = model.state_dict()
-    for key, value in own.items():
-        if key not in state:
-            raise ConfigError(f"{source}: no entry for the model's {key!r} (shape {tuple(value.shape)})")
-        other = state[key]
-        if not isinstance(other, torch.Tensor):
-            raise ConfigError(f"{source}: {key!r} is a {type(other).__name__}, not a tensor")
-        if tuple(other.shape) != tuple(value.shape):
-            raise ConfigError(f"{source}: {key!r} has shape {tuple(other.shape)}, the model's has {tuple(value.shape)}")
-    extra = [k for k in state if k not in own]
-    if extra:
-        raise ConfigError(f"{source}: {extra[0]!r} (shape {tuple(getattr(state[extra[0]], 'shape', ()))}) is not a "
-                          f"parameter or buffer of the model")
-
-
-def load_weights(ctx, path: str | Path) -> nn.Module:
-    """The run's architecture with the weights of ``path`` (a state_dict, or a dict holding one)."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ConfigError(f"--weights {p}: no such file")
-    try:
-        blob = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to unpickle means an unusable file
-        raise DataError(f"--weights {p} is not a readable torch state_dict ({type(exc).__name__}: {exc})") from None
-    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
-    if not isinstance(state, dict):
-        raise DataError(f"--weights {p}: expected a state_dict (a dict of tensors), got {type(blob).__name__}")
-    model = ctx.architecture()
-    check_state_dict(model, state, f"--weights {p}")
-    model.load_state_dict(state)
-    return model.eval()
-
-
-def train_ann(ctx) -> tuple[nn.Module, dict]:
-    """The trained ANN for ``ctx`` (from the cache when present), and its training history."""
+def train_ann(ctx) -> tuple[nn.Module, dict, dict[str, str]]:
+    """The trained ANN for ``ctx`` (from the cache when present), its training history, and
+    provenance notes (``ann_cache``: hit or miss, ``ann_cache_file``)."""
     path = ann_cache_path(ctx)
     if path.is_file():
         blob = load_cached(path)
@@ -110,9 +77,7 @@ def train_ann(ctx) -> tuple[nn.Module, dict]:
         except ConfigError as exc:
             raise DataError(f"{exc}: it is not this model's cache entry; delete it to retrain") from None
         model.load_state_dict(blob["state_dict"])
-        ctx.info["ann_cache"] = "hit"
-        ctx.info["ann_cache_file"] = str(path)
-        return model.eval(), blob.get("history", {})
+        return model.eval(), blob.get("history", {}), {"ann_cache": "hit", "ann_cache_file": str(path)}
     from .training import Classifier, fit
 
     torch.manual_seed(ctx.seed)
@@ -130,6 +95,4 @@ def train_ann(ctx) -> tuple[nn.Module, dict]:
 
         raise OutputError(f"writing the ANN cache {path} failed ({exc.strerror or exc}); the trained ANN was not "
                           "kept and nothing was logged (no partial file was left)") from None
-    ctx.info["ann_cache"] = "miss"
-    ctx.info["ann_cache_file"] = str(path)
-    return model, history
+    return model, history, {"ann_cache": "miss", "ann_cache_file": str(path)}

@@ -1,7 +1,7 @@
-"""The contract between the harness and the methods.
+"""The contract between the harness and the methods: types only, no implementation.
 
 A method is a subclass of :class:`Method` registered in :data:`harness.methods.METHODS`. The
-harness drives it (:func:`harness.runner.run`)::
+runner (:func:`harness.runner.run`, the composition root) drives it::
 
     params = Method.Params.from_strings(--set ...)      # typed and range-checked before any work
     method = Method()
@@ -10,11 +10,22 @@ harness drives it (:func:`harness.runner.run`)::
     evaluation = ctx.evaluate(prep.model)                # the harness's loop, meters and invariants
     extras = method.analyse(ctx, prep, evaluation, params)   # optional: more evaluations, artifacts
 
-The method supplies the network and its forward (an :class:`~harness.evaluation.Evaluable`, or an
-``nn.Module`` that the harness evaluates as an ANN); the harness runs the test split, meters it and
-checks the invariants. A method never writes results into the context: its own numbers travel in
-the :class:`Preparation` and :class:`Extras` it returns, under keys it declares in ``metrics`` (a
-key written twice is an error, never a silent overwrite).
+The method supplies the network: an :class:`Evaluable` (the network plus the traced graph it runs
+and a ``run_batch(x, meters)`` that classifies a batch and records what it computes), or an
+``nn.Module`` that the harness evaluates as an ANN. The harness runs the test split through it,
+meters it and checks the invariants (:mod:`harness.evaluation`, injected into the context by the
+runner as ``ctx.evaluator``). A method's own numbers travel in the :class:`Preparation` and
+:class:`Extras` it returns, under keys it declares in ``metrics`` (a key written twice is an
+error, never a silent overwrite). An evaluable also describes itself for keeping: its tensors
+(:meth:`Evaluable.tensors`, saved as ``network.pt``) and, where it can, the same network as a
+single-step SpikingJelly ``nn.Sequential`` (:meth:`Evaluable.single_step`, exported as
+``network.nir``), so a plug-in method's network is saved and exported like a built-in's.
+
+The :class:`RunContext` is frozen: a method reads it and evaluates through it; it records nothing
+into it. Files a method wants kept come back as :class:`Artifact` s (a name and a writer), which
+the runner writes into the run's folder once the run's numbers are safe. The one
+thing that flows through it while a method works is the live MLflow run (``ctx.live_run``), to
+which training streams its curves epoch by epoch.
 
 ``ann`` is the trained (cached) ANN, or ``None`` for methods with ``needs_trained_ann = False``
 (they build their network from ``ctx.architecture()``). A *transform* (``is_transform``, e.g.
@@ -27,26 +38,130 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from .config import Params as ParamsBase
 from .config import RunConfig, TrainConfig
+from .errors import NirUnsupported
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
+    import torch
     from torch import nn
 
     from .datasets import Dataset
-    from .evaluation import Evaluable, Evaluation
     from .graph import Graph, Op
+    from .meters import Meters
     from .metrics import MetricSpec, Schema
 
 RESULT_SCHEMA = "snn-harness/result/1"
 
 
+# ---------------------------------------------------------------------------------------------
+# what a method hands the harness to evaluate
+
+
 @dataclass
+class Outputs:
+    """What one batch produces: ``logits`` ``[B, C]`` (argmax = prediction) or ``predictions``
+    ``[B]``; ``step_predictions`` ``[T, B]`` if the network decides after every time step."""
+
+    logits: "torch.Tensor | None" = None
+    predictions: "torch.Tensor | None" = None
+    step_predictions: "torch.Tensor | None" = None
+
+    def final(self) -> "torch.Tensor":
+        if self.predictions is not None:
+            return self.predictions
+        assert self.logits is not None, "an evaluable must return logits or predictions"
+        return self.logits.argmax(-1)
+
+
+class Evaluable(ABC):
+    """A network the harness can run, meter and keep.
+
+    The class attributes tell the harness's loop and invariants what kind of network it is; a
+    subclass sets the ones that differ (in the class or in ``__init__``).
+    """
+
+    graph: "Graph"  # the network as it runs: its neuron and synaptic ops are what the invariants check
+    timesteps: int = 1  # steps simulated per inference (the meters' T)
+    max_spikes_per_neuron: float = 1.0  # per inference: T for rate coding, 1 for single-spike codes
+    spiking: bool = True  # False: an ANN (non-zero activations are counted as its "spikes")
+    dt: float = 1e-3  # seconds per step (firing rates in Hz)
+    event_driven: bool = False  # one update per neuron per inference instead of one per step
+    latency: int | None = None  # the ``timesteps`` metric if it differs from T (ttfs: t_max x layers)
+    keep_per_neuron: bool = False  # keep per-neuron spike counts (firing-rate distributions)
+    input_spikes: bool = False  # the evaluator encodes the input as spikes (its first layers count SynOps)
+    batch_size: int | None = None  # evaluation batch size it asks for (None: the run's)
+    limit: int | None = None  # evaluate on the first N test samples only
+
+    @abstractmethod
+    def run_batch(self, x: "torch.Tensor", meters: "Meters") -> Outputs:
+        """Classify ``x`` and record into ``meters`` what the network computes."""
+
+    def to(self, device: str) -> "Evaluable":
+        self.graph.gm.to(device)
+        return self
+
+    def tensors(self) -> dict[str, "torch.Tensor"]:
+        """The network's tensors, on the CPU: what rebuilds it (``network.pt``). By default the
+        traced module's ``state_dict``; an evaluable that keeps its layers elsewhere overrides it."""
+        return {k: v.detach().cpu() for k, v in self.graph.gm.state_dict().items()}
+
+    def single_step(self) -> "SingleStep":
+        """The network as a single-step SpikingJelly ``nn.Sequential`` (one call per time step), or
+        :class:`~harness.errors.NirUnsupported` saying why it has none (``network.nir`` is written
+        from it; :func:`harness.export.chain_sequential` builds one for a chain of layers)."""
+        raise NirUnsupported(f"{type(self).__name__} does not describe a single-step SpikingJelly form")
+
+
+@dataclass
+class SingleStep:
+    """A network as a single-step SpikingJelly ``nn.Sequential`` (reset it, then call it once per
+    time step), the harness's op name of each of its modules, and notes on what it changes."""
+
+    sequential: "nn.Sequential"
+    names: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Evaluation:
+    """What the harness's loop measured (``metrics`` use the keys of :mod:`harness.metrics`)."""
+
+    metrics: dict[str, float]
+    layers: list[dict]
+    step_metrics: dict[str, list[float]] = field(default_factory=dict)
+    meters: "Meters | None" = None
+    # per memory-aware energy model: its breakdown of one inference (harness.energy.lemaire_breakdown)
+    breakdowns: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+class Evaluator(Protocol):
+    """The harness's evaluation loop, as the runner injects it (:func:`harness.evaluation.evaluate_in`)."""
+
+    def __call__(self, ctx: "RunContext", model: "Evaluable | nn.Module", split: str, *, batch_size: int | None,
+                 limit: int | None, desc: str, what: str) -> Evaluation: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# what a method reads
+
+
+@dataclass(frozen=True)
+class LiveRun:
+    """The MLflow run a run's work streams to while it works; ``streamed`` collects the keys of
+    the curves already written there (epoch by epoch), which the final record does not repeat."""
+
+    tracking_uri: str
+    run_id: str
+    streamed: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
 class RunContext:
-    """What a method may read and use during a run (it writes nothing into it)."""
+    """What a method may read and use during a run (see the module docstring)."""
 
     config: RunConfig
     dataset: "Dataset"
@@ -54,15 +169,13 @@ class RunContext:
     device: str
     train: TrainConfig
     cache_dir: Path
-    artifacts_dir: Path
     architecture: Callable[[], "nn.Module"]  # a fresh, untrained instance of the run's network
     graph: "Graph"  # the traced network (BatchNorm not folded)
     schema: "Schema"
+    evaluator: Evaluator
     progress: bool = True
-    fit_callbacks: list = field(default_factory=list)  # extra Lightning callbacks (a study's pruning)
-    info: dict[str, Any] = field(default_factory=dict)  # the harness's provenance notes (ANN cache use)
-    live_run: tuple[str, str] | None = None  # (tracking URI, run id) of the MLflow run this work streams to
-    streamed: set[str] = field(default_factory=set)  # step-metric keys already streamed to it, epoch by epoch
+    fit_callbacks: tuple = ()  # extra Lightning callbacks of methods that train (a study's pruning)
+    live_run: LiveRun | None = None
 
     @property
     def seed(self) -> int:
@@ -75,30 +188,24 @@ class RunContext:
             limit = min(limit or self.config.eval_limit, self.config.eval_limit)
         return self.dataset.loader(split, bs, shuffle=shuffle, seed=self.seed, limit=limit)
 
-    def artifact(self, name: str) -> Path:
-        path = self.artifacts_dir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
-
     def evaluate(self, model: "Evaluable | nn.Module", split: str = "test", *, batch_size: int | None = None,
-                 limit: int | None = None, desc: str = "evaluate", what: str = "evaluation") -> "Evaluation":
+                 limit: int | None = None, desc: str = "evaluate", what: str = "evaluation") -> Evaluation:
         """The harness's evaluation loop (meters and invariants) over one split."""
-        from .evaluation import evaluate
-
-        ev = as_evaluable(model, self.dataset.input_shape)
-        loader = self.loader(split, batch_size=batch_size or ev.batch_size, limit=limit or ev.limit)
-        return evaluate(ev, loader, device=self.device, progress=self.progress, desc=desc, schema=self.schema,
-                        what=what)
+        return self.evaluator(self, model, split, batch_size=batch_size, limit=limit, desc=desc, what=what)
 
 
-def as_evaluable(model: "Evaluable | nn.Module", input_shape: tuple[int, ...]) -> "Evaluable":
-    """An ``nn.Module`` is evaluated as an ANN (its traced graph, MACs, non-zero activations)."""
-    from .evaluation import AnnEvaluable, Evaluable
-    from .graph import trace
+# ---------------------------------------------------------------------------------------------
+# what a method returns
 
-    if isinstance(model, Evaluable):
-        return model
-    return AnnEvaluable(trace(model, input_shape))
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file a method wants kept with the run, written by the runner once the run's numbers are
+    safe: ``write(path)`` writes it. A writer that fails costs the run this file only — the
+    failure becomes a note in the run's provenance (``artifact_notes``), never a lost run."""
+
+    name: str
+    write: Callable[[Path], Any]
 
 
 @dataclass
@@ -109,7 +216,7 @@ class Preparation:
     metrics: dict[str, float] = field(default_factory=dict)
     step_metrics: dict[str, list[float]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # provenance notes (warnings, cache use)
-    artifacts: list[Path] = field(default_factory=list)
+    artifacts: list[Artifact] = field(default_factory=list)
 
 
 @dataclass
@@ -118,7 +225,7 @@ class Extras:
 
     metrics: dict[str, float] = field(default_factory=dict)
     step_metrics: dict[str, list[float]] = field(default_factory=dict)
-    artifacts: list[Path] = field(default_factory=list)
+    artifacts: list[Artifact] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -167,14 +274,15 @@ class Method(ABC):
         return []
 
     def check(self, ctx: RunContext, params: Any) -> None:
-        """Raise ``ConfigError`` if the method cannot handle this network/data; runs before training."""
+        """Raise ``ConfigError`` if the method cannot handle this network/data; runs before training
+        (an unsupported op raises :class:`harness.graph.UnsupportedOps`)."""
         ctx.graph.check(self.name, self.graph_problems(ctx.graph))
 
     @abstractmethod
     def prepare(self, ctx: RunContext, ann: Any, params: Any) -> Preparation:
         """Convert, train or prune; return the network to evaluate."""
 
-    def analyse(self, ctx: RunContext, prep: Preparation, evaluation: "Evaluation", params: Any) -> Extras:
+    def analyse(self, ctx: RunContext, prep: Preparation, evaluation: Evaluation, params: Any) -> Extras:
         """Optional analyses after the harness's evaluation (through ``ctx.evaluate``)."""
         return Extras()
 

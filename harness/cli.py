@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__
+from ._version import __version__
 from .errors import HarnessError
 
 STUDY_PARSER: list[argparse.ArgumentParser] = []  # the study verb's parser: its flags rebuild a worker's command

@@ -59,6 +59,11 @@ class ReportError(HarnessError):
     """The report cannot be made (no store, no experiment, no runs)."""
 
 
+class NirUnsupported(HarnessError):
+    """A network has no single-step SpikingJelly form NIR could hold; the message says what it has
+    that NIR cannot express (a run notes it and keeps ``network.pt`` alone)."""
+
+
 class InvariantError(HarnessError):
     """A run broke a law every correct evaluation obeys (e.g. more SynOps than the network's
     capacity): a bug in the method or in the harness, never a number to report."""

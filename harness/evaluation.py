@@ -17,77 +17,42 @@ and not against anything the method says:
 
 A broken invariant raises :class:`~harness.errors.InvariantError`: a bug, never a number to report.
 
-Three evaluables are defined here because several methods share them: :class:`AnnEvaluable` (any
-network, real-valued, one pass), and :class:`GraphSNN` (a spiking network as a traced module whose
-time steps are folded into the batch, metered op by op: ``surrogate``, ``sharpen``).
+Two evaluables are defined here because several methods share them: :class:`AnnEvaluable` (any
+network, real-valued, one pass: the ANN baseline, ``ann``, ``prune``) and :class:`GraphSNN` (a
+spiking network as a traced module whose time steps are folded into the batch, metered op by op:
+``surrogate``, ``sharpen``). The runner injects :func:`evaluate_in` into every run's context as its
+evaluator (:class:`harness.api.RunContext`).
 """
 
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.fx as fx
 from torch import nn
 
-from .errors import DataError, InvariantError
-from .graph import Graph, Kind, event_counts, weight_of
+from .api import Evaluable, Evaluation, Outputs, RunContext, SingleStep
+from .errors import DataError, InvariantError, NirUnsupported
+from .graph import Graph, Kind, event_counts, event_path, trace, weight_of
 from .meters import Meters
 from .metrics import SCHEMA, Schema
 
 
-@dataclass
-class Outputs:
-    """What one batch produces: ``logits`` ``[B, C]`` (argmax = prediction) or ``predictions``
-    ``[B]``; ``step_predictions`` ``[T, B]`` if the network decides after every time step."""
-
-    logits: torch.Tensor | None = None
-    predictions: torch.Tensor | None = None
-    step_predictions: torch.Tensor | None = None
-
-    def final(self) -> torch.Tensor:
-        if self.predictions is not None:
-            return self.predictions
-        assert self.logits is not None, "an evaluable must return logits or predictions"
-        return self.logits.argmax(-1)
+def as_evaluable(model: "Evaluable | nn.Module", input_shape: tuple[int, ...]) -> Evaluable:
+    """An ``nn.Module`` is evaluated as an ANN (its traced graph, MACs, non-zero activations)."""
+    if isinstance(model, Evaluable):
+        return model
+    return AnnEvaluable(trace(model, input_shape))
 
 
-class Evaluable(ABC):
-    """A network the harness can run and meter (see the module docstring)."""
-
-    graph: Graph  # the network as it runs: its neuron and synaptic ops are what the invariants check
-    timesteps: int = 1  # steps simulated per inference (the meters' T)
-    max_spikes_per_neuron: float = 1.0  # per inference: T for rate coding, 1 for single-spike codes
-    spiking: bool = True  # False: an ANN (non-zero activations are counted as its "spikes")
-    dt: float = 1e-3  # seconds per step (firing rates in Hz)
-    event_driven: bool = False  # one update per neuron per inference instead of one per step
-    latency: int | None = None  # the ``timesteps`` metric if it differs from T (ttfs: t_max x layers)
-    keep_per_neuron: bool = False  # keep per-neuron spike counts (firing-rate distributions)
-    input_spikes: bool = False  # the evaluator encodes the input as spikes (its first layers count SynOps)
-    batch_size: int | None = None  # evaluation batch size it asks for (None: the run's)
-    limit: int | None = None  # evaluate on the first N test samples only
-
-    @abstractmethod
-    def run_batch(self, x: torch.Tensor, meters: Meters) -> Outputs:
-        """Classify ``x`` and record into ``meters`` what the network computes."""
-
-    def to(self, device: str) -> "Evaluable":
-        return self
-
-
-@dataclass
-class Evaluation:
-    """What the harness's loop measured (``metrics`` use the keys of :mod:`harness.metrics`)."""
-
-    metrics: dict[str, float]
-    layers: list[dict]
-    step_metrics: dict[str, list[float]] = field(default_factory=dict)
-    meters: Meters | None = None
-    # per memory-aware energy model: its breakdown of one inference (harness.energy.lemaire_breakdown)
-    breakdowns: dict[str, dict[str, float]] = field(default_factory=dict)
+def evaluate_in(ctx: RunContext, model: "Evaluable | nn.Module", split: str = "test", *, batch_size: int | None = None,
+                limit: int | None = None, desc: str = "evaluate", what: str = "evaluation") -> Evaluation:
+    """The harness's evaluation of ``model`` on one split of the run's data: the run's evaluator."""
+    ev = as_evaluable(model, ctx.dataset.input_shape)
+    loader = ctx.loader(split, batch_size=batch_size or ev.batch_size, limit=limit or ev.limit)
+    return evaluate(ev, loader, device=ctx.device, progress=ctx.progress, desc=desc, schema=ctx.schema, what=what)
 
 
 def evaluate(ev: Evaluable, loader, *, device: str = "cpu", progress: bool = False, desc: str = "evaluate",
@@ -150,7 +115,7 @@ def dense_macs(module: nn.Module, out_shape: tuple[int, ...]) -> int:
 def capacity(graph: Graph, synapse: str, fan: torch.Tensor, input_spikes: bool = False) -> float:
     """SynOps of one step of ``synapse`` in which every source neuron spikes: the events each
     input element can receive per step, times its non-zero fan-out ``fan``."""
-    path = graph.event_path(synapse, input_spikes)
+    path = event_path(graph, synapse, input_spikes)
     ones = {s: torch.ones((1, *graph[s].shape), dtype=torch.float64) for s in path.sources}
     events = event_counts(graph, path, ones)[0]
     return float((events * fan.detach().to("cpu", torch.float64)).sum())  # the fan-outs of a GPU run are on it
@@ -202,7 +167,7 @@ def check_invariants(ev: Evaluable, meters: Meters, metrics: dict[str, float], s
             if per_inf > cap * (1 + 1e-9) + 1e-9:
                 problems.append(f"`{op.name}`: {per_inf:g} SynOps per inference exceed its capacity {cap:g} "
                                 f"(every source neuron firing {bound:g} times)")
-            path = g.event_path(op.name, ev.input_spikes)
+            path = event_path(g, op.name, ev.input_spikes)
             src_spikes = sum(spikes_of.get(s, 0.0) * path.paths.get(s, 1) for s in path.sources
                              if g[s].kind == Kind.NEURON)
             if all(g[s].kind == Kind.NEURON for s in path.sources):
@@ -242,9 +207,8 @@ class AnnEvaluable(Evaluable):
         graph.gm.eval()
         self._static = graph.static_ops()
 
-    def to(self, device: str) -> "AnnEvaluable":
-        self.graph.gm.to(device)
-        return self
+    def single_step(self) -> SingleStep:
+        raise NirUnsupported("an ANN has no spiking neurons to export (NIR is for spiking networks)")
 
     def run_batch(self, x, meters):
         static = self._static
@@ -253,7 +217,7 @@ class AnnEvaluable(Evaluable):
             if op.kind == Kind.SYNAPSE:
                 meters.record_synapse(op.name, op.layer, args[0], spikes=False, reads_input=op.inputs[0] in static)
             elif op.kind in (Kind.NEURON, Kind.ACTIVATION):
-                meters.record_neurons(op.name, out, kind=op.what, spiking=False)
+                meters.record_neurons(op.name, out, shape=op.shape, kind=op.what, spiking=False)
 
         return Outputs(logits=self.graph.run(x, on_op))
 
@@ -270,14 +234,20 @@ class GraphSNN(Evaluable):
         self.graph, self.timesteps, self.readout = graph, timesteps, readout
         self.max_spikes_per_neuron = float(timesteps if max_spikes_per_neuron is None else max_spikes_per_neuron)
         self._static = graph.static_ops()
-        self._paths = {op.name: graph.event_path(op.name) for op in graph.synapses if op.inputs[0] not in self._static}
+        self._paths = {op.name: event_path(graph, op.name) for op in graph.synapses if op.inputs[0] not in self._static}
         # layers fed by the (encoded) input alone read the input, as the static ones do
         self._reads_input = {s for s, p in self._paths.items()
                              if all(graph[src].kind == Kind.ENCODER for src in p.sources)}
 
-    def to(self, device: str) -> "GraphSNN":
-        self.graph.gm.to(device)
-        return self
+    label = "this network"  # how NIR refusals name it (a method sets its name)
+
+    def single_step(self) -> SingleStep:
+        """The chain of the network with BatchNorm folded (eval statistics), neurons as single-step
+        SpikingJelly nodes (:mod:`harness.export`)."""
+        from .export import chain_sequential, spikingjelly_node
+
+        return chain_sequential(self.graph.folded(), self.label, lambda op: op.layer,
+                                lambda op: spikingjelly_node(op.layer, op, self.label))
 
     def run_batch(self, x, meters):
         from spikingjelly.activation_based.base import MemoryModule
@@ -310,7 +280,7 @@ class _MeteringInterpreter(fx.Interpreter):
         if op is not None and op.kind in (Kind.NEURON, Kind.ENCODER):
             self.values[op.name] = out
             if op.kind == Kind.NEURON:
-                self.meters.record_neurons(op.name, out, kind=op.what, spiking=True)
+                self.meters.record_neurons(op.name, out, shape=op.shape, kind=op.what, spiking=True)
         return out
 
     def _events(self, synapse: str) -> torch.Tensor:

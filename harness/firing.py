@@ -49,12 +49,20 @@ def summarize(name: str, rates: np.ndarray) -> dict:
                 silent_fraction=float((rates == 0).mean()) if rates.size else np.nan, **fit_distribution(rates))
 
 
-def firing_rate_artifacts(ctx, rates: dict, prefix: str = "firing_rates") -> list:
-    """Write ``<prefix>.npz`` (raw Hz per neuron, one array per layer) and ``<prefix>_summary.csv``."""
+def firing_rate_artifacts(rates: dict, prefix: str = "firing_rates") -> list:
+    """``<prefix>.npz`` (raw Hz per neuron, one array per layer) and ``<prefix>_summary.csv`` (the
+    summary and fitted distribution per layer), as artifacts the runner writes."""
+    from .api import Artifact
+
     arrays = {name: r.double().numpy() for name, r in rates.items()}
     if not arrays:
         return []
-    raw = ctx.artifact(f"{prefix}.npz")
-    np.savez_compressed(raw, **arrays)
-    rows = [summarize(name, a) for name, a in arrays.items()]
-    return [raw, write_csv(rows, ctx.artifact(f"{prefix}_summary.csv"))]
+
+    def raw(path) -> None:
+        with open(path, "wb") as f:  # np.savez_compressed would add .npz to a name without it
+            np.savez_compressed(f, **arrays)
+
+    def summary(path) -> None:
+        write_csv([summarize(name, a) for name, a in arrays.items()], path)
+
+    return [Artifact(f"{prefix}.npz", raw), Artifact(f"{prefix}_summary.csv", summary)]

@@ -70,7 +70,8 @@ def private_tempdir(kind: str) -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix=f"harness-{kind}-{os.getpid()}-")
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (someone else's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -80,13 +81,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def redact_url(url: str) -> str:
+    """``url`` without its password, for messages and records."""
+    head, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in creds:
+        return url
+    return f"{head}://{creds.split(':', 1)[0]}:***@{host}"
+
+
 def clean_stale_tempdirs(kind: str) -> list[Path]:
     import shutil
 
     removed = []
     for d in Path(tempfile.gettempdir()).glob(f"harness-{kind}-*-*"):
         pid = d.name.split("-")[2]
-        if d.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if d.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)
     return removed

@@ -220,9 +220,11 @@ class Meters:
             st.effective_ops += float((nz.double() * fan.double()).sum())
 
     @torch.no_grad()
-    def record_neurons(self, name: str, out: torch.Tensor, *, kind: str = "", spiking: bool = True) -> None:
-        """Count one output of a neuron layer (any leading dims). For ANN layers (``spiking=False``)
-        non-zero activations are counted in place of spikes."""
+    def record_neurons(self, name: str, out: torch.Tensor, *, shape: tuple[int, ...], kind: str = "",
+                       spiking: bool = True) -> None:
+        """Count one output of a neuron layer whose neurons have the per-sample ``shape`` (any
+        leading dims: samples, time steps). For ANN layers (``spiking=False``) non-zero activations
+        are counted in place of spikes."""
         out = out.detach()
         nst = self.neurons.get(name)
         if nst is None:
@@ -233,7 +235,7 @@ class Meters:
         events = out.float() if spiking else nonzero.float()
         nst.spikes += float(events.sum(dtype=torch.float64))
         if self.keep_per_neuron:
-            per = events.reshape(-1, *out.shape[-self._neuron_dims(out):]).sum(0).cpu()
+            per = events.reshape(-1, *shape).sum(0).cpu()
             nst.per_neuron = per if nst.per_neuron is None else nst.per_neuron + per
 
     def record_neuron_counts(self, name: str, *, spikes: float, entries: float, zeros: float,
@@ -247,9 +249,6 @@ class Meters:
         st.spikes += spikes
         if self.keep_per_neuron and per_neuron is not None:
             st.per_neuron = per_neuron.cpu() if st.per_neuron is None else st.per_neuron + per_neuron.cpu()
-
-    def _neuron_dims(self, out: torch.Tensor) -> int:
-        return 3 if out.dim() >= 4 else 1
 
     # ---- results -----------------------------------------------------------------------------
     def summary(self) -> tuple[dict[str, float], list[dict]]:

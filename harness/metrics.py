@@ -17,8 +17,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import HarnessError
-
 INF = math.inf
 
 
@@ -153,10 +151,6 @@ CORE: tuple[MetricSpec, ...] = (
 )
 
 
-class MetricSchemaError(HarnessError):
-    """A metric key no schema entry describes, or a value outside its valid range."""
-
-
 class Schema:
     """The core specs plus any number of declared extra specs (a method's own metrics)."""
 
@@ -190,12 +184,6 @@ class Schema:
                     out.append(p)
                     break
         return out
-
-    def validate(self, metrics: Mapping[str, Any], what: str = "run", *, curves: bool = False) -> None:
-        problems = self.problems(metrics, curves=curves)
-        if problems:
-            raise MetricSchemaError(f"the {what} wrote {len(problems)} invalid metric"
-                                    f"{'s' if len(problems) > 1 else ''}: " + "; ".join(problems[:5]))
 
     def better(self, key: str) -> str | None:
         s = self.spec(key)

@@ -254,6 +254,8 @@ def resolve_model(spec: Any) -> tuple[str, Any]:
         if spec in MODELS or ":" not in spec:
             MODELS.check(spec)
             return spec, MODELS.get(spec)
+        from .registry import import_object
+
         return spec, import_object(spec, "model factory")
     from torch import nn
 
@@ -265,42 +267,3 @@ def resolve_model(spec: Any) -> tuple[str, Any]:
     from .errors import ConfigError
 
     raise ConfigError(f"model {spec!r}: expected a registered name, 'module:factory', a callable or an nn.Module")
-
-
-def import_object(path: str, what: str) -> Any:
-    """``pkg.module:attr`` (importable from the working directory) or ``path/to/file.py:attr``."""
-    import importlib
-    import importlib.util
-    import os
-    import sys
-    from pathlib import Path
-
-    from .errors import ConfigError
-
-    module_part, _, attr = path.rpartition(":")
-    if not module_part or not attr:
-        raise ConfigError(f"{what} {path!r}: expected 'module:name' or 'file.py:name'")
-    try:
-        if module_part.endswith(".py") or os.sep in module_part or "/" in module_part:
-            file = Path(module_part).expanduser()
-            if not file.is_file():
-                raise ConfigError(f"{what} {path!r}: file {file} not found")
-            name = f"harness_user_{abs(hash(str(file.resolve())))}"
-            spec = importlib.util.spec_from_file_location(name, file)
-            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-            sys.modules[name] = module
-            spec.loader.exec_module(module)  # type: ignore[union-attr]
-        else:
-            if os.getcwd() not in sys.path and "" not in sys.path:
-                sys.path.insert(0, os.getcwd())
-            module = importlib.import_module(module_part)
-    except ConfigError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any import failure is the user's to see, with the path
-        raise ConfigError(f"{what} {path!r}: importing {module_part} failed: {type(exc).__name__}: {exc}") from None
-    if not hasattr(module, attr):
-        names = [n for n in dir(module) if not n.startswith("_")]
-        from .errors import UnknownNameError
-
-        raise UnknownNameError(f"name in {module_part} for {what} {path!r}", attr, names)
-    return getattr(module, attr)

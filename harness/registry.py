@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from .errors import HarnessError, UnknownNameError
+from .errors import ConfigError, HarnessError, UnknownNameError
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -138,3 +138,38 @@ class Registry(Generic[T]):
     def __len__(self) -> int:
         self._scan()
         return len(self._entries)
+
+
+def import_object(path: str, what: str) -> Any:
+    """``pkg.module:attr`` (importable from the working directory) or ``path/to/file.py:attr``."""
+    import importlib
+    import importlib.util
+    import os
+    import sys
+    from pathlib import Path
+
+    module_part, _, attr = path.rpartition(":")
+    if not module_part or not attr:
+        raise ConfigError(f"{what} {path!r}: expected 'module:name' or 'file.py:name'")
+    try:
+        if module_part.endswith(".py") or os.sep in module_part or "/" in module_part:
+            file = Path(module_part).expanduser()
+            if not file.is_file():
+                raise ConfigError(f"{what} {path!r}: file {file} not found")
+            name = f"harness_user_{abs(hash(str(file.resolve())))}"
+            spec = importlib.util.spec_from_file_location(name, file)
+            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+            sys.modules[name] = module
+            spec.loader.exec_module(module)  # type: ignore[union-attr]
+        else:
+            if os.getcwd() not in sys.path and "" not in sys.path:
+                sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(module_part)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any import failure is the user's to see, with the path
+        raise ConfigError(f"{what} {path!r}: importing {module_part} failed: {type(exc).__name__}: {exc}") from None
+    if not hasattr(module, attr):
+        names = [n for n in dir(module) if not n.startswith("_")]
+        raise UnknownNameError(f"name in {module_part} for {what} {path!r}", attr, names)
+    return getattr(module, attr)

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .graph import Graph, Kind, Op, apply_op, event_counts
+from .graph import Graph, Kind, Op, apply_op, event_counts, event_path
 from .meters import Meters
 
 logging.getLogger("torch._library.triton").setLevel(logging.ERROR)
@@ -68,6 +68,15 @@ class NeuronPool(nn.Module):
     @property
     def kind(self) -> str:
         return "IFNode" if self.tau is None else "LIFNode"
+
+    def single_step_node(self) -> nn.Module:
+        """The same dynamics as a single-step SpikingJelly node for export, reset to 0 (NIR cannot
+        say "reset by subtraction" nor an initial membrane: see :mod:`harness.export`)."""
+        from spikingjelly.activation_based import neuron
+
+        if self.tau is None:
+            return neuron.IFNode(v_threshold=1.0, v_reset=0.0, step_mode="s")
+        return neuron.LIFNode(tau=self.tau, decay_input=False, v_threshold=1.0, v_reset=0.0, step_mode="s")
 
     def reset(self) -> None:
         self.v = None
@@ -137,9 +146,6 @@ class RateNetwork:
     neurons: dict[str, NeuronPool]
     gains: dict[tuple[str, int], float] = field(default_factory=dict)
 
-    def neuron_kind(self, name: str) -> str:
-        return self.neurons[name].kind
-
 
 class Simulator:
     """Run a :class:`RateNetwork` for ``T`` steps on static inputs (direct current)."""
@@ -158,7 +164,7 @@ class Simulator:
         work = [op for op in g if op.kind not in (Kind.INPUT, Kind.OUTPUT, Kind.SHAPE)]
         self.static_plan = [op for op in work if op.name in self.static]
         self.dynamic_plan = [op for op in work if op.name not in self.static]
-        self.paths = {op.name: g.event_path(op.name) for op in self.dynamic_plan if op.kind == Kind.SYNAPSE}
+        self.paths = {op.name: event_path(g, op.name) for op in self.dynamic_plan if op.kind == Kind.SYNAPSE}
         self.readout = g.output.inputs[0]
         self.widest = max((op.size for op in g.synapses), default=1)
 

@@ -128,13 +128,12 @@ def epoch_logger(ctx, stage: str):
 
             with uninterrupted():  # Ctrl-C lands after this write, not inside it
                 super().log_metrics(metrics, step)
-                ctx.streamed.update(f"{stage}/{k}" for k in metrics)
+                ctx.live_run.streamed.update(f"{stage}/{k}" for k in metrics)
 
         def finalize(self, status: str = "success") -> None:
             pass  # the run ends with the harness's work, not with this training
 
-    uri, run_id = ctx.live_run
-    return EpochCurves(tracking_uri=uri, run_id=run_id, prefix=stage)
+    return EpochCurves(tracking_uri=ctx.live_run.tracking_uri, run_id=ctx.live_run.run_id, prefix=stage)
 
 
 def make_trainer(ctx, max_epochs: int, callbacks: list | None = None, stage: str | None = None,
@@ -157,7 +156,7 @@ def fit(ctx, module: Classifier, max_epochs: int, callbacks: list | None = None,
     """Train ``module`` on the train split, validating on val each epoch; with ``stage`` (the prefix
     of its step metrics: ``ann``, ``surrogate`` …) the curves stream to the run's MLflow run."""
     pl.seed_everything(ctx.seed, workers=True, verbose=False)
-    trainer = make_trainer(ctx, max_epochs, [*(callbacks or []), *getattr(ctx, "fit_callbacks", [])], stage=stage,
+    trainer = make_trainer(ctx, max_epochs, [*(callbacks or []), *ctx.fit_callbacks], stage=stage,
                            **kwargs)
     try:
         # Lightning's bar writes to stdout, which carries the run's result alone: send it to stderr

@@ -180,7 +180,7 @@ def _sharpened(arch: nn.Module, shape: tuple[int, ...]):
 ], ids=["dense", "conv-pool-stride"])
 def test_lemaire_equals_spikingjellys_estimate_on_a_one_step_if_network(arch, shape):
     from harness.evaluation import evaluate
-    from harness.methods.sharpen import to_spiking
+    from harness.methods.sharpen.snn import to_spiking
     from spikingjelly.activation_based.op_counter.analytical_energy import (
         LemaireEnergyConfig,
         estimate_lemaire_energy,

@@ -170,8 +170,8 @@ def test_networks_nir_cannot_express_are_kept_and_the_run_says_why(quick, tmp_pa
     state = torch.load(fetch("network.pt"), weights_only=False)["state_dict"]
     assert any(k.endswith("weight") for k in state) and any(k.startswith("u_th.") for k in state)
 
+    from harness.errors import NirUnsupported
     from harness.evaluation import AnnEvaluable
-    from harness.export import NirUnsupported, single_step_sequential
 
     with pytest.raises(NirUnsupported, match="an ANN has no spiking neurons to export"):
-        single_step_sequential(AnnEvaluable.__new__(AnnEvaluable), "ann")
+        AnnEvaluable.__new__(AnnEvaluable).single_step()

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from harness.errors import ConfigError
-from harness.graph import Kind, TraceFailure, event_counts, trace
+from harness.graph import Kind, TraceFailure, event_counts, event_path, trace
 from torch import nn
 
 
@@ -116,10 +116,15 @@ def test_unsupported_ops_are_named_with_the_methods_that_accept_them():
     from harness.methods.ttfs import TTFS
     from harness.models import build_model
 
+    from harness.graph import UnsupportedOps
+    from harness.methods import with_alternatives
+
     g = trace(build_model("resnet-small", (1, 8, 8), 10), (1, 8, 8))
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(UnsupportedOps) as err:
         g.check("ttfs", TTFS.graph_problems(g))
-    msg = str(err.value)
+    assert err.value.op.name == "layer1.0.add" and err.value.method == "ttfs"  # the graph reports data ...
+    assert "accept" not in str(err.value)  # ... and does not know the methods
+    msg = str(with_alternatives(err.value, g))  # the methods layer words it
     assert msg.startswith("node `layer1.0.add` (operator.add) cannot be converted by ttfs: add of two spike trains")
     assert "; rate, layer-scaling, surrogate and sharpen accept it" in msg  # the adds join currents
 
@@ -162,7 +167,7 @@ def _brute_force_events(a, b):
 
 def test_event_counts_through_pooling_add_and_cat_match_a_brute_force_count():
     g = trace(Joins(), (1, 4, 4))
-    path = g.event_path("fc")
+    path = event_path(g, "fc")
     assert set(path.sources) == {"relu", "relu_1"} and path.per_step  # max pooling: step by step
     assert path.paths == {"relu": 2, "relu_1": 2}
     torch.manual_seed(0)
@@ -186,7 +191,7 @@ def test_linear_paths_may_sum_over_time_first():
             return self.fc(torch.flatten(F.avg_pool2d(a + a, 2), 1))
 
     g = trace(Linear(), (1, 4, 4))
-    path = g.event_path("fc")
+    path = event_path(g, "fc")
     assert not path.per_step
     a = (torch.rand(6, 2, 2, 4, 4) < 0.5).float()
     step_by_step = event_counts(g, path, {"relu": a.reshape(12, 2, 4, 4)}).reshape(6, 2, -1).sum(0)
@@ -207,4 +212,4 @@ def test_mixing_the_analog_input_with_spikes_before_a_layer_is_refused():
 
     g = trace(Mixed(), (1, 4, 4))
     with pytest.raises(ConfigError, match=r"node `x` \(placeholder\) lies between spikes and the synaptic layer `fc`"):
-        g.event_path("fc")
+        event_path(g, "fc")

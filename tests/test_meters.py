@@ -75,9 +75,9 @@ def test_conv1d_by_hand():
 
 def test_counts_accumulate_over_batches():
     m = Meters(timesteps=1)
-    m.record_neurons("n", torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+    m.record_neurons("n", torch.tensor([[1.0, 0.0], [0.0, 0.0]]), shape=(2,))
     m.record_predictions(torch.tensor([1, 0]), torch.tensor([1, 1]))
-    m.record_neurons("n", torch.tensor([[1.0, 1.0]]))
+    m.record_neurons("n", torch.tensor([[1.0, 1.0]]), shape=(2,))
     m.record_predictions(torch.tensor([2]), torch.tensor([2]))
     # pre-aggregated counts (the rate simulator's and ttfs's path) add up the same way
     m.record_neuron_counts("agg", spikes=1.0, entries=4.0, zeros=3.0)
@@ -92,7 +92,7 @@ def test_counts_accumulate_over_batches():
 def test_neuron_counts_by_hand():
     m = Meters(timesteps=2, keep_per_neuron=True)
     out = torch.tensor([[[1.0, 0.0, 0.0, 1.0]], [[0.0, 0.0, 0.0, 1.0]]])  # T=2, B=1, N=4
-    m.record_neurons("lif", out)
+    m.record_neurons("lif", out, shape=(4,))
     m.record_batch(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))
     metrics, _ = m.summary()
     assert metrics["spikes_per_neuron"] == 0.75
@@ -197,8 +197,8 @@ def test_per_neuron_counts_keep_the_layer_shape():
     spikes[0, 0, 1, 0, 1] = 1
     spikes[1, 2, 1, 0, 1] = 1
     spikes[1, 1, 0, 1, 0] = 1
-    m.record_neurons("conv", spikes)
-    m.record_neurons("conv_folded", spikes.reshape(6, 2, 2, 2))  # time folded into the batch
+    m.record_neurons("conv", spikes, shape=(2, 2, 2))
+    m.record_neurons("conv_folded", spikes.reshape(6, 2, 2, 2), shape=(2, 2, 2))  # time folded into the batch
     m.record_batch(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long))
     for name in ("conv", "conv_folded"):
         per = m.neurons[name].per_neuron
@@ -206,3 +206,15 @@ def test_per_neuron_counts_keep_the_layer_shape():
         assert per[1, 0, 1] == 2 and per[0, 1, 0] == 1 and per.sum() == 3
     rates = m.firing_rates()["conv"]
     assert rates.shape == (8,) and rates.max() == pytest.approx(2 / (3 * 2 * 1e-3))
+
+
+def test_per_neuron_counts_of_a_conv1d_map_follow_its_shape_not_the_tensor_rank():
+    """A Conv1d map's neurons are (C, L): a [T, B, C, L] tensor has the rank of a Conv2d map's
+    [B, C, H, W]; counting by rank would take (B, C, L) as the neurons."""
+    m = Meters(timesteps=2, keep_per_neuron=True)
+    spikes = torch.zeros(2, 3, 2, 4)  # [T, B, C, L]
+    spikes[0, 0, 1, 3] = 1
+    spikes[1, 2, 1, 3] = 1
+    m.record_neurons("conv1d", spikes, shape=(2, 4))
+    per = m.neurons["conv1d"].per_neuron
+    assert per.shape == (2, 4) and per[1, 3] == 2 and per.sum() == 2

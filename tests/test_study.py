@@ -7,11 +7,10 @@ import sys
 from dataclasses import replace
 
 import pytest
-from harness.errors import ConfigError, HarnessError, UnknownNameError
+from harness.errors import ConfigError, HarnessError, StudyError, UnknownNameError
 from harness.study import (
     Objective,
     StudyConfig,
-    StudyError,
     check_metric_key,
     default_storage,
     open_storage,
@@ -165,13 +164,13 @@ def test_median_pruner_prunes_a_trial_for_its_validation_accuracy(quick):
     a good trial has set the median."""
     import optuna
     from harness.runner import run
-    from harness.study import _make_pruning_callback
+    from harness.study import pruning_callback
 
     study = optuna.create_study(direction="maximize",
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
     sets = ("epochs=3", "timesteps=2")
     good = study.ask()
-    cb = _make_pruning_callback(good)
+    cb = pruning_callback(good)
     res = run(quick(method="surrogate", model="dnn5", baseline=False, sets=(*sets, "lr=3e-3")), fit_callbacks=[cb])
     study.tell(good, res.metrics["test/accuracy"])
     assert len(cb.reported) == 3 and cb.reported[2] > 0.5
@@ -179,7 +178,7 @@ def test_median_pruner_prunes_a_trial_for_its_validation_accuracy(quick):
 
     assert isinstance(cb, PyTorchLightningPruningCallback)  # optuna-integration's own, on lightning.pytorch
     bad = study.ask()
-    cb = _make_pruning_callback(bad)
+    cb = pruning_callback(bad)
     with pytest.raises(optuna.TrialPruned, match=r"pruned at epoch 0 \(val/accuracy 0\."):
         run(quick(method="surrogate", model="dnn5", baseline=False, sets=(*sets, "lr=1e-9")), fit_callbacks=[cb])
     assert list(cb.reported) == [0]
@@ -287,13 +286,13 @@ def test_stale_trial_recovery_touches_only_dead_owners_on_this_host():
 def test_sampler_names_make_the_samplers_they_say():
     import optuna
 
-    from harness.study import _sampler
+    from harness.study import make_sampler
 
-    assert isinstance(_sampler("tpe", 0, {}), optuna.samplers.TPESampler)
-    assert isinstance(_sampler("nsga2", 0, {}), optuna.samplers.NSGAIISampler)
-    assert isinstance(_sampler("random", 0, {}), optuna.samplers.RandomSampler)
-    assert isinstance(_sampler("grid", 0, {"x": [1, 2]}), optuna.samplers.GridSampler)
-    a = [_sampler("random", 7, {}).sample_independent(None, None, "x", optuna.distributions.FloatDistribution(0, 1))
+    assert isinstance(make_sampler("tpe", 0, {}), optuna.samplers.TPESampler)
+    assert isinstance(make_sampler("nsga2", 0, {}), optuna.samplers.NSGAIISampler)
+    assert isinstance(make_sampler("random", 0, {}), optuna.samplers.RandomSampler)
+    assert isinstance(make_sampler("grid", 0, {"x": [1, 2]}), optuna.samplers.GridSampler)
+    a = [make_sampler("random", 7, {}).sample_independent(None, None, "x", optuna.distributions.FloatDistribution(0, 1))
          for _ in range(2)]
     assert a[0] == a[1]  # the seed is passed on: the same seed draws the same value
 
@@ -302,10 +301,10 @@ def test_sampler_names_make_the_samplers_they_say():
 def test_samplers_are_seeded(name):
     """The same --seed proposes the same parameters; another seed proposes others."""
     import optuna
-    from harness.study import _sampler
+    from harness.study import make_sampler
 
     def proposals(seed):
-        study = optuna.create_study(sampler=_sampler(name, seed, {}))
+        study = optuna.create_study(sampler=make_sampler(name, seed, {}))
         out = []
         for _ in range(12):  # past TPE's random start-up trials
             trial = study.ask()
@@ -347,72 +346,111 @@ def test_workers_started_together_get_distinct_seeds_recorded_in_their_trials(qu
     assert first(None, "d")["worker"] == 3  # a SLURM array task is a worker by itself
 
 
-def test_a_worker_waits_for_the_last_running_trial_instead_of_running_past_the_target(quick, tmp_path, monkeypatch):
-    import threading
+# ---- placement: pure functions of (trials, now), no threads, no sleeps ---------------------------
 
-    import harness.runner
+NOW = __import__("datetime").datetime(2026, 1, 1, 12, 0, 0)
+
+
+def _t(number, state, *, user=None, system=None, ended_s_ago=None):
+    """A stored trial as Optuna gives it (a FrozenTrial), in ``state``."""
+    import datetime
+
     import optuna
 
-    calls: list = []
-    monkeypatch.setattr(harness.runner, "run", _fake_run(calls))
-    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/w.db", heartbeat_interval=1)
-    study = optuna.create_study(study_name="w", storage=storage, direction="maximize")
-    study.add_trial(optuna.trial.create_trial(value=0.4))
-    elsewhere = study.ask()  # another worker's trial, alive: its heartbeat is fresh
-    elsewhere.set_user_attr("harness.owner", "other-host:1")
-    storage.record_heartbeat(elsewhere._trial_id)
-
-    def finish_later():
-        for _ in range(3):
-            storage.record_heartbeat(elsewhere._trial_id)
-            threading.Event().wait(1)
-        study.tell(elsewhere, 0.6)
-
-    worker = threading.Thread(target=finish_later)
-    worker.start()
-    summary = run_study(_scfg(quick, trials=2, sampler="random", storage=f"sqlite:///{tmp_path}/w.db",
-                              study_name="w", heartbeat=1))
-    worker.join()
-    assert calls == []  # 1 finished + 1 running = 2: nothing more to start
-    assert [t["state"] for t in summary.trials] == ["COMPLETE", "COMPLETE"]
+    st = getattr(optuna.trial.TrialState, state)
+    done = None if ended_s_ago is None else NOW - datetime.timedelta(seconds=ended_s_ago)
+    return optuna.trial.FrozenTrial(number=number, state=st, value=0.5 if state == "COMPLETE" else None,
+                                    datetime_start=NOW - datetime.timedelta(hours=1), datetime_complete=done,
+                                    params={}, distributions={}, user_attrs=dict(user or {}),
+                                    system_attrs=dict(system or {}), intermediate_values={}, trial_id=number)
 
 
-def test_a_trial_that_just_died_keeps_its_place_until_its_retry_is_queued(quick, tmp_path, monkeypatch):
-    """Optuna's heartbeat fails a stale trial first and calls the retry callback after. A worker that
-    counts places in between must not take the dead trial's place with a new trial: the retry would
-    stay queued, never run, once the study had its trials."""
-    import threading
+def test_finished_trials_are_complete_and_pruned_ones_only():
+    from harness.study import places
 
-    import harness.runner
-    import optuna
+    trials = [_t(0, "COMPLETE"), _t(1, "PRUNED"), _t(2, "FAIL", user={"harness.ended": True}, ended_s_ago=1),
+              _t(3, "COMPLETE")]
+    assert places(trials, None, 30, NOW) == (3, 0)  # a failure the harness ended holds no place
 
-    calls: list = []
-    monkeypatch.setattr(harness.runner, "run", _fake_run(calls))
-    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/d.db", heartbeat_interval=1)
-    study = optuna.create_study(study_name="d", storage=storage, direction="maximize")
-    study.add_trial(optuna.trial.create_trial(value=0.4))
-    dist = {"scale_firing_rates": optuna.distributions.FloatDistribution(1, 1000, log=True)}
-    dead = study.ask(dist)  # another worker's trial: this worker waits for it
-    dead.set_user_attr("harness.owner", "other-host:1")
 
-    def retry_later():
-        while "harness.mlflow_parent_run_id" not in study.user_attrs:  # this worker has started
-            threading.Event().wait(0.1)
-        threading.Event().wait(0.5)
-        study.tell(dead, state=optuna.trial.TrialState.FAIL)  # what a heartbeat check does first ...
-        threading.Event().wait(1.5)
-        optuna.storages.RetryFailedTrialCallback(max_retry=1)(study, study.trials[dead.number])  # ... then
+def test_running_and_queued_trials_hold_places_and_surplus_ones_do_not():
+    from harness.study import places
 
-    other_worker = threading.Thread(target=retry_later)
-    other_worker.start()
-    summary = run_study(_scfg(quick, trials=2, sampler="random", storage=f"sqlite:///{tmp_path}/d.db",
-                              study_name="d", heartbeat=1))
-    other_worker.join()
-    states = {t["number"]: t["state"] for t in summary.trials}
-    [retry] = [t for t in summary.trials if t["retry_of"] == dead.number]
-    assert states == {0: "COMPLETE", 1: "FAIL", retry["number"]: "COMPLETE"}  # no new trial took its place
-    assert retry["params"]["scale_firing_rates"] == pytest.approx(study.trials[dead.number].params["scale_firing_rates"])
-    assert len(calls) == 1
+    trials = [_t(0, "RUNNING"), _t(1, "RUNNING", user={"harness.surplus": True}), _t(2, "WAITING"),
+              _t(3, "WAITING", system={"fixed_params": {}})]
+    assert places(trials, None, 30, NOW) == (0, 3)
+    assert places(trials, None, 30, NOW, queued=False) == (0, 1)  # deciding to start: Optuna pops the queue
+
+
+def test_a_trial_that_just_died_holds_its_place_until_its_retry_exists_or_its_window_ends():
+    """Optuna's heartbeat fails a stale trial first and queues its retry after: in between, the dead
+    trial keeps its place, so no new trial takes it (the retry would then never run)."""
+    from harness.study import places
+
+    dead = _t(1, "FAIL", ended_s_ago=29.0)  # failed by the heartbeat, not by the harness: no harness.ended
+    assert places([_t(0, "COMPLETE"), dead], None, 30, NOW) == (1, 1)
+    assert places([_t(0, "COMPLETE"), _t(1, "FAIL", ended_s_ago=30.0)], None, 30, NOW) == (1, 0)  # window over
+    # what Optuna's RetryHeartbeatStaleTrialCallback queues
+    retry = _t(2, "WAITING", system={"failed_trial": 1, "retry_history": [1], "fixed_params": {}})
+    assert places([dead, retry], None, 30, NOW) == (0, 1)  # the retry holds the place now, not both
+    assert places([dead, _t(2, "RUNNING", user={"harness.retry_of_interrupted": 1})], None, 30, NOW) == (0, 1)
+    a_retry = _t(3, "FAIL", system={"failed_trial": 0}, ended_s_ago=1)  # a retry is not retried again
+    assert places([a_retry], None, 30, NOW) == (0, 0)
+    assert places([_t(4, "FAIL", ended_s_ago=None)], None, 30, NOW) == (0, 0)  # never completed: no time
+
+
+def test_queued_trials_come_before_new_ones_and_then_by_number():
+    from harness.study import place_key, places
+
+    retry, requeued, new5, new2 = (_t(7, "WAITING", system={"failed_trial": 3}),
+                                   _t(8, "WAITING", system={"fixed_params": {"x": 1}}), _t(5, "RUNNING"),
+                                   _t(2, "RUNNING"))
+    assert sorted([new5, retry, new2, requeued], key=place_key) == [retry, requeued, new2, new5]
+    trials = [retry, requeued, new5, new2]
+    assert places(trials, place_key(new5), 30, NOW) == (0, 3)  # every other trial is ahead of a new #5
+    assert places(trials, place_key(retry), 30, NOW) == (0, 0)  # nothing is ahead of the first retry
+    dead = _t(1, "FAIL", ended_s_ago=0.5)  # a dead trial's coming retry counts as queued, by its number
+    assert places([dead, retry], place_key(retry), 30, NOW) == (0, 1)
+
+
+def test_a_worker_waits_for_running_trials_of_others_and_starts_none_past_the_target(monkeypatch):
+    """2 wanted, 1 finished, 1 running elsewhere: the worker waits (with heartbeats, the running one
+    may die and come back as a retry to run), starts nothing, and leaves once 2 have finished;
+    without heartbeats nothing would tell it, so it leaves at once."""
+    from harness.study import workers
+
+    counts = iter([(1, 1), (1, 1), (2, 0)])  # (finished, holding a place) as the study changes
+    monkeypatch.setattr(workers, "study_places", lambda *a, **k: next(counts))
+    monkeypatch.setattr(workers, "fail_stale", lambda *a: None)
+    naps: list[float] = []
+    monkeypatch.setattr(workers.time, "sleep", naps.append)
+
+    class Study:
+        def optimize(self, *a, **k):
+            pytest.fail("a trial was started past the target")
+
+    bar = type("Bar", (), {"set_postfix_str": lambda self, s: None})()
+    stale = type("Stale", (), {"grace_s": 3})()
+    workers.work(Study(), None, 2, 1, stale=stale, grace_s=3, on_trial_end=None, bar=bar)
+    assert naps == [workers.POLL_S, workers.POLL_S]  # waited twice, then saw the target reached
+    counts = iter([(1, 1)])
+    workers.work(Study(), None, 2, 1, stale=None, grace_s=3, on_trial_end=None, bar=bar)  # no heartbeat: leaves
+    assert naps == [workers.POLL_S, workers.POLL_S]
+
+
+def test_a_worker_starts_only_as_many_trials_as_places_are_free(monkeypatch):
+    from harness.study import workers
+
+    counts = iter([(1, 1), (4, 0)])
+    monkeypatch.setattr(workers, "study_places", lambda *a, **k: next(counts))
+    started: list[int] = []
+
+    class Study:
+        def optimize(self, objective, n_trials, n_jobs, **k):
+            started.append(n_trials)
+
+    workers.work(Study(), None, 4, 8, stale=None, grace_s=3, on_trial_end=None, bar=None)
+    assert started == [2]  # 4 wanted, 1 finished, 1 running: 2 more, even with 8 jobs allowed
 
 
 def test_a_worker_that_asks_another_search_space_is_refused_with_both_named(quick, tmp_path, monkeypatch):

@@ -304,7 +304,6 @@ def _build_report(experiment: str | None, out_dir: str | Path, tracking_uri: str
                   energy_model: str) -> ReportOutput:
     from ..energy import ENERGY_MODELS
     from ..errors import UnknownNameError, set_phase
-    from .figures import FIGURES, Missing
 
     if energy_model not in ENERGY_MODELS:
         raise UnknownNameError("energy model", energy_model, list(ENERGY_MODELS))
@@ -315,39 +314,55 @@ def _build_report(experiment: str | None, out_dir: str | Path, tracking_uri: str
     out.mkdir(parents=True, exist_ok=True)
     res = ReportOutput(out, runs.experiment, len(runs.df))
     energy_models = [m for m in ENERGY_MODELS if f"energy_nJ/{m}" in runs.df]
-    lb = leaderboard(runs, energy_models, energy_model)
-    wt = whetstone_table(runs)
-    et = energy_models_table(runs)
-    rep = reproduction(runs)
+    tables = dict(lb=leaderboard(runs, energy_models, energy_model), wt=whetstone_table(runs),
+                  et=energy_models_table(runs), rep=reproduction(runs))
+    figures = _draw_figures(runs, out, energy_model, res)
+    needed = ["test/accuracy", "spikes_per_neuron", "synops", f"energy_nJ/{energy_model}"]
+    absent = [k for k in needed if k not in runs.df or runs.df[k].isna().all()]
+    if absent:
+        res.missing.append("metrics absent from every run: " + ", ".join(absent))
+    if tables["lb"].empty:
+        res.missing.append("leaderboard: no finished run evaluated on the full test set")
+    res.left_out = dict(runs.left_out)
+    runs_csv, lb_csv = out / "runs.csv", out / "leaderboard.csv"
+    runs_table = csv_safe(runs.df.drop(columns=["kind"], errors="ignore"))
+    write_atomic(runs_csv, lambda f: runs_table.to_csv(f, index=False))
+    lb_table = csv_safe(tables["lb"])
+    write_atomic(lb_csv, lambda f: lb_table.to_csv(f, index=False))
+    html_path, md_path = _write_pages(runs, out, tables, figures, energy_models, energy_model, res)
+    res.files = [html_path, md_path, lb_csv, runs_csv, *[f.path for f in figures]]
+    return res
+
+
+def _draw_figures(runs, out: Path, energy_model: str, res: ReportOutput) -> list:
+    """Every figure the runs have data for; what cannot be drawn is noted in ``res.missing``."""
+    from .figures import FIGURES, Missing
+
     figures = []
     for key, fn in FIGURES:
         try:
             figures.append(fn(runs, out, energy_model))
         except Missing as exc:
             res.missing.append(f"{key}: {exc}")
-    needed = ["test/accuracy", "spikes_per_neuron", "synops", f"energy_nJ/{energy_model}"]
-    absent = [k for k in needed if k not in runs.df or runs.df[k].isna().all()]
-    if absent:
-        res.missing.append("metrics absent from every run: " + ", ".join(absent))
-    if lb.empty:
-        res.missing.append("leaderboard: no finished run evaluated on the full test set")
-    res.left_out = dict(runs.left_out)
-    left_line = ""
-    if runs.left_out:
-        total = sum(runs.left_out.values())
-        left_line = (f"{total} run{'s' if total > 1 else ''} left out of every table and figure: "
-                     + "; ".join(f"{n} × {why}" for why, n in sorted(runs.left_out.items())))
+    return figures
 
-    runs_csv = out / "runs.csv"
-    runs_table = csv_safe(runs.df.drop(columns=["kind"], errors="ignore"))
-    write_atomic(runs_csv, lambda f: runs_table.to_csv(f, index=False))
-    lb_csv = out / "leaderboard.csv"
-    lb_table = csv_safe(lb)
-    write_atomic(lb_csv, lambda f: lb_table.to_csv(f, index=False))
+
+def _left_out_line(runs) -> str:
+    if not runs.left_out:
+        return ""
+    total = sum(runs.left_out.values())
+    return (f"{total} run{'s' if total > 1 else ''} left out of every table and figure: "
+            + "; ".join(f"{n} × {why}" for why, n in sorted(runs.left_out.items())))
+
+
+def _write_pages(runs, out: Path, tables: dict, figures: list, energy_models: list[str], energy_model: str,
+                 res: ReportOutput) -> tuple[Path, Path]:
+    """report.html (figures embedded) and report.md (figures beside it)."""
+    left_line = _left_out_line(runs)
     # the page shows the chosen energy model's column only (every model's is in leaderboard.csv):
     # with all of them the table was wider than a 1400 px page
     others = [ENERGY_COLUMN.format(m) for m in energy_models if m != energy_model]
-    lb_shown = lb.drop(columns=[c for c in others if c in lb])
+    lb_shown = tables["lb"].drop(columns=[c for c in others if c in tables["lb"]])
     directions = dict(LEADERBOARD_DIRECTIONS,
                       **{ENERGY_COLUMN.format(m): SCHEMA.better(f"energy_nJ/{m}") for m in energy_models})
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -363,24 +378,23 @@ def _build_report(experiment: str | None, out_dir: str | Path, tracking_uri: str
              "Energy on the report's model (<code>--energy-model</code>); leaderboard.csv has every model's.</p>",
              _table_html(lb_shown, "leaderboard", sortable=True, directions=directions),
              "<h2>Reproduction tables</h2><p>Each seed's reported figure beside the harness's own, with both "
-             "data sets named.</p>", _table_html(rep, "reproduction"),
-             "<h2>Whetstone table (sandia-*)</h2>", _table_html(wt, "whetstone"),
+             "data sets named.</p>", _table_html(tables["rep"], "reproduction"),
+             "<h2>Whetstone table (sandia-*)</h2>", _table_html(tables["wt"], "whetstone"),
              "<h2>Energy: arithmetic only vs memory traffic</h2><p>Energy ÷ the ANN's under the same model, per "
              "method's best run: cmos45-fp32 charges operations only; memory-aware models (Lemaire et al.) also "
              "charge reading inputs, weights and membrane potentials. Ranks are within a data set (1 = cheapest)."
-             "</p>", _table_html(et, "energy-models"), "<h2>Figures</h2>"]
+             "</p>", _table_html(tables["et"], "energy-models"), "<h2>Figures</h2>"]
     md = [f"# snn-harness report\n\nexperiment `{runs.experiment}` in `{runs.tracking_uri}`; {len(runs.df)} runs; "
           f"generated {stamp}; Pareto mark on accuracy vs energy ({energy_model}).\n",
           f"{_md_escape(left_line)}\n" if left_line else "",
-          "## Leaderboard\n", _table_md(lb_shown), "\n## Reproduction tables\n", _table_md(rep),
-          "\n## Whetstone table (sandia-*)\n", _table_md(wt),
-          "\n## Energy: arithmetic only vs memory traffic\n", _table_md(et), "\n## Figures\n"]
+          "## Leaderboard\n", _table_md(lb_shown), "\n## Reproduction tables\n", _table_md(tables["rep"]),
+          "\n## Whetstone table (sandia-*)\n", _table_md(tables["wt"]),
+          "\n## Energy: arithmetic only vs memory traffic\n", _table_md(tables["et"]), "\n## Figures\n"]
     for f in figures:
         data = base64.b64encode(f.path.read_bytes()).decode()
         parts.append(f"<figure><h3>{html.escape(f.title)}</h3><img alt='{html.escape(f.title)}' "
                      f"src='data:image/png;base64,{data}'><figcaption>{html.escape(f.caption)}</figcaption></figure>")
         md.append(f"### {f.title}\n\n![{f.title}]({f.path.name})\n\n{f.caption}\n")
-        res.files.append(f.path)
     if res.missing:
         parts.append("<h2>Not drawn</h2><ul>" + "".join(f"<li class='missing'>{html.escape(m)}</li>"
                                                           for m in res.missing) + "</ul>")
@@ -389,5 +403,4 @@ def _build_report(experiment: str | None, out_dir: str | Path, tracking_uri: str
     html_path, md_path = out / "report.html", out / "report.md"
     write_atomic(html_path, lambda f: f.write("\n".join(parts)))
     write_atomic(md_path, lambda f: f.write("\n".join(md)))
-    res.files = [html_path, md_path, lb_csv, runs_csv, *res.files]
-    return res
+    return html_path, md_path

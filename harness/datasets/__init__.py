@@ -45,7 +45,7 @@ def load_dataset(spec: Any, data_dir: str | None = None, download: bool = True) 
         loader = DATASETS.get(DATASETS.check(spec))
         name = spec
     elif isinstance(spec, str):
-        from ..models import import_object
+        from ..registry import import_object
 
         loader = import_object(spec, "dataset factory")
         name = spec

@@ -34,6 +34,8 @@ class Dataset:
     classes: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
+        from ..inputs import check_images, check_labels
+
         shapes = set()
         for split in SPLITS:
             if split not in self.x or split not in self.y:
@@ -49,12 +51,11 @@ class Dataset:
                 raise DataError(f"{self.name}/{split}: {len(xs)} inputs but {len(ys)} labels")
             if split in ("train", "test") and not len(ys):  # an empty test split would score 0 and "succeed"
                 raise DataError(f"{self.name}: the {split} split is empty")
-            if len(ys) and (int(ys.min()) < 0 or int(ys.max()) >= self.num_classes):
-                raise DataError(f"{self.name}/{split}: labels span {int(ys.min())}..{int(ys.max())}, outside "
-                                f"0..{self.num_classes - 1}")
+            check_images(self.name, split, xs)
             shapes.add(xs.shape[1:])
         if len(shapes) > 1:
             raise DataError(f"{self.name}: the splits hold inputs of different shapes {sorted(shapes)}")
+        check_labels(self.name, self.y, self.num_classes)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -199,37 +200,50 @@ def _as_arrays(split: Any, name: str, what: str) -> tuple[np.ndarray, np.ndarray
                         f"got {type(split).__name__}")
     if x.dtype.kind not in "fiub":
         raise DataError(f"{name}: {what} inputs must be numeric, got {x.dtype}")
+    from ..inputs import as_float_images
+
+    x = as_float_images(x, name, what)
     if y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0)):
         raise DataError(f"{name}: {what} labels must be integers (class indices), got {y.dtype}")
     if x.ndim < 2:
         raise DataError(f"{name}: {what} inputs must have shape (N, ...) with at least 2 dimensions, got {x.shape}")
     if y.ndim != 1 or len(y) != len(x):
         raise DataError(f"{name}: the {what} split has {len(x)} inputs but {len(y)} labels (shape {y.shape})")
-    return x.astype(np.float32), y.astype(np.int64)
+    return x, y.astype(np.int64)
 
 
 def from_factory_result(result: Any, name: str, spec: Any) -> Dataset:
-    """A :class:`Dataset` from what a data-set factory returned (a Dataset, or 2 or 3 splits)."""
+    """A :class:`Dataset` from what a data-set factory returned: a Dataset, the splits
+    ``(train, val, test)`` / ``(train, test)``, or a mapping of them with, optionally, the class
+    count and names: ``{"train": (x, y), "test": (x, y), "num_classes": 10, "classes": (...)}``.
+    Without a declared class count it is the largest label + 1, checked (:func:`harness.inputs.check_labels`)."""
+    from ..inputs import check_labels
+
     if isinstance(result, Dataset):
         return result
+    declared, classes = None, ()
+    if isinstance(result, dict):
+        unknown = sorted(set(result) - {"train", "val", "test", "num_classes", "classes"})
+        if unknown or "train" not in result or "test" not in result:
+            raise DataError(f"data set {spec!r}: a mapping needs 'train' and 'test' (and may hold 'val', "
+                            f"'num_classes', 'classes'); got keys {sorted(result)}")
+        declared, classes = result.get("num_classes"), tuple(result.get("classes") or ())
+        if declared is not None and (isinstance(declared, bool) or not isinstance(declared, int)):
+            raise DataError(f"data set {spec!r}: num_classes must be an integer, got {declared!r}")
+        result = tuple(result[k] for k in ("train", "val", "test") if k in result)
     if not isinstance(result, (tuple, list)) or len(result) not in (2, 3):
         raise DataError(f"data set {spec!r}: the factory must return a harness Dataset or the splits "
                         f"(train, val, test) / (train, test); got {type(result).__name__}")
     labels = ("train", "val", "test") if len(result) == 3 else ("train", "test")
     arrays = {k: _as_arrays(v, str(name), k) for k, v in zip(labels, result)}
-    ys = np.concatenate([a[1] for a in arrays.values()])
-    if ys.size == 0:
-        raise DataError(f"data set {spec!r}: every split is empty")
-    if ys.min() < 0:
-        raise DataError(f"data set {spec!r}: negative class label {int(ys.min())}")
-    num_classes = int(ys.max()) + 1
+    num_classes = check_labels(str(name), {k: a[1] for k, a in arrays.items()}, declared)
     digest = content_digest(*[a for pair in arrays.values() for a in pair])
     version = f"user/{'+'.join(str(len(a[1])) for a in arrays.values())}/sha-{digest}"
     if "val" not in arrays:
         x_tr, y_tr = arrays["train"]
         x_te, y_te = arrays["test"]
         return make_dataset(str(name), version, x_tr, y_tr, x_te, y_te, num_classes=num_classes,
-                            source=str(spec))
+                            source=str(spec), classes=classes)
     x = {k: a[0] for k, a in arrays.items()}
     y = {k: a[1] for k, a in arrays.items()}
-    return Dataset(str(name), version, num_classes, x, y, source=str(spec))
+    return Dataset(str(name), version, num_classes, x, y, source=str(spec), classes=classes)

@@ -8,7 +8,12 @@ then converts it with ``ttfs``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..registry import Registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..graph import Graph, Op, UnsupportedOps
 
 METHODS: Registry = Registry("method")
 METHODS.lazy("ann", "harness.methods.ann:Ann",
@@ -51,3 +56,38 @@ def resolve(spec: str) -> list:
     if classes[-1].is_transform and len(classes) > 1:
         raise ConfigError(f"{spec!r}: a transform must be followed by a method, not end the chain")
     return classes
+
+
+def accepting_methods(graph: "Graph", op: "Op", exclude: str) -> list[str]:
+    """Built-in and plug-in methods that would accept ``op`` in ``graph`` (for error messages).
+    Transforms and the ANN itself take any network and are not named; a plug-in that cannot be
+    loaded is skipped (its own use names it)."""
+    import logging
+
+    from ..errors import ConfigError
+
+    out = []
+    for name in METHODS.names():
+        if name == exclude:
+            continue
+        try:
+            cls = METHODS.get(name)
+        except Exception as exc:  # noqa: BLE001 - a broken plug-in must not hide the real error
+            logging.getLogger(__name__).warning("method %s could not be loaded: %s", name, exc)
+            continue
+        checker = getattr(cls, "graph_problems", None)
+        if checker is None or getattr(cls, "is_transform", False) or not getattr(cls, "spiking", True):
+            continue
+        try:
+            if not any(p.name == op.name for p, _ in checker(graph)):
+                out.append(name)
+        except ConfigError:
+            continue
+    return out
+
+
+def with_alternatives(exc: "UnsupportedOps", graph: "Graph") -> "UnsupportedOps":
+    """``exc`` (a method refusing ops of ``graph``) worded with the methods that would take the op."""
+    from ..graph import UnsupportedOps
+
+    return UnsupportedOps(exc.method, exc.problems, accepting_methods(graph, exc.op, exclude=exc.method))

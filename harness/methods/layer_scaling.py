@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from ..api import Extras
+from ..api import Artifact, Extras
 from ..config import param
 from ..io import write_csv
 from ..metrics import MetricSpec
@@ -60,7 +60,7 @@ class LayerScaling(Rate):
             scales = {n: params.scale_firing_rates * (params.boost if i in combo else 1.0)
                       for i, n in enumerate(names)}
             label = ":".join(names[i] for i in combo)  # MLflow metric names admit no "+"
-            ev = RateEvaluable(model, params, scales)
+            ev = RateEvaluable(model, params, scales, label=self.name)
             ev.keep_per_neuron = False
             m = ctx.evaluate(ev, desc=f"boost {label}", what=f"layer-scaling boost of {label}").metrics
             acc, spikes = m["test/accuracy"], m["spikes"]
@@ -75,5 +75,5 @@ class LayerScaling(Rate):
         best = max(rows[1:], key=lambda r: r["accuracy_gain"], default=None)
         if best is not None:
             extras.metrics["layer_scaling/best_gain"] = best["accuracy_gain"]
-        extras.artifacts.append(write_csv(rows, ctx.artifact("layer_scaling.csv")))
+        extras.artifacts.append(Artifact("layer_scaling.csv", lambda path: write_csv(rows, path)))
         return extras

@@ -42,9 +42,10 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..api import Extras, Method, Preparation
+from ..api import Evaluable, Extras, Method, Outputs, Preparation, SingleStep
+from ..calibration import calibrate_scales
 from ..config import ConfigError, Params, param
-from ..evaluation import Evaluable, Outputs
+from ..errors import NirUnsupported
 from ..graph import Graph, Kind, Op, spike_paths, unsupported_ops, weight_of
 from ..metrics import MetricSpec
 from ..simulate import NeuronPool, RateNetwork, Simulator
@@ -97,18 +98,9 @@ def rate_problems(graph: Graph) -> list[tuple[Op, str]]:
     if problems:
         return problems
     problems = spike_paths(graph, graph.static_ops())[1]
-    feed = graph[graph.output.inputs[0]]
-    if _fixed_origin(graph, feed.name):
+    if graph.feed(graph.output.name, UNARY).kind == Kind.NEURON:
         problems.append((graph.output, "the network ends in a neuron (ReLU); it must end in a linear readout"))
     return problems
-
-
-def _fixed_origin(graph: Graph, name: str) -> bool:
-    """Whether ``name``'s value comes from a neuron through unary stateless ops only."""
-    op = graph[name]
-    while op.kind in UNARY:
-        op = graph[op.inputs[0]]
-    return op.kind == Kind.NEURON
 
 
 @dataclass
@@ -185,30 +177,6 @@ def plan_scales(graph: Graph, amp: dict[str, float], gain: dict[str, float]) -> 
     return ScalePlan(factors, gains)
 
 
-def calibrate_scales(graph: Graph, x: torch.Tensor, mode: str, percentile: float,
-                     max_values: int = 2_000_000, seed: int = 0) -> dict[str, float]:
-    """λ of every neuron op from the ANN's positive activations on ``x`` (in topological order)."""
-    gen = torch.Generator().manual_seed(seed)
-    lams: dict[str, float] = {}
-
-    def on_op(op, args, out):
-        if op.kind != Kind.NEURON:
-            return
-        pos = out[out > 0].flatten().cpu()
-        if pos.numel() == 0:
-            lams[op.name] = 1.0  # a silent layer: any scale gives the same (empty) output
-        elif mode == "max":
-            lams[op.name] = float(pos.max())
-        else:
-            if pos.numel() > max_values:
-                pos = pos[torch.randint(pos.numel(), (max_values,), generator=gen)]
-            lams[op.name] = float(torch.quantile(pos.double(), percentile / 100.0))
-
-    with torch.no_grad():
-        graph.run(x, on_op)
-    return lams
-
-
 @dataclass
 class RateModel:
     """The calibrated ANN: conversion per scale vector is cheap, so layer-scaling re-converts for
@@ -246,8 +214,9 @@ class RateEvaluable(Evaluable):
 
     keep_per_neuron = True
 
-    def __init__(self, model: RateModel, params: RateParams, scales: dict[str, float] | None = None):
-        self.model, self.params = model, params
+    def __init__(self, model: RateModel, params: RateParams, scales: dict[str, float] | None = None,
+                 label: str = "rate"):
+        self.model, self.params, self.label = model, params, label
         self.net = net = model.convert(params, scales)
         self.graph = net.graph
         self.batch_size = params.batch_chunk
@@ -267,6 +236,36 @@ class RateEvaluable(Evaluable):
     def run_batch(self, x, meters):
         preds = self.sim.run(x, self.timesteps, meters)
         return Outputs(predictions=preds[-1], step_predictions=preds)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The converted (scaled) layers' tensors, keyed ``<op name>.<weight|bias>``, and the gains
+        where spike trains of different scales meet, keyed ``gain/<op>/<input index>``."""
+        out = {f"{name}.{k}": v.detach().cpu() for name, layer in self.net.layers.items()
+               for k, v in layer.state_dict().items()}
+        out.update({f"gain/{op}/{k}": torch.tensor(g) for (op, k), g in self.net.gains.items()})
+        return out
+
+    def single_step(self) -> SingleStep:
+        """The chain of scaled layers and IF/LIF nodes; what NIR cannot say is refused or noted."""
+        label, p = self.label, self.params
+        if p.synapse:
+            raise NirUnsupported(f"{label}: the synaptic filter (synapse={p.synapse}) is not exported; convert with "
+                                 "synapse unset")
+        if self.sim.out_neuron is not None:
+            raise NirUnsupported(f"{label}: a spiking readout (decode={p.decode}) is not exported")
+        inner = {k: g for k, g in self.net.gains.items() if k[0] != self.graph.output.name}
+        if inner:
+            raise NirUnsupported(f"{label}: gains between layers ({sorted(inner)}) have no place in a chain")
+        from ..export import chain_sequential
+
+        form = chain_sequential(self.graph, label, lambda op: self.net.layers[op.name],
+                                lambda op: self.net.neurons[op.name].single_step_node())
+        form.notes.append("reset by subtraction in the harness; NIR's IF/LIF reset to v_reset = 0")
+        if p.v_init:
+            form.notes.append(f"membranes start at 0 in NIR (the harness starts them at v_init = {p.v_init})")
+        form.notes.append("input: the image as a constant current every step; output: the readout current per step "
+                          "(sum over steps, argmax: the harness's membrane decode)")
+        return form
 
 
 LAYER_METRICS: tuple[MetricSpec, ...] = (MetricSpec("layer/{layer}/lambda", "activation scale λ of a neuron op (calibrated)",
@@ -309,11 +308,11 @@ class Rate(Method):
         x, _ = ctx.dataset.subset("train", params.calibration_samples)
         lams = calibrate_scales(graph, torch.from_numpy(x).to(ctx.device), params.normalization, params.percentile,
                                 seed=ctx.seed)
-        return Preparation(RateEvaluable(RateModel(graph, lams), params),
+        return Preparation(RateEvaluable(RateModel(graph, lams), params, label=self.name),
                            metrics={f"layer/{n}/lambda": lam for n, lam in lams.items()})
 
     def analyse(self, ctx, prep, evaluation, params) -> Extras:
         from ..firing import firing_rate_artifacts
 
         assert evaluation.meters is not None
-        return Extras(artifacts=firing_rate_artifacts(ctx, evaluation.meters.firing_rates()))
+        return Extras(artifacts=firing_rate_artifacts(evaluation.meters.firing_rates()))

@@ -41,16 +41,18 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..api import Method, Preparation
+from ..api import Method, Outputs, Preparation
 from ..config import Params, param
 from ..errors import UnknownNameError
-from ..evaluation import GraphSNN, Outputs
+from ..evaluation import GraphSNN
 from ..graph import (
     Graph,
     Kind,
     Op,
     build,
+    free_target,
     insert_after,
+    insert_after_edge,
     register_module_kind,
     set_module,
     spike_paths,
@@ -60,6 +62,8 @@ from ..graph import (
 from ..metrics import MetricSpec
 
 FAMILIES = ("triangle", "fast-sigmoid", "arctan", "sigmoid")
+# what may lie between the readout layer and the output (a readout pooled over space, flattened)
+READOUT_PASS = (Kind.FLATTEN, Kind.IDENTITY, Kind.AVGPOOL, Kind.ADAPTIVE_AVGPOOL)
 
 
 def surrogate_shape(family: str, z: torch.Tensor) -> torch.Tensor:
@@ -195,10 +199,7 @@ def surrogate_problems(graph: Graph) -> list[tuple[Op, str]]:
     if problems:
         return problems
     problems = spike_paths(graph, _static_before_norm(graph))[1]
-    feed = graph[graph.output.inputs[0]]
-    while feed.kind in (Kind.FLATTEN, Kind.IDENTITY, Kind.AVGPOOL, Kind.ADAPTIVE_AVGPOOL):
-        feed = graph[feed.inputs[0]]
-    if feed.kind != Kind.SYNAPSE:
+    if graph.feed(graph.output.name, READOUT_PASS).kind != Kind.SYNAPSE:
         problems.append((graph.output, "the network must end in a linear readout layer"))
     return problems
 
@@ -215,13 +216,6 @@ def _static_before_norm(graph: Graph) -> set[str]:
         elif op.inputs and all(i in static for i in op.inputs):
             static.add(op.name)
     return static
-
-
-def _readout_synapse(graph: Graph) -> Op:
-    feed = graph[graph.output.inputs[0]]
-    while feed.kind != Kind.SYNAPSE:
-        feed = graph[feed.inputs[0]]
-    return feed
 
 
 def rebuild(arch: nn.Module, input_shape: tuple[int, ...], p: SurrogateParams) -> fx.GraphModule:
@@ -243,7 +237,7 @@ def rebuild(arch: nn.Module, input_shape: tuple[int, ...], p: SurrogateParams) -
             surrogate_function=WidthHeightSurrogate(p.surrogate, p.width, p.height), detach_reset=p.detach_reset,
             step_mode="m"))
 
-    readout = _readout_synapse(g)
+    readout = g.feed(g.output.name, READOUT_PASS)
     static = _static_before_norm(g) if p.encoding == "direct" else set()
     # a static value meets time where it enters a time-varying op (or the output)
     expanded: dict[str, list[fx.Node]] = {}
@@ -266,7 +260,7 @@ def rebuild(arch: nn.Module, input_shape: tuple[int, ...], p: SurrogateParams) -
             if len(expanded.get(op.name, ())) == 1 and len(op.node.users) == 1:
                 anchor = expanded[op.name][0]
             bn = nn.BatchNorm2d(op.shape[0]) if isinstance(op.module, nn.Conv2d) else nn.BatchNorm1d(op.shape[0])
-            insert_after(gm, anchor, _free(gm, f"{op.name}_snn_bn"), bn)
+            insert_after(gm, anchor, free_target(gm, f"{op.name}_snn_bn"), bn)
     for op in g.neurons:
         set_module(gm, op.node, op.name, lif())
     if p.encoding == "poisson":
@@ -276,24 +270,6 @@ def rebuild(arch: nn.Module, input_shape: tuple[int, ...], p: SurrogateParams) -
     gm.graph.lint()
     gm.recompile()
     return gm
-
-
-def _free(gm: fx.GraphModule, target: str) -> str:
-    from ..graph import free_target
-
-    return free_target(gm, target)
-
-
-def insert_after_edge(gm: fx.GraphModule, src: fx.Node, user: fx.Node, target: str, module: nn.Module) -> fx.Node:
-    """Insert a call of ``module`` on the edge ``src`` → ``user`` only."""
-    from ..graph import install
-
-    target = _free(gm, target)
-    install(gm, target, module)
-    with gm.graph.inserting_before(user):
-        new = gm.graph.call_module(target, (src,))
-    user.replace_input_with(src, new)
-    return new
 
 
 class SpikingNet(nn.Module):
@@ -333,6 +309,7 @@ class SpikingNet(nn.Module):
 
         ev = GraphSNN(graph, self.p.timesteps, readout)
         ev.input_spikes = False
+        ev.label = "surrogate"
         return ev
 
 

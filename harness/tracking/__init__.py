@@ -8,6 +8,9 @@ its results at the end; it is FINISHED when everything is written, FAILED if the
 writing fails, KILLED on Ctrl-C or SIGTERM (tag ``harness.status_reason`` says why). A process
 killed outright leaves it RUNNING: the owner tag (host:pid) lets the next harness process that
 opens the store mark it FAILED (:meth:`Tracker.close_orphans`).
+
+A study's runs — its parent run and the trials' bookkeeping beyond one harness run — are in
+:mod:`.studies`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import TrackingError
+from ..errors import TrackingError
+from ..io import pid_alive
 
 log = logging.getLogger(__name__)
 DEFAULTS = dict(tracking_uri="sqlite:///mlruns.db", experiment="snn-harness", artifact_location="./mlartifacts")
@@ -38,7 +42,7 @@ class TrackingSettings:
     @classmethod
     def load(cls, path: str | Path | None = None, experiment: str | None = None) -> "TrackingSettings":
         """``mlflow.yaml`` in the working directory (or ``path``), then environment overrides."""
-        from .config import read_yaml_mapping
+        from ..config import read_yaml_mapping
 
         data = dict(DEFAULTS)
         p = Path(path) if path else Path("mlflow.yaml")
@@ -100,8 +104,8 @@ class Tracker:
         elif uri.split(":", 1)[0].split("+", 1)[0] in DB_PORTS:
             _probe_database(uri)
         if db is not None:
-            from .errors import OutputError
-            from .io import ensure_writable_dir
+            from ..errors import OutputError
+            from ..io import ensure_writable_dir
 
             parent = db.resolve().parent
             writable = parent.is_dir() and not (db.exists() and not os.access(db, os.W_OK))
@@ -291,16 +295,6 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 
 def owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 PROBE_TIMEOUT_S = 5.0

@@ -1,0 +1,50 @@
+"""Calibration from data: the scale of a layer's activity, read off the ANN on training images.
+
+Conversions set thresholds (``rate``'s λ per neuron op, ``ttfs``'s u_th) from a high percentile of
+the positive values a layer produces on calibration data — the maximum is an outlier of one image,
+a percentile a robust stand-in for it (Rueckauer et al. 2017; SpikingJelly's ``RateCodingRecipe``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+MAX_VALUES = 2_000_000  # values a quantile is computed from at most (a seeded sample beyond)
+
+
+def positive_quantile(values: torch.Tensor, percentile: float, *, max_values: int = MAX_VALUES,
+                      generator: torch.Generator | None = None, empty: float = 1.0) -> float:
+    """The ``percentile`` (0–100] of the positive entries of ``values`` (linear interpolation
+    between order statistics, as ``numpy.percentile``), from a uniform sample of ``max_values``
+    of them when there are more (drawn with ``generator``); ``empty`` when none is positive."""
+    pos = values[values > 0].flatten().cpu()
+    if pos.numel() == 0:
+        return float(empty)
+    if percentile >= 100.0:
+        return float(pos.max())
+    if pos.numel() > max_values:
+        pos = pos[torch.randint(pos.numel(), (max_values,), generator=generator)]
+    return float(torch.quantile(pos.double(), percentile / 100.0))
+
+
+def calibrate_scales(graph, x: torch.Tensor, mode: str, percentile: float, max_values: int = MAX_VALUES,
+                     seed: int = 0) -> dict[str, float]:
+    """λ of every neuron op of ``graph`` (a traced ANN) from its activations on ``x``: the largest
+    positive activation (``mode="max"``) or the ``percentile`` of them; 1 for a layer that never
+    fires (any scale gives the same, empty, output)."""
+    from .graph import Kind
+
+    gen = torch.Generator().manual_seed(seed)
+    lams: dict[str, float] = {}
+
+    def on_op(op, args, out):
+        if op.kind != Kind.NEURON:
+            return
+        if mode == "max":
+            lams[op.name] = positive_quantile(out, 100.0)
+        else:
+            lams[op.name] = positive_quantile(out, percentile, max_values=max_values, generator=gen)
+
+    with torch.no_grad():
+        graph.run(x, on_op)
+    return lams
