@@ -187,7 +187,13 @@ class Params:
             if key not in valid:
                 raise UnknownNameError(f"parameter of {owner}", key, valid)
             kwargs[key] = text if not isinstance(text, str) else parse_value(text, hints[key], key)
-        return cls(**kwargs)
+        return cls(**cls.completed(kwargs))
+
+    @classmethod
+    def completed(cls, given: dict[str, Any]) -> dict[str, Any]:
+        """The values to build from, given the ones set explicitly: a subclass fills in defaults that
+        depend on what was set (a schedule that follows ``epochs``). Values set are never changed."""
+        return given
 
     def replace(self: _P, **changes: Any) -> _P:
         return dataclasses.replace(self, **changes)
@@ -345,3 +351,16 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
     if "set" in data:  # friendlier spelling in YAML: set: {timesteps: 64}
         data["sets"] = data.pop("set")
     return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def scaled_schedule(given: dict[str, Any], defaults: Any, *, epochs: str, start: str, length: str) -> dict[str, Any]:
+    """``given`` with a schedule that follows ``epochs`` when the user set ``epochs`` and neither of
+    the schedule's knobs (``start``, ``length``): the defaults scaled by epochs / default epochs (the
+    length at least 1), started early enough to end within the epochs. A schedule set explicitly is
+    left as it is (and refused by the method if it does not fit)."""
+    if epochs not in given or start in given or length in given:
+        return given
+    e, e0 = int(given[epochs]), int(getattr(defaults, epochs))
+    n = max(1, round(getattr(defaults, length) * e / e0))
+    t0 = min(round(getattr(defaults, start) * e / e0), max(0, e - n))
+    return {**given, start: t0, length: min(n, e)}

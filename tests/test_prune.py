@@ -46,3 +46,27 @@ def test_chain_errors(quick):
         run(quick(method="ttfs+prune"))
     with pytest.raises(HarnessError, match="Did you mean 'prune'"):
         run(quick(method="prun+ttfs"))
+
+
+def test_the_schedule_follows_epochs_set_alone_and_an_explicit_one_is_kept_or_refused():
+    """Defaults: 20 epochs, pruning from epoch 5 over 8. ``epochs=3`` alone scales them (start
+    round(5·3/20) = 1, ramp round(8·3/20) = 1); a schedule the user set is never rescaled."""
+    p = Prune.Params.from_strings({"epochs": "3"})
+    assert (p.epochs, p.start_epoch, p.ramp_epochs) == (3, 1, 1)
+    p = Prune.Params.from_strings({"epochs": "40"})
+    assert (p.start_epoch, p.ramp_epochs) == (10, 16)
+    p = Prune.Params.from_strings({"epochs": "1"})
+    assert (p.start_epoch, p.ramp_epochs) == (0, 1)  # the ramp fits: it starts at once
+    assert Prune.Params.from_strings({}) == Prune.Params()  # nothing set: the defaults
+    kept = Prune.Params.from_strings({"epochs": "12", "start_epoch": "2"})
+    assert (kept.start_epoch, kept.ramp_epochs) == (2, 8)  # start set: the ramp keeps its default
+    with pytest.raises(ConfigError, match="the schedule ends at epoch 13 but training has 3 epochs"):
+        Prune.Params.from_strings({"epochs": "3", "start_epoch": "5"})
+
+
+def test_a_chain_whose_transform_sets_only_its_epochs_runs(quick):
+    """``--set prune.epochs=2`` alone was refused (the default schedule ends at epoch 13)."""
+    res = run(quick(method="prune+rate", model="dnn5", eval_limit=40,
+                    sets=("prune.epochs=2", "timesteps=4")))
+    assert res.params["prune.start_epoch"] == 0 and res.params["prune.ramp_epochs"] == 1
+    assert res.metrics["prune/connection_sparsity"] == pytest.approx(0.8, abs=1e-3)

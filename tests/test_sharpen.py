@@ -278,3 +278,29 @@ def test_average_pooling_is_refused_before_training(quick, monkeypatch):
     monkeypatch.setattr(cache, "train_ann", lambda ctx: pytest.fail("trained before checking"))
     with pytest.raises(ConfigError, match="AvgPool2d.*max-pooling models"):
         run(quick(method="sharpen", model="cnn7"))
+
+
+def test_the_schedule_follows_epochs_set_alone_and_an_explicit_one_is_kept_or_refused():
+    """Defaults: 30 epochs, scheduled from epoch 5 over 10. ``epochs=6`` alone scales them to start
+    1, duration 2; ``fixed`` raises its rate to end in time; a schedule the user set is kept."""
+    p = SharpenParams.from_strings({"epochs": "6"})
+    assert (p.start_epoch, p.duration) == (1, 2)
+    p = SharpenParams.from_strings({"epochs": "60"})
+    assert (p.start_epoch, p.duration) == (10, 20)
+    fixed = SharpenParams.from_strings({"epochs": "3", "schedule": "fixed"})
+    assert (fixed.start_epoch, fixed.rate) == (0, pytest.approx(1 / 3))  # 0.25/epoch would need 4 epochs
+    assert SharpenParams.from_strings({"epochs": "12", "schedule": "fixed"}).rate == 0.25  # fits: kept
+    adaptive = SharpenParams.from_strings({"epochs": "6", "schedule": "adaptive"})
+    assert adaptive.start_epoch == 1
+    kept = SharpenParams.from_strings({"epochs": "20", "duration": "4"})
+    assert (kept.start_epoch, kept.duration) == (5, 4)
+    with pytest.raises(ConfigError, match="the schedule ends at epoch 15 but training has 6 epochs"):
+        SharpenParams.from_strings({"epochs": "6", "start_epoch": "5"})
+    with pytest.raises(ConfigError, match="ceil\\(1/rate\\)"):
+        SharpenParams.from_strings({"epochs": "3", "schedule": "fixed", "rate": "0.25"})
+
+
+def test_a_run_that_sets_only_epochs_sharpens_within_them(quick):
+    res = run(quick(method="sharpen", model="stpu-dnn", eval_limit=40, sets=("epochs=3",)))
+    assert res.params["start_epoch"] == 0 and res.params["duration"] == 1
+    assert res.metrics["sharpen/sharpness_reached"] == 1.0 and res.metrics["sharpen/epochs_trained"] <= 3

@@ -19,7 +19,7 @@ import copy
 from dataclasses import dataclass
 
 from ..api import Method, Preparation
-from ..config import ConfigError, Params, param
+from ..config import ConfigError, Params, param, scaled_schedule
 from ..graph import SYNAPTIC_TYPES
 from ..meters import connection_sparsity
 from ..metrics import MetricSpec
@@ -53,6 +53,11 @@ class PruneParams(Params):
     ramp_epochs: int = param(8, "n·Δt: epochs over which sparsity rises to s_f", low=1)
     epochs: int = param(20, "fine-tuning epochs, recovery included", low=1)
     lr: float = param(1e-3, "fine-tuning learning rate", low=0, low_open=True)
+
+    @classmethod
+    def completed(cls, given):
+        """``epochs`` set alone: the sparsity schedule (start_epoch, ramp_epochs) follows it."""
+        return scaled_schedule(given, cls, epochs="epochs", start="start_epoch", length="ramp_epochs")
 
     def validate(self) -> None:
         if self.start_epoch + self.ramp_epochs > self.epochs:

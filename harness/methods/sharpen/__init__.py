@@ -75,7 +75,7 @@ from typing import Literal
 import torch
 
 from ...api import Extras, Method, Preparation
-from ...config import ConfigError, Params, param
+from ...config import ConfigError, Params, param, scaled_schedule
 from ...metrics import MetricSpec
 from .layers import InputEncoding, NHotDecode, SharpenableActivation, layer_sharpness, set_sharpness
 from .schedule import Sharpener, decayed_lr, sharpening_lr
@@ -115,6 +115,23 @@ class SharpenParams(Params):
         "lowest class index (Whetstone)")
     binary_threshold: float = param(0.5, "binary: pixel threshold", low=0, high=1)
     contour_threshold: float = param(1.0, "contours: Sobel magnitude threshold", low=0, low_open=True)
+
+    @classmethod
+    def completed(cls, given):
+        """``epochs`` set alone: the schedule follows it — ``scheduled``'s start and duration scaled
+        from the defaults; ``fixed``'s start scaled and, unless ``rate`` is set, the rate raised to
+        end within the epochs; ``adaptive``'s warm-up scaled."""
+        schedule = given.get("schedule", cls.schedule)
+        if schedule == "scheduled":
+            return scaled_schedule(given, cls, epochs="epochs", start="start_epoch", length="duration")
+        if "epochs" not in given or "start_epoch" in given:
+            return given
+        e = int(given["epochs"])
+        start = min(round(cls.start_epoch * e / cls.epochs), e - 1)
+        out = {**given, "start_epoch": max(0, start)}
+        if schedule == "fixed" and "rate" not in given and out["start_epoch"] + math.ceil(1 / cls.rate - 1e-9) > e:
+            out["rate"] = min(1.0, 1.0 / max(1, e - out["start_epoch"]))
+        return out
 
     def validate(self) -> None:
         if self.schedule == "scheduled" and self.start_epoch + self.duration > self.epochs:
