@@ -148,7 +148,7 @@ def spikingjelly_node(module: nn.Module, op: Op, label: str) -> nn.Module:
 def to_nir(seq: nn.Sequential, input_shape: tuple[int, ...], names: list[str] | None = None):
     """SpikingJelly's exporter on the single-step chain (``input_shape`` per sample); with
     ``names`` (one per module of ``seq``) the graph's nodes carry those names instead of the
-    exporter's positions (``_0``, ``_1`` …)."""
+    exporter's positions (``_0``, ``_1`` …), and its ends are ``input`` and ``output``."""
     from spikingjelly.activation_based import functional
     from spikingjelly.activation_based.nir_exchange import export_to_nir
 
@@ -156,7 +156,12 @@ def to_nir(seq: nn.Sequential, input_shape: tuple[int, ...], names: list[str] | 
     graph = export_to_nir(seq, torch.zeros(1, *input_shape), dt=NIR_DT)
     functional.reset_net(seq)
     if names is not None:
-        graph = rename_nodes(graph, {f"_{i}": n for i, n in enumerate(names)})
+        import nir
+
+        mapping = {f"_{i}": n for i, n in enumerate(names)}
+        mapping.update({k: "input" for k, v in graph.nodes.items() if isinstance(v, nir.Input)})
+        mapping.update({k: "output" for k, v in graph.nodes.items() if isinstance(v, nir.Output)})
+        graph = rename_nodes(graph, mapping)
     return graph
 
 

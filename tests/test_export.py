@@ -175,3 +175,93 @@ def test_networks_nir_cannot_express_are_kept_and_the_run_says_why(quick, tmp_pa
 
     with pytest.raises(NirUnsupported, match="an ANN has no spiking neurons to export"):
         AnnEvaluable.__new__(AnnEvaluable).single_step()
+
+
+def test_nir_nodes_are_named_after_the_ops_whose_metrics_the_run_logged(quick, tmp_path):
+    """network.nir's nodes carry the harness's op names (the exporter's own were _0 … _11), so each
+    node can be matched with its ``layer/<op>/…`` metrics."""
+    import nir
+
+    res = run(quick(method="rate", model="dnn5", track=True, eval_limit=30, sets=("timesteps=4",)))
+    _, fetch = _artifacts(res, tmp_path)
+    nodes = set(nir.read(fetch("network.nir")).nodes)
+    layers = {k.split("/")[1] for k in res.metrics if k.startswith("layer/") and not k.endswith("/lambda")}
+    assert layers == {f"fc{i}" for i in range(1, 6)} | {"fc_out"} | {f"relu_fc{i}" for i in range(1, 6)}
+    assert nodes == layers | {"flatten", "input", "output"}
+
+
+def test_a_failure_while_keeping_the_network_or_an_artifact_is_a_note_and_the_run_finishes(quick, tmp_path,
+                                                                                         monkeypatch):
+    """Writing network.pt, exporting network.nir or writing a method's artifact can fail (a full
+    disk, a bug in one writer): the run still finishes with its metrics, the file is left out and
+    the run says why."""
+    import harness.export
+    import harness.firing
+    from mlflow.tracking import MlflowClient
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    save = torch.save
+
+    def save_but_network_pt(obj, f, *a, **k):  # the ANN cache is written; network.pt finds the disk full
+        if str(f).endswith("network.pt"):
+            disk_full()
+        return save(obj, f, *a, **k)
+
+    def broken_fit(name, rates):
+        raise RuntimeError("the distribution fit broke")
+
+    monkeypatch.setattr(harness.export.torch, "save", save_but_network_pt)
+    monkeypatch.setattr(harness.firing, "summarize", broken_fit)
+    monkeypatch.setattr("spikingjelly.activation_based.nir_exchange.export_to_nir", disk_full)
+    res = run(quick(method="rate", model="dnn5", track=True, eval_limit=30, sets=("timesteps=4",)))
+    names, _ = _artifacts(res, tmp_path)
+    assert MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(res.tracking["run_id"]).info.status == "FINISHED"
+    assert res.metrics["test/accuracy"] > 0.2 and "layer/fc1/synops" in res.metrics
+    assert {"network.pt", "network.nir", "firing_rates_summary.csv"}.isdisjoint(names)
+    assert {"firing_rates.npz", "layers.csv", "result.json"} <= names  # the other files are kept
+    prov = res.provenance
+    assert prov["network_pt"] == "not written: OSError: [Errno 28] No space left on device"
+    assert prov["nir_export"].startswith("not exported: SpikingJelly's NIR export failed (OSError")
+    assert prov["artifact_notes"] == ("not written: firing_rates_summary.csv: RuntimeError: the distribution fit "
+                                      "broke")
+
+
+def test_a_plugin_methods_network_is_saved_and_exported_through_the_same_path(quick, tmp_path, monkeypatch):
+    """A method from outside the package returns its own evaluable (here a one-step IF network made
+    of the trained ANN, SpikingJelly's IFNode for every ReLU, through the public GraphSNN): the
+    harness saves and exports it as it does the built-ins', asking it, not guessing."""
+    import copy
+
+    import nir
+    from harness.api import Method, Outputs, Preparation
+    from harness.evaluation import GraphSNN
+    from harness.graph import Kind, build, register_module_kind, set_module, symbolic_trace
+    from harness.methods import METHODS
+    from spikingjelly.activation_based import neuron
+
+    class StepNet(Method):
+        name = "step-net"
+        smoke_sets = {}
+
+        def prepare(self, ctx, ann, params):
+            register_module_kind(neuron.IFNode, Kind.NEURON)
+            gm = symbolic_trace(copy.deepcopy(ann), "ann")
+            g = build(gm, ctx.dataset.input_shape)
+            for op in g.neurons:
+                set_module(gm, op.node, op.name, neuron.IFNode(v_threshold=0.5, v_reset=0.0, step_mode="s"))
+            gm.recompile()
+            ev = GraphSNN(build(gm, ctx.dataset.input_shape), 1, lambda out, T, B: Outputs(logits=out))
+            ev.label = "step-net"
+            return Preparation(ev)
+
+    monkeypatch.setitem(METHODS._entries, "step-net", type(next(iter(METHODS._entries.values())))(
+        "step-net", "a plug-in", target=StepNet, origin="tests"))
+    res = run(quick(method="step-net", model="dnn5", track=True, eval_limit=30))
+    names, fetch = _artifacts(res, tmp_path)
+    assert {"network.pt", "network.nir"} <= names and res.provenance["nir_export"].startswith("exported")
+    saved = torch.load(fetch("network.pt"), weights_only=False)
+    assert saved["meta"]["method"] == "step-net" and "fc1.weight" in saved["state_dict"]
+    graph = nir.read(fetch("network.nir"))
+    assert isinstance(graph.nodes["relu_fc1"], nir.IF) and isinstance(graph.nodes["fc1"], nir.Affine)
