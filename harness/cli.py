@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from ._version import __version__
-from .errors import HarnessError
+from .errors import HarnessError, printable
 
 STUDY_PARSER: list[argparse.ArgumentParser] = []  # the study verb's parser: its flags rebuild a worker's command
 LS_KINDS = ("methods", "datasets", "models", "energy", "params", "metrics")
@@ -156,7 +156,8 @@ def cmd_ls(args) -> int:
     width = max((len(e.name) for e in entries), default=0)
     for e in entries:
         origin = "" if e.origin == "snn-harness" else f"  [{e.origin}]"
-        print(f"{e.name:<{width}}  {e.description}{origin}")
+        broken = reg.problem(e.name) if origin else None  # a plug-in is loaded to be listed as usable
+        print(f"{e.name:<{width}}  {e.description}{origin}" + (f"  [BROKEN: {printable(broken)}]" if broken else ""))
     return 0
 
 
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"run": cmd_run, "ls": cmd_ls, "study": cmd_study, "report": cmd_report}[args.verb](args)
     except Interrupted as exc:
         note = exc.note or "nothing half-written was kept (the ANN cache and the JSON are written whole or not at all)"
-        print(f"harness: interrupted by {exc} while {PHASE[0]}; {note}", file=sys.stderr)
+        print(printable(f"harness: interrupted by {exc} while {PHASE[0]}; {note}"), file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:  # output piped into `head`: stop quietly
         import os
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except HarnessError as exc:
-        print(f"harness: error: {exc}", file=sys.stderr)
+        print(f"harness: error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("harness: interrupted; nothing half-written was kept", file=sys.stderr)

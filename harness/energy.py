@@ -67,7 +67,13 @@ class LemaireModel:
     description: str = ""
 
 
-ENERGY_MODELS: Registry[EnergyModel | LemaireModel] = Registry("energy model")
+def _energy_problem(obj) -> str | None:
+    if isinstance(obj, (EnergyModel, LemaireModel)):
+        return None
+    return f"it is a {type(obj).__name__}, not a harness.energy.EnergyModel or LemaireModel"
+
+
+ENERGY_MODELS: Registry[EnergyModel | LemaireModel] = Registry("energy model", validate=_energy_problem)
 ENERGY_MODELS.entry_points("snn_harness.energy")
 
 
@@ -107,8 +113,7 @@ def energy_metrics(snn: dict[str, float], ann: dict[str, float] | None, *, spiki
     (:attr:`harness.evaluation.Evaluation.breakdowns`); a memory-aware model without one is skipped.
     """
     out: dict[str, float] = {}
-    for name in ENERGY_MODELS:
-        em = ENERGY_MODELS.get(name)
+    for name, em in ENERGY_MODELS.usable():
         if isinstance(em, LemaireModel):
             out.update(_memory_aware_metrics(name, spiking, snn, (parts or {}).get(name),
                                              None if ann is None else (ann_parts or {}).get(name)))

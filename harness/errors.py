@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import re
 import threading
 from collections.abc import Iterable
+
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]")  # terminal escape sequences (colours, cursor moves)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def printable(text: str) -> str:
+    """``text`` as one terminal-safe message: terminal colour and cursor codes (which a library's or
+    a plug-in's error may carry) removed, other control characters shown as spaces."""
+    return _CONTROL.sub(" ", _ANSI.sub("", text))
 
 
 class HarnessError(Exception):

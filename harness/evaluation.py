@@ -91,8 +91,8 @@ def memory_aware_breakdowns(ev: Evaluable, meters: Meters) -> dict[str, dict[str
     from .energy import ENERGY_MODELS, LemaireModel, lemaire_breakdown
 
     out = {}
-    for name in ENERGY_MODELS:
-        if isinstance(ENERGY_MODELS.get(name), LemaireModel):
+    for name, model in ENERGY_MODELS.usable():
+        if isinstance(model, LemaireModel):
             out[name] = lemaire_breakdown(meters, spiking=ev.spiking, event_driven=ev.event_driven)
     return out
 

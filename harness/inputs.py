@@ -77,8 +77,9 @@ def check_labels(name: str, y: Mapping[str, np.ndarray], num_classes: int | None
     declared = num_classes is not None
     for split, ys in y.items():
         if ys.size and int(ys.min()) < 0:
-            raise DataError(f"{name}/{split}: label {int(ys.min())} at index {int(np.argmin(ys))} is negative; "
-                            "labels are class indices 0, 1, …")
+            i = int(np.flatnonzero(ys < 0)[0])
+            raise DataError(f"{name}/{split}: label {int(ys[i])} at index {i} is negative; labels are class indices "
+                            "0, 1, …")
     every = np.concatenate([ys for ys in y.values()]) if y else np.zeros(0, np.int64)
     if every.size == 0:
         raise DataError(f"data set {name}: every split is empty")
@@ -93,7 +94,7 @@ def check_labels(name: str, y: Mapping[str, np.ndarray], num_classes: int | None
                         "a classifier needs at least 2")
     for split, ys in y.items():
         if ys.size and int(ys.max()) >= num_classes:
-            i = int(np.argmax(ys))
+            i = int(np.flatnonzero(ys >= num_classes)[0])
             raise DataError(f"{name}/{split}: label {int(ys[i])} at index {i} is outside 0 … {num_classes - 1} "
                             f"({num_classes} classes)")
     _check_train_classes(name, y, num_classes, declared)
@@ -122,7 +123,7 @@ def _check_train_classes(name: str, y: Mapping[str, np.ndarray], num_classes: in
     stray = [c for c in range(num_classes) if 0 < counts[c] <= STRAY_MAX and counts[c] < STRAY_FRACTION * median]
     if stray:
         c = stray[0]
-        raise DataError(f"data set {name}: class {c} has {int(counts[c])} training sample{'s' * (counts[c] > 1)} "
+        raise DataError(f"data set {name}: class {c} has {int(counts[c])} training sample{'s' * (int(counts[c]) > 1)} "
                         f"where the median class has {median:g}: a stray label? Fix it, or declare num_classes "
                         "(a factory may return {'train': …, 'test': …, 'num_classes': K})")
 

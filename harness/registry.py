@@ -37,11 +37,16 @@ class Entry:
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    """Entries by name. ``validate(obj)`` (optional) returns what is wrong with a loaded object, or
+    None: a plug-in whose object fails it is as broken as one that does not import."""
+
+    def __init__(self, kind: str, validate: Callable[[Any], str | None] | None = None):
         self.kind = kind
         self._entries: dict[str, Entry] = {}
         self._group: str | None = None
         self._scanned = False
+        self._validate = validate
+        self.broken: dict[str, str] = {}  # plug-ins that could not be loaded: name -> why (see usable)
 
     def _add(self, entry: Entry) -> None:
         old = self._entries.get(entry.name)
@@ -92,6 +97,9 @@ class Registry(Generic[T]):
         return name
 
     def get(self, name: str) -> T:
+        """The object registered as ``name`` (loaded on first use). A plug-in that cannot be loaded —
+        its import fails in any way, or its object is not what this registry holds — raises
+        :class:`RegistryError` naming the package, the entry point and the error."""
         entry = self._entries[self.check(name)]
         if entry.target is None:
             module, attr = entry.path.split(":")  # type: ignore[union-attr]
@@ -99,13 +107,42 @@ class Registry(Generic[T]):
                 obj: Any = importlib.import_module(module)
                 for part in attr.split("."):
                     obj = getattr(obj, part)
-            except (ImportError, AttributeError) as exc:
+            except Exception as exc:  # a plug-in's import may raise anything
                 if entry.origin == BUILTIN:
                     raise
                 raise RegistryError(f"{self.kind} {name!r} from {entry.origin} cannot be loaded from "
                                     f"{entry.path}: {type(exc).__name__}: {exc}") from None
+            problem = self._validate(obj) if self._validate is not None and entry.origin != BUILTIN else None
+            if problem:
+                raise RegistryError(f"{self.kind} {name!r} from {entry.origin} ({entry.path}) is not usable: {problem}")
             entry.target = obj
         return entry.target
+
+    def usable(self) -> list[tuple[str, T]]:
+        """Every entry that loads, in order; a plug-in that does not is left out, with one warning
+        naming it and its error (kept in :attr:`broken`), so one broken plug-in never breaks the
+        entries that work."""
+        out = []
+        for name in self.names():
+            try:
+                out.append((name, self.get(name)))
+            except RegistryError as exc:
+                if name not in self.broken:
+                    log.warning("%s; it is left out", exc)
+                self.broken[name] = str(exc)
+        return out
+
+    def problem(self, name: str) -> str | None:
+        """Why the plug-in ``name`` cannot be loaded, or None (built-in entries are not loaded)."""
+        entry = self._entries[self.check(name)]
+        if entry.origin == BUILTIN:
+            return None
+        try:
+            self.get(name)
+        except RegistryError as exc:
+            self.broken[name] = str(exc)
+            return str(exc)
+        return None
 
     def describe(self, name: str) -> str:
         return self._entries[self.check(name)].description

@@ -516,3 +516,22 @@ def test_the_study_summary_prints_sampled_parameters_rounded_without_pinned_sett
     best = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("#0")]
     assert len(best) == 1
     assert re.fullmatch(r"\s+#0\s+\[0\.5\]\s+percentile=\d+\.\d{1,4} t_max=\d+ threshold_scale=\d\.\d{1,4}", best[0]), best
+
+
+def test_a_resumed_study_is_no_longer_tagged_as_interrupted(quick, tmp_path, monkeypatch):
+    """An interrupted study's parent run is KILLED with ``harness.interrupted``; resumed and finished,
+    it is FINISHED and says it resumed, not that it is interrupted."""
+    import harness.runner
+    from harness.tracking import Tracker, TrackingSettings
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setattr(harness.runner, "run", _fake_run())
+    scfg = _scfg(quick, trials=1, sampler="random", storage=f"sqlite:///{tmp_path}/r.db", study_name="r")
+    parent = run_study(scfg).parent_run_id
+    Tracker(TrackingSettings.load()).end_run(parent, "KILLED", "interrupted by SIGTERM; run the same command again "
+                                             "to resume", **{"harness.interrupted": "SIGTERM"})  # what Ctrl-C leaves
+    assert run_study(replace(scfg, trials=2)).parent_run_id == parent
+    run = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(parent)
+    assert run.info.status == "FINISHED"
+    assert "harness.interrupted" not in run.data.tags and "harness.status_reason" not in run.data.tags
+    assert run.data.tags["harness.resumed_after"] == "SIGTERM"

@@ -104,7 +104,7 @@ def energy_models_table(runs: RunTable, arithmetic: str = "cmos45-fp32") -> pd.D
     under an arithmetic-only model beside every memory-aware model's, and the rank each gives."""
     from ..energy import ENERGY_MODELS, LemaireModel
 
-    aware = [m for m in ENERGY_MODELS if isinstance(ENERGY_MODELS.get(m), LemaireModel)
+    aware = [m for m, obj in ENERGY_MODELS.usable() if isinstance(obj, LemaireModel)
              and f"energy_ratio/{m}" in runs.df]
     key = f"energy_ratio/{arithmetic}"
     best = runs.best(*runs.df["method"].dropna().str.split("+").str[-1].unique())
@@ -305,15 +305,16 @@ def _build_report(experiment: str | None, out_dir: str | Path, tracking_uri: str
     from ..energy import ENERGY_MODELS
     from ..errors import UnknownNameError, set_phase
 
-    if energy_model not in ENERGY_MODELS:
-        raise UnknownNameError("energy model", energy_model, list(ENERGY_MODELS))
+    usable = [m for m, _ in ENERGY_MODELS.usable()]
+    if energy_model not in usable:
+        raise UnknownNameError("energy model", energy_model, usable)
     out = ensure_writable_dir(Path(out_dir), "the report folder (--out)")  # before reading the store
     set_phase("reading the runs from the MLflow store")
     runs = load_runs(tracking_uri, experiment)
     set_phase(f"writing the report into {out}")
     out.mkdir(parents=True, exist_ok=True)
     res = ReportOutput(out, runs.experiment, len(runs.df))
-    energy_models = [m for m in ENERGY_MODELS if f"energy_nJ/{m}" in runs.df]
+    energy_models = [m for m in usable if f"energy_nJ/{m}" in runs.df]
     tables = dict(lb=leaderboard(runs, energy_models, energy_model), wt=whetstone_table(runs),
                   et=energy_models_table(runs), rep=reproduction(runs))
     figures = _draw_figures(runs, out, energy_model, res)

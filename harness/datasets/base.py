@@ -200,9 +200,10 @@ def _as_arrays(split: Any, name: str, what: str) -> tuple[np.ndarray, np.ndarray
                         f"got {type(split).__name__}")
     if x.dtype.kind not in "fiub":
         raise DataError(f"{name}: {what} inputs must be numeric, got {x.dtype}")
-    from ..inputs import as_float_images
+    from ..inputs import as_float_images, check_images
 
     x = as_float_images(x, name, what)
+    check_images(name, what, x)  # indices as the user's split has them (before any validation split is carved)
     if y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0)):
         raise DataError(f"{name}: {what} labels must be integers (class indices), got {y.dtype}")
     if x.ndim < 2:

@@ -44,17 +44,18 @@ def check_metric_key(key: str, classes: list) -> None:
     from ..metrics import method_schema
 
     schema = method_schema(classes)
+    energy = [m for m, _ in ENERGY_MODELS.usable()]
     spec = schema.spec(key)
     if spec is None:
         candidates = [s.key for s in schema.specs if "{" not in s.key and not s.curve]
-        candidates += [s.key.replace("{model}", m) for s in schema.specs if "{model}" in s.key for m in ENERGY_MODELS]
+        candidates += [s.key.replace("{model}", m) for s in schema.specs if "{model}" in s.key for m in energy]
         raise UnknownNameError("metric in --objective", key, candidates)
     if spec.curve:
         raise ConfigError(f"--objective {key!r}: that metric is a curve (one value per step or epoch), not a number")
     if "{model}" in spec.key:
         model = key.split("/")[spec.key.split("/").index("{model}")]
-        if model not in ENERGY_MODELS:
-            raise UnknownNameError(f"energy model in objective {key!r}", model, list(ENERGY_MODELS))
+        if model not in energy:
+            raise UnknownNameError(f"energy model in objective {key!r}", model, energy)
 
 
 def parse_grid(items: list[str] | tuple[str, ...] | None) -> dict[str, list[str]]:
