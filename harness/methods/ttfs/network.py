@@ -90,7 +90,7 @@ class TTFSNetwork(nn.Module):
         self.neuron_names = [op.name for op in graph.neurons]
         self.u_th: dict[str, float] = {n: float("nan") for n in self.neuron_names}
         self.plan = [op for op in graph if op.kind not in (Kind.INPUT, Kind.OUTPUT, Kind.SHAPE)]
-        self._weights: dict[str, torch.Tensor] = {}  # effective weights of layers fed by a cat
+        self._weights: dict[tuple, torch.Tensor] = {}  # effective weights of layers fed by a cat
         self._reads_input = graph.static_ops()
 
     @property
@@ -106,18 +106,20 @@ class TTFSNetwork(nn.Module):
         return op_scales(self.graph, self.x_max, self.u_th, self.t_max)
 
     def _effective_weight(self, op: Op, lam_in: Scale) -> torch.Tensor | None:
-        """Weights with per-input scales folded in (inputs of different λ after a cat), else None."""
+        """Weights with per-input scales folded in (inputs of different λ after a cat), else None;
+        cached per layer and scales (thresholds set after a pass change the scales)."""
         if not isinstance(lam_in, torch.Tensor):
             return None
-        if op.name not in self._weights:
-            w = weight_of(op.layer).detach()
-            rel = (lam_in[0] / lam_in.max()).to(w.dtype)
-            if isinstance(op.module, nn.Linear):
-                factor = rel.reshape(1, -1)
-            else:  # per input channel (constant over space: scales are per layer or per channel)
-                factor = rel.reshape(rel.shape[0], -1)[:, 0].reshape(1, -1, *([1] * (w.dim() - 2)))
-            self._weights[op.name] = w * factor
-        return self._weights[op.name]
+        w = weight_of(op.layer).detach()
+        rel = (lam_in[0] / lam_in.max()).to(w.dtype)
+        if isinstance(op.module, nn.Linear):
+            factor = rel.reshape(1, -1)
+        else:  # per input channel (constant over space: scales are per layer or per channel)
+            factor = rel.reshape(rel.shape[0], -1)[:, 0].reshape(1, -1, *([1] * (w.dim() - 2)))
+        key = (op.name, tuple(factor.flatten().tolist()))
+        if key not in self._weights:
+            self._weights[key] = w * factor
+        return self._weights[key]
 
     def _potential(self, op: Op, k: torch.Tensor, lam_in: Scale) -> torch.Tensor:
         """The silent stage at t_max: Σ_j W_ij k_j + t_max·b_i/λ_in (eq. 3)."""
