@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench mutation clean
 
 $(STAMP): pyproject.toml constraints.txt tools/check_install.py
 	$(PYTHON) -m venv $(VENV)
@@ -34,5 +34,11 @@ bench: $(STAMP)
 	$(BIN)/python tools/check_install.py
 	$(BIN)/python -m pytest benchmarks -o python_files="bench_*.py" --benchmark-only $(PYTEST_ARGS)
 
+mutation: $(STAMP)
+	# mutmut over every module of harness/ on a stratified sample (tools/mutation.py); not part of CI:
+	# it runs the suite's fast tests against each sampled mutant (about an hour on 2 cores)
+	$(PIP) install -q -c constraints.txt -e '.[test,mutation]'
+	$(BIN)/python tools/mutation.py $(MUTATION_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache mutants

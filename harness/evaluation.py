@@ -162,6 +162,7 @@ def check_invariants(ev: Evaluable, meters: Meters, metrics: dict[str, float], s
         if st.spike_input:
             if op.inputs[0] in static and not ev.input_spikes:
                 problems.append(f"`{op.name}` reads the analog input but was metered as fed by spikes")
+                continue  # no spikes reach it: there is no capacity to compare with
             fan = meters.fanouts(op.name, op.layer, tuple(g[op.inputs[0]].shape))[0]
             cap = capacity(g, op.name, fan, ev.input_spikes) * bound
             if per_inf > cap * (1 + 1e-9) + 1e-9:

@@ -52,6 +52,7 @@ def _user_file(tmp_path, pool="AvgPool2d", name="nets.py"):
     ("ann", []), ("rate", ["timesteps=16"]), ("surrogate", ["epochs=3", "timesteps=2", "lr=3e-3"]),
     ("prune+rate", ["prune.epochs=2", "prune.start_epoch=0", "prune.ramp_epochs=1", "timesteps=16"]),
 ])
+@pytest.mark.slow
 def test_own_network_class_from_the_cli(method, sets, tmp_path, capsys):
     path = _user_file(tmp_path)
     out = tmp_path / "r.json"
@@ -109,6 +110,7 @@ def test_bad_factory_paths_are_named(spec, needle, tmp_path, capsys):
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.slow
 def test_weights_bring_a_trained_ann(tmp_path, quick):
     from harness.runner import run
 
@@ -143,6 +145,7 @@ def test_data_factory_with_wrong_shapes_is_named(tmp_path):
         harness.run("ann", dataset=f"{tmp_path / 'baddata.py'}:strings", track=False)
 
 
+@pytest.mark.slow
 def test_editing_a_model_under_the_same_name_misses_the_cache(tmp_path, quick):
     """The cache key holds the traced architecture: the same name with other code is another network."""
     from harness.runner import run
@@ -226,6 +229,7 @@ class Halve(Method):
 '''
 
 
+@pytest.mark.slow
 def test_a_plugin_package_adds_a_model_and_a_method(tmp_path):
     site = tmp_path / "site"
     site.mkdir()

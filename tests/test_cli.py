@@ -44,6 +44,7 @@ def test_bad_input_exits_2_before_work(argv, needle, capsys, tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.slow
 def test_run_ann_end_to_end_with_json_and_mlflow(tmp_path, capsys):
     out = tmp_path / "out" / "r.json"
     code = main(["run", "--method", "ann", "--dataset", "digits", "--epochs", "2", "--no-progress",
@@ -95,6 +96,7 @@ def test_ls_params(capsys):
     assert "ttfs parameters (--set key=value):" in out and "\n  t_max " in out
 
 
+@pytest.mark.slow
 def test_redirected_output_carries_the_result_alone_and_no_progress_updates(tmp_path):
     # `harness run --method ttfs > out.txt` wrote 226 KB: Lightning's bar on stdout, tqdm's \r on stderr
     import json

@@ -222,3 +222,63 @@ def test_cifar_labels_of_the_wrong_kind_are_named(tmp_path, labels):
         pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": labels}, f)
     with pytest.raises(DataError, match="data_batch_1: "):
         read_batch(p)
+
+
+def test_idx_lengths_exactly_right_one_short_or_one_long(tmp_path):
+    """The body must be exactly the product of the header's dimensions: one byte short is
+    truncated, one byte more is trailing data (a ``>=`` for ``==``, or a missed trailing check,
+    would read garbage)."""
+    arr = np.arange(2 * 3 * 5).reshape(2, 3, 5) % 256
+    good = _idx(arr)
+    for name, data, ok in (("exact", good, True), ("short", good[:-1], False), ("long", good + b"\x00", False)):
+        p = tmp_path / name
+        p.write_bytes(data)
+        if ok:
+            assert np.array_equal(read_idx(p), arr) and read_idx(p).dtype == np.uint8
+        else:
+            with pytest.raises(DataError, match=rf"{name}: .*header \(2, 3, 5\) needs 46: the file is truncated or "
+                                                "has trailing data"):
+                read_idx(p)
+
+
+@pytest.mark.parametrize("ndim,ok", [(0, False), (1, True), (4, True), (5, False)])
+def test_idx_dimension_counts_from_1_to_4_are_read_others_refused(tmp_path, ndim, ok):
+    shape = (2,) * ndim
+    p = tmp_path / "f"
+    p.write_bytes(struct.pack(">BBBB", 0, 0, 8, ndim) + struct.pack(f">{ndim}I", *shape) + bytes(2 ** ndim))
+    if ok:
+        assert read_idx(p).shape == shape
+    else:
+        with pytest.raises(DataError, match="bad IDX magic number"):
+            read_idx(p)
+
+
+def test_idx_of_another_element_type_is_refused(tmp_path):
+    p = tmp_path / "signed"
+    p.write_bytes(b"\x00\x00\x09\x01" + struct.pack(">I", 3) + bytes(3))  # 0x09: signed bytes
+    with pytest.raises(DataError, match="bad IDX magic number 00000901"):
+        read_idx(p)
+
+
+def test_idx_size_limit_is_inclusive(tmp_path, monkeypatch):
+    import harness.datasets.idx as idx
+
+    monkeypatch.setattr(idx, "MAX_IDX_BYTES", 12)
+    ok, over = tmp_path / "ok", tmp_path / "over"
+    ok.write_bytes(_idx(np.zeros((3, 4))))  # 12 bytes: at the limit
+    over.write_bytes(_idx(np.zeros((13,))))  # 13 bytes
+    assert read_idx(ok).shape == (3, 4)
+    with pytest.raises(DataError, match=r"declares 13 bytes, more than the 12 this reader accepts"):
+        read_idx(over)
+
+
+def test_idx_labels_up_to_9_are_classes_and_10_is_refused(tmp_path):
+    from harness.datasets.idx import read_idx_pair
+
+    images, labels = tmp_path / "i", tmp_path / "l"
+    images.write_bytes(_idx(np.zeros((2, 2, 2))))
+    labels.write_bytes(_idx(np.array([0, 9])))
+    assert read_idx_pair(images, labels)[1].tolist() == [0, 9]
+    labels.write_bytes(_idx(np.array([0, 10])))
+    with pytest.raises(DataError, match=r"label 10 outside 0..9"):
+        read_idx_pair(images, labels)

@@ -220,3 +220,52 @@ def test_memory_aware_metrics_ratio_and_break_even():
     # E(s) = 4 + s · (10 − 4) / 2 pJ = 20 pJ  ->  s = 16 / 3
     assert out["break_even_spikes_per_neuron/lemaire-45nm"] == pytest.approx(16 / 3)
     assert "energy_nJ/lemaire-45nm" not in energy_metrics(snn, None, spiking=True)  # no breakdown: skipped
+
+
+def test_lemaire_ann_counted_by_hand():
+    """The ANN side of the memory-aware model, one inference: a Linear(3 → 2, bias) and a
+    Conv2d(1 → 2, 2x2, no bias) on a 3x3 map, both fed real values, neither spiking. Every count
+    below comes from Lemaire et al.'s rules (and SpikingJelly's profiler): a dense MAC per weight use
+    with one weight read each; inputs read once per pass (a convolution: once per weight use); one
+    add and one read per bias; the outputs written; addressing adds per input, output and (conv) tap.
+    Wrong variants: conv inputs read once per pass, output writes left out, biases charged as MACs,
+    the 45 nm costs swapped."""
+    m = Meters()
+    fc, conv = nn.Linear(3, 2), nn.Conv2d(1, 2, 2, bias=False)
+    m.record_synapse("fc", fc, torch.ones(1, 3), spikes=False, reads_input=True)
+    m.record_synapse("conv", conv, torch.ones(1, 1, 3, 3), spikes=False, reads_input=True)
+    m.samples = 1
+    p = lemaire_breakdown(m, spiking=False)
+    add, mul = 0.1, 3.1  # pJ
+    # MACs: fc 3 x 2 = 6; conv 2 x 2 x 2 outputs x 4 taps = 32; bias adds: fc's 2 outputs
+    assert p["compute"] == pytest.approx((2 * add + 38 * (mul + add)) * PJ)
+    # addressing adds: fc 3 inputs + 2 outputs; conv 9 inputs + 8 outputs + 2 x 4 taps
+    assert p["addressing"] == pytest.approx((5 + 25) * add * PJ)
+    sram = _sram_pj_per_byte
+    inout = (3 * 4 * sram(12) + 2 * 4 * sram(8)  # fc: read 3 inputs, write 2 outputs
+             + 32 * 4 * sram(36) + 8 * 4 * sram(32))  # conv: an input read per weight use, 8 outputs written
+    params = (6 + 2) * 4 * sram(32) + 32 * 4 * sram(32)  # fc: 6 weights + 2 biases; conv: 32 weight uses of 8
+    assert p["memory_inout"] == pytest.approx(inout * PJ)
+    assert p["memory_params"] == pytest.approx(params * PJ)
+    assert p["memory_potential"] == 0.0  # an ANN keeps no membrane
+    assert p["no_spikes"] == pytest.approx(p["total"])  # nothing in an ANN scales with spikes
+
+
+def test_synops_if_spiking_and_input_layer_macs_by_hand():
+    """An ANN read as a one-step SNN: the layer reading the input keeps its dense MACs; every other
+    layer costs its effective operations (non-zero inputs × non-zero fan-out). Here fc2 receives 2
+    non-zero activations (inputs 0 and 2), reaching 2 and 3 non-zero weights: 5. Wrong variants:
+    the input layer counted as effective ops, zero activations or zero weights counted."""
+    from harness.energy import as_converted
+
+    m = Meters()
+    fc1, fc2 = nn.Linear(2, 3, bias=False), nn.Linear(3, 3, bias=False)
+    with torch.no_grad():
+        fc2.weight.copy_(torch.tensor([[1.0, 1.0, 1.0], [0.0, 1.0, 1.0], [1.0, 0.0, 1.0]]))  # fan-outs 2, 2, 3
+    m.record_synapse("fc1", fc1, torch.tensor([[0.3, -0.2]]), spikes=False, reads_input=True)
+    m.record_synapse("fc2", fc2, torch.tensor([[0.5, 0.0, 2.0]]), spikes=False, reads_input=False)
+    m.record_predictions(torch.zeros(1), torch.zeros(1))
+    s, _ = m.summary()
+    assert s["input_layer_macs"] == 6.0 and s["synops_if_spiking"] == 2 + 3
+    view = as_converted(dict(s, neurons=3.0))
+    assert (view["macs"], view["synops"], view["neuron_updates"]) == (6.0, 5.0, 3.0)

@@ -19,7 +19,6 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from harness.runner import run
 
 
@@ -45,6 +44,7 @@ def _neuron_spikes(res) -> list[float]:
     return [row["spikes"] for row in res.layers if "spikes" in row and row.get("neurons")]
 
 
+@pytest.mark.slow
 def test_a_surrogate_network_runs_in_snntorch_with_the_same_predictions_and_spikes(quick, tmp_path):
     import nir
     import snntorch
@@ -133,6 +133,7 @@ def _topological(graph) -> list[str]:
     return [k for k in order if type(graph.nodes[k]).__name__ != "Output"]
 
 
+@pytest.mark.slow
 def test_a_rate_network_in_nir_reproduces_the_run_under_the_harness_reset_and_says_what_nir_changes(quick, tmp_path):
     import nir
 
@@ -161,6 +162,7 @@ def test_a_rate_network_in_nir_reproduces_the_run_under_the_harness_reset_and_sa
     assert agreement > 0.5  # a different neuron, not a different network: a broken export agrees ~0.1
 
 
+@pytest.mark.slow
 def test_networks_nir_cannot_express_are_kept_and_the_run_says_why(quick, tmp_path):
     res = run(quick(method="ttfs", model="dnn5", track=True, eval_limit=50, sets=("t_max_sweep=", "fig2=false")))
     names, fetch = _artifacts(res, tmp_path)
@@ -177,6 +179,7 @@ def test_networks_nir_cannot_express_are_kept_and_the_run_says_why(quick, tmp_pa
         AnnEvaluable.__new__(AnnEvaluable).single_step()
 
 
+@pytest.mark.slow
 def test_nir_nodes_are_named_after_the_ops_whose_metrics_the_run_logged(quick, tmp_path):
     """network.nir's nodes carry the harness's op names (the exporter's own were _0 … _11), so each
     node can be matched with its ``layer/<op>/…`` metrics."""
@@ -190,6 +193,7 @@ def test_nir_nodes_are_named_after_the_ops_whose_metrics_the_run_logged(quick, t
     assert nodes == layers | {"flatten", "input", "output"}
 
 
+@pytest.mark.slow
 def test_a_failure_while_keeping_the_network_or_an_artifact_is_a_note_and_the_run_finishes(quick, tmp_path,
                                                                                          monkeypatch):
     """Writing network.pt, exporting network.nir or writing a method's artifact can fail (a full
@@ -228,6 +232,7 @@ def test_a_failure_while_keeping_the_network_or_an_artifact_is_a_note_and_the_ru
                                       "broke")
 
 
+@pytest.mark.slow
 def test_a_plugin_methods_network_is_saved_and_exported_through_the_same_path(quick, tmp_path, monkeypatch):
     """A method from outside the package returns its own evaluable (here a one-step IF network made
     of the trained ANN, SpikingJelly's IFNode for every ReLU, through the public GraphSNN): the

@@ -16,6 +16,7 @@ import pytest
 from harness.errors import OutputError, ReportError
 from harness.runner import run
 
+
 @contextlib.contextmanager
 def tmpfs(path, options: str):
     path.mkdir(parents=True, exist_ok=True)
@@ -93,6 +94,7 @@ def test_a_full_disk_under_the_cache_keeps_no_partial_file(quick, tmp_path):
         leftovers = [p.name for p in disk.rglob("*") if p.is_file() and p.name != "filler"]
         assert leftovers == []
 
+@pytest.mark.slow
 def test_a_full_disk_under_the_report_names_the_file(quick, tmp_path):
     from harness.analysis.report import build_report
 
@@ -125,6 +127,7 @@ def factory(input_shape, num_classes):
     return Marking(input_shape, num_classes)
 '''
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code,name", [("SIGTERM", 143, "SIGTERM"), ("SIGINT", 130, "SIGINT")])
 def test_a_signal_during_training_exits_128_plus_n_with_one_line_and_keeps_nothing(tmp_path, sig, code, name):
     import sys
@@ -175,6 +178,7 @@ def test_a_signal_during_training_exits_128_plus_n_with_one_line_and_keeps_nothi
     # its duration is the work's: it started before we first saw it and ended when it was stopped
     assert run.info.start_time / 1000 <= watched_from and abs(run.info.end_time / 1000 - killed_at) < 30
 
+@pytest.mark.slow
 def test_processes_started_together_on_a_new_store_all_open_it(tmp_path):
     # without the store lock two of three failed in MLflow's schema migration (every time, here)
     import sys
@@ -198,6 +202,7 @@ def test_processes_started_together_on_a_new_store_all_open_it(tmp_path):
 
     assert [e.name for e in MlflowClient(uri).search_experiments() if e.name == "exp"] == ["exp"]
 
+@pytest.mark.slow
 def test_trials_logging_the_same_test_set_together_all_keep_their_runs(tmp_path, digits):
     # `harness study --n-jobs 2` lost an evaluated trial: two threads inserting the same data set
     # row failed with `UNIQUE constraint failed: datasets.experiment_id, datasets.name, datasets.digest`
@@ -279,6 +284,7 @@ def _signal_while_logging(tmp_path, sig: str):
             proc.kill()
     return proc, stderr, uri
 
+@pytest.mark.slow
 def test_a_signal_while_the_mlflow_run_is_written_marks_the_run_killed(tmp_path):
     proc, stderr, uri = _signal_while_logging(tmp_path, "SIGTERM")
     assert proc.returncode == 143, stderr[-2000:]
@@ -294,6 +300,7 @@ def test_a_signal_while_the_mlflow_run_is_written_marks_the_run_killed(tmp_path)
         "written whole or not at all)"]
     assert "test/accuracy" not in runs[0].data.metrics  # its results were not written: KILLED says so
 
+@pytest.mark.slow
 def test_a_study_interrupted_in_a_trial_closes_its_runs_and_requeues_the_trial(tmp_path):
     import sys
 
@@ -328,6 +335,7 @@ def test_a_study_interrupted_in_a_trial_closes_its_runs_and_requeues_the_trial(t
     assert runs["trial"].info.status == "KILLED"
     assert runs["trial"].data.tags["mlflow.parentRunId"] == runs["study"].info.run_id
 
+@pytest.mark.slow
 def test_a_run_killed_while_it_was_written_is_marked_failed_by_the_next_harness_process(tmp_path):
     # SIGKILL cannot be caught: the half-written run stays RUNNING until a later process sees that
     # its writer (host:pid in the tag harness.owner) is gone

@@ -113,11 +113,10 @@ def test_fingerprint_follows_the_architecture_not_the_weights():
 
 
 def test_unsupported_ops_are_named_with_the_methods_that_accept_them():
-    from harness.methods.ttfs import TTFS
-    from harness.models import build_model
-
     from harness.graph import UnsupportedOps
     from harness.methods import with_alternatives
+    from harness.methods.ttfs import TTFS
+    from harness.models import build_model
 
     g = trace(build_model("resnet-small", (1, 8, 8), 10), (1, 8, 8))
     with pytest.raises(UnsupportedOps) as err:
@@ -213,3 +212,55 @@ def test_mixing_the_analog_input_with_spikes_before_a_layer_is_refused():
     g = trace(Mixed(), (1, 4, 4))
     with pytest.raises(ConfigError, match=r"node `x` \(placeholder\) lies between spikes and the synaptic layer `fc`"):
         event_path(g, "fc")
+
+
+class Pools(nn.Module):
+    """Pooling whose windows overlap, stick out into padding or past the map, or are uneven."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(1, 1, 1)
+        self.fc = nn.Linear(27, 2)
+
+    def forward(self, x):
+        a = F.relu(self.c(x))  # 5 x 5 spikes
+        p1 = F.avg_pool2d(a, 3, stride=2, padding=1, ceil_mode=True)  # 3 x 3, windows overlap, padded
+        p2 = F.max_pool2d(a, 2, stride=2, ceil_mode=True)  # 3 x 3, the last windows half outside
+        p3 = F.adaptive_avg_pool2d(a, 3)  # 3 x 3 windows of 2, 3, 2 rows/columns
+        return self.fc(torch.cat([torch.flatten(p1, 1), torch.flatten(p2, 1), torch.flatten(p3, 1)], 1))
+
+
+def _windows_by_hand():
+    """Rows (or columns) each output of the three pools reads, written out from PyTorch's rules:
+    avg 3/2/pad 1/ceil: starts at -1, 1, 3 (clipped to the map, padding is no spike); max 2/2/ceil:
+    [0, 2), [2, 4), [4, 5); adaptive 5 -> 3: [floor(5i/3), ceil(5(i+1)/3)) = [0, 2), [1, 4), [3, 5)."""
+    avg = [range(0, 2), range(1, 4), range(3, 5)]
+    mx = [range(0, 2), range(2, 4), range(4, 5)]
+    adaptive = [range(0, 2), range(1, 4), range(3, 5)]
+    return avg, mx, adaptive
+
+
+def test_events_through_overlapping_padded_ceil_and_uneven_pools_match_a_count_by_hand():
+    """A spike reaches a layer once per window that holds it (average pools: overlapping windows
+    count it twice, padding never), one per window and step through max pooling. Wrong variants:
+    floor for ceil in the window count, padding counted, a window's size off by one, averaging
+    instead of summing, max pooling passing every spike of its window."""
+    g = trace(Pools(), (1, 5, 5))
+    path = event_path(g, "fc")
+    torch.manual_seed(3)
+    T, B = 4, 2
+    a = (torch.rand(T, B, 1, 5, 5) < 0.5).float()
+    got = event_counts(g, path, {"relu": a.reshape(T * B, 1, 5, 5)}).reshape(T, B, -1).sum(0)
+    avg, mx, adaptive = _windows_by_hand()
+    want = torch.zeros(B, 27)
+    for t in range(T):
+        for s in range(B):
+            m = a[t, s, 0]
+            k = 0
+            for rows_cols, how in ((avg, "sum"), (mx, "any"), (adaptive, "sum")):
+                for r in rows_cols:
+                    for c in rows_cols:
+                        window = m[list(r)][:, list(c)]
+                        want[s, k] += float(window.sum()) if how == "sum" else float(window.max())
+                        k += 1
+    assert torch.equal(got.float(), want)

@@ -12,7 +12,6 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-
 from harness.cli import main
 
 
@@ -111,6 +110,7 @@ def test_weights_of_another_network_are_refused_before_the_run_opens(tmp_path, c
     ("return (x[:1400] * 1e30, y[:1400]), (x[1400:] * 1e30, y[1400:])",
      "/train: inputs span [0, 1e+30], beyond ±10000; scale the images"),
 ])
+@pytest.mark.slow
 def test_non_finite_or_absurd_pixels_are_refused_naming_the_split(body, needle, tmp_path, capsys):
     rc, err = _cli([*RUN, "--dataset", _data_factory(tmp_path, body)], capsys)
     assert rc == 2 and needle in _one_line(err), err
@@ -154,6 +154,7 @@ def test_ttfs_refuses_data_outside_its_encoding_before_training(tmp_path, capsys
     ("return {'train': (x[:1400], y[:1400]), 'test': (x[1400:], y[1400:]), 'num_classes': 5}",
      "/train: label 5 at index 5 is outside 0 … 4 (5 classes)"),
 ])
+@pytest.mark.slow
 def test_labels_that_would_score_nonsense_are_refused(body, needle, tmp_path, capsys):
     rc, err = _cli([*RUN, "--dataset", _data_factory(tmp_path, body)], capsys)
     assert rc == 2 and needle in _one_line(err), err
@@ -190,6 +191,7 @@ NOT_A_MODEL = {"e_mac": 1e-12}
 '''
 
 
+@pytest.mark.slow
 def test_a_broken_energy_plugin_is_left_out_with_a_warning_and_marked_by_ls(tmp_path):
     site = tmp_path / "site"
     site.mkdir()

@@ -3,7 +3,10 @@
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_stack_imports_cleanly():
     code = ("import lightning.pytorch, mlflow, optuna, seaborn\n"
             "from spikingjelly.activation_based import neuron, ann2snn, op_counter, functional, surrogate\n"

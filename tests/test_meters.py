@@ -218,3 +218,71 @@ def test_per_neuron_counts_of_a_conv1d_map_follow_its_shape_not_the_tensor_rank(
     m.record_neurons("conv1d", spikes, shape=(2, 4))
     per = m.neurons["conv1d"].per_neuron
     assert per.shape == (2, 4) and per[1, 3] == 2 and per.sum() == 2
+
+
+def test_every_summary_formula_by_hand():
+    """Two samples, T = 3: an input layer fed real values (a negative one among them), a spike-fed
+    layer, two neuron layers. Every figure below is computed by hand from the counts recorded.
+    Wrong variants it catches: zeros counted as non-zero (or negatives as zero) in effective MACs,
+    spikes per neuron over neurons × T, sparsity per layer averaged instead of pooled, rates in
+    Hz with dt inverted, neuron updates without T, the input layer's MACs charged as SynOps."""
+    m = Meters(timesteps=3, dt=1e-3)
+    inp = nn.Linear(2, 2, bias=False)
+    hid = nn.Linear(2, 3, bias=False)
+    with torch.no_grad():
+        inp.weight.copy_(torch.tensor([[1.0, 0.0], [2.0, -1.0]]))  # fan-outs: input 0 -> 2, input 1 -> 1
+        hid.weight.copy_(torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]))  # fan-outs 2, 2
+    # analog input: sample 0 = (0.5, 0), sample 1 = (-1, 2): non-zero inputs reach 2 + 0 and 2 + 1 weights
+    m.record_synapse("in", inp, torch.tensor([[0.5, 0.0], [-1.0, 2.0]]), spikes=False, reads_input=True)
+    spikes = torch.tensor([[[1.0, 0.0], [1.0, 1.0]], [[0.0, 0.0], [1.0, 0.0]], [[1.0, 0.0], [0.0, 0.0]]])  # T, B, 2
+    m.record_synapse("hid", hid, spikes, spikes=True, reads_input=False)  # 5 spikes x fan-out 2 = 10 SynOps
+    m.record_neurons("n1", spikes, shape=(2,))  # 5 spikes in 3 x 2 x 2 = 12 entries
+    m.record_neuron_counts("n2", spikes=3.0, entries=18.0, zeros=15.0)  # 3 neurons x 3 steps x 2 samples
+    m.record_predictions(torch.tensor([1, 0]), torch.tensor([1, 1]))
+    s, rows = m.summary()
+    assert s["test/accuracy"] == 0.5 and s["samples"] == 2 and s["timesteps"] == 3
+    assert s["layer/in/macs"] == 4.0 and s["layer/in/macs_effective"] == 2.5  # (2 + 3) / 2
+    assert s["layer/in/synops"] == 0.0 and s["layer/hid/synops"] == 5.0 and s["layer/hid/macs"] == 0.0
+    assert (s["macs"], s["macs_effective"], s["synops"]) == (4.0, 2.5, 5.0)
+    assert s["macs_dense_equivalent"] == 4.0 + 3 * 6  # hid densely: 3 steps x 3 outputs x 2 inputs
+    assert s["input_layer_macs"] == 4.0 and s["synops_if_spiking"] == 5.0
+    assert s["synop_capacity"] == 4.0  # every input of hid spiking once: 2 + 2 non-zero weights
+    assert s["connection_sparsity"] == pytest.approx(3 / 10)  # zero weights: 1 of 4 and 2 of 6
+    assert s["layer/in/connection_sparsity"] == 0.25 and s["layer/hid/connection_sparsity"] == pytest.approx(2 / 6)
+    assert s["neurons"] == 5.0 and s["spikes"] == 4.0  # (5 + 3) spikes / 2 samples
+    assert s["spikes_per_neuron"] == pytest.approx(4 / 5)
+    assert s["activation_sparsity"] == pytest.approx((7 + 15) / (12 + 18))
+    assert s["neuron_updates"] == 15.0  # 5 neurons x 3 steps
+    assert s["layer/n1/spikes_per_neuron"] == 1.25 and s["layer/n2/spikes_per_neuron"] == 0.5
+    assert s["layer/n1/firing_rate_hz"] == pytest.approx(1.25 / 3e-3)
+    assert s["layer/n1/activation_sparsity"] == pytest.approx(7 / 12)
+    assert {r["layer"]: r["input"] for r in rows if "input" in r} == {"in": "analog", "hid": "spikes"}
+
+
+def test_without_a_reads_input_flag_the_first_layer_recorded_reads_the_input():
+    m = Meters()
+    a, b = nn.Linear(2, 2), nn.Linear(2, 2)
+    m.record_synapse("a", a, torch.ones(1, 2), spikes=False)
+    m.record_synapse("b", b, torch.ones(1, 2), spikes=False)
+    m.record_predictions(torch.zeros(1), torch.zeros(1))
+    s, _ = m.summary()
+    assert s["input_layer_macs"] == 4.0 and s["synops_if_spiking"] == 4.0  # b's effective ops
+
+
+def test_fanouts_of_a_strided_padded_convolution_on_a_map_its_stride_does_not_divide():
+    """Stride 2, padding 1, kernel 3 on a 5x5 map: each input element reaches the outputs whose
+    window covers it, counted here by brute force over output positions (no meter code)."""
+    conv = nn.Conv2d(1, 1, 3, stride=2, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[[[1.0, 0.0, 1.0], [1.0, 1.0, 0.0], [0.0, 1.0, 1.0]]]]))
+    w = conv.weight[0, 0]
+    expected = torch.zeros(5, 5)
+    for oy in range(3):  # (5 + 2 - 3) // 2 + 1 = 3 outputs per side
+        for ox in range(3):
+            for ky in range(3):
+                for kx in range(3):
+                    iy, ix = 2 * oy - 1 + ky, 2 * ox - 1 + kx
+                    if 0 <= iy < 5 and 0 <= ix < 5 and w[ky, kx] != 0:
+                        expected[iy, ix] += 1
+    assert torch.equal(fanout_map(conv, (1, 5, 5))[0].float(), expected)
+    assert dense_macs_per_pass(conv, (1, 5, 5)) == 9 * 9  # 9 outputs x 9 taps, padding taps included

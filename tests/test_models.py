@@ -29,6 +29,7 @@ def test_resnet_small_has_projection_shortcuts_and_residual_adds():
     assert len(g.of(Kind.NORM)) == 9
 
 
+@pytest.mark.slow
 def test_rate_on_resnet_and_ttfs_on_vgg(quick):
     from harness.runner import run
 

@@ -10,16 +10,14 @@ NeuroBench is part of the test extra and imported outright: a missing install fa
 import pytest
 import torch
 import torch.nn.functional as F
-from neurobench.benchmarks import Benchmark
-from neurobench.metrics.workload import ActivationSparsity, SynapticOperations
-from neurobench.models import TorchModel
-from torch import nn
-
 from harness.evaluation import AnnEvaluable, evaluate
 from harness.graph import trace
 from harness.methods.rate import RateEvaluable, RateModel, RateParams, calibrate_scales
 from harness.simulate import NeuronPool
-
+from neurobench.benchmarks import Benchmark
+from neurobench.metrics.workload import ActivationSparsity, SynapticOperations
+from neurobench.models import TorchModel
+from torch import nn
 
 
 def _digits(n=64):
@@ -59,8 +57,8 @@ def test_ann_metrics_equal_neurobench():
     assert ops["Effective_ACs"] == 0
     # Dense: NeuroBench counts the taps that land on inputs; padding taps are the difference
     assert ours["macs_dense_nopad"] == pytest.approx(ops["Dense"], rel=1e-12)
-    conv_taps = lambda c_in, c_out, h: c_out * h * h * c_in * 9  # noqa: E731 - every output, every tap
-    valid = lambda c_in, c_out, h: c_out * c_in * (3 * h - 2) ** 2  # noqa: E731 - taps on real inputs
+    conv_taps = lambda c_in, c_out, h: c_out * h * h * c_in * 9
+    valid = lambda c_in, c_out, h: c_out * c_in * (3 * h - 2) ** 2
     expected_gap = (conv_taps(1, 4, 8) - valid(1, 4, 8)) + (conv_taps(4, 6, 4) - valid(4, 6, 4))
     assert ours["macs"] - ours["macs_dense_nopad"] == pytest.approx(expected_gap)
 

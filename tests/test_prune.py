@@ -28,6 +28,7 @@ def test_bad_schedules(sets, needle):
     assert needle in str(err.value)
 
 
+@pytest.mark.slow
 def test_prune_then_ttfs_composes_and_cuts_synops(quick):
     sets = ("prune.epochs=4", "prune.start_epoch=1", "prune.ramp_epochs=2", "prune.final_sparsity=0.85",
             "t_max=16", "t_max_sweep=", "fig2=false")
@@ -70,3 +71,30 @@ def test_a_chain_whose_transform_sets_only_its_epochs_runs(quick):
                     sets=("prune.epochs=2", "timesteps=4")))
     assert res.params["prune.start_epoch"] == 0 and res.params["prune.ramp_epochs"] == 1
     assert res.metrics["prune/connection_sparsity"] == pytest.approx(0.8, abs=1e-3)
+
+
+def test_the_schedule_by_hand_on_its_first_and_last_steps():
+    """Zhu & Gupta, s_t = s_f + (s_i − s_f)(1 − (t − t_0)/(nΔt))³, pruning at the end of each epoch:
+    epoch e of a ramp from ``start`` over ``ramp`` epochs is step t − t_0 = e − start + 1. Hand
+    values for s_i = 0, s_f = 0.8, start 2, ramp 4. Wrong variants: the first pruning a step late
+    (t − t_0 = e − start), the ramp ending a step early or late, a square for the cube."""
+    values = [polynomial_sparsity(e, 0.0, 0.8, 2, 4) for e in range(8)]
+    assert values == pytest.approx([0.0, 0.0, 0.8 - 0.8 * 0.75 ** 3, 0.8 - 0.8 * 0.5 ** 3, 0.8 - 0.8 * 0.25 ** 3,
+                                    0.8, 0.8, 0.8])
+    amounts = [pruning_amount(e, 0.0, 0.8, 2, 4) for e in range(8)]
+    assert amounts[:2] == [0.0, 0.0] and amounts[6:] == [0.0, 0.0]  # nothing before the ramp or after it
+    assert amounts[2] == pytest.approx(0.4625)  # the first step prunes from the dense network
+    assert amounts[3] == pytest.approx(1 - 0.3 / 0.5375)  # of the remaining 53.75 %, down to 30 %
+    assert amounts[5] == pytest.approx(1 - 0.2 / 0.2125)  # the last step lands on s_f exactly
+
+
+def test_an_initial_sparsity_is_applied_with_the_first_step():
+    """s_i = 0.2: before the ramp nothing is pruned; the first step goes from dense to its own
+    target at once (0.8 − 0.6·0.75³), not from 0.2."""
+    assert pruning_amount(1, 0.2, 0.8, 2, 4) == 0.0
+    assert pruning_amount(2, 0.2, 0.8, 2, 4) == pytest.approx(0.8 - 0.6 * 0.75 ** 3)
+    assert polynomial_sparsity(1, 0.2, 0.8, 2, 4) == 0.2  # the schedule's value before the ramp
+    remaining = 1.0
+    for e in range(8):
+        remaining *= 1 - pruning_amount(e, 0.2, 0.8, 2, 4)
+    assert 1 - remaining == pytest.approx(0.8)

@@ -256,16 +256,48 @@ def test_rate_run_logs_curve_and_firing_rates(quick):
     assert res.metrics["macs"] == 64 * 128  # the analog input layer, once per inference (8x8 digits)
 
 
-def test_layer_scaling_table(quick):
+def test_layer_scaling_table_is_each_layer_boosted_alone(quick):
+    """Every row of the table, re-derived here: the run's calibrated λ (its ``layer/*/lambda``), its
+    cached ANN, and a conversion with the base scale on every layer but one boosted ×4, evaluated on
+    the same 100 images; the row's accuracy and extra spikes (over the base configuration) and
+    their ratio must be those. Wrong variants: the boost landing on another layer, extra spikes
+    of the wrong sign, the gain divided the wrong way, a pair where a single layer was meant."""
+    from harness.datasets import load_dataset
+    from harness.evaluation import evaluate
+    from harness.methods.layer_scaling import LayerScalingParams
+    from harness.methods.rate import RateEvaluable
+    from harness.models import build_model
     from harness.runner import run
 
     res = run(quick(method="layer-scaling", model="dnn5", sets=("timesteps=12", "eval_samples=100")))
-    for i in range(1, 6):
-        assert f"layer_scaling/relu_fc{i}/gain_per_extra_spike" in res.metrics
-        assert res.metrics[f"layer_scaling/relu_fc{i}/extra_spikes"] > 0  # a boost adds spikes
+    m = res.metrics
+    ann = build_model("dnn5", (1, 8, 8), 10)
+    ann.load_state_dict(torch.load(res.provenance["ann_cache_file"], weights_only=True)["state_dict"])
+    names = [f"relu_fc{i}" for i in range(1, 6)]
+    model = RateModel(trace(ann.eval(), (1, 8, 8)).folded(), {n: m[f"layer/{n}/lambda"] for n in names})
+    params = LayerScalingParams(timesteps=12, eval_samples=100)
+    ds = load_dataset("digits")
+    loader = ds.loader("test", 500, limit=100)
+
+    def measure(scales):
+        return evaluate(RateEvaluable(model, params, scales), loader).metrics
+
+    base = measure({n: 1.0 for n in names})
+    assert m["test/accuracy"] == base["test/accuracy"] and m["spikes"] == pytest.approx(base["spikes"])
+    for boosted in names:
+        mine = measure({n: 4.0 if n == boosted else 1.0 for n in names})
+        p = f"layer_scaling/{boosted}/"
+        extra = mine["spikes"] - base["spikes"]
+        assert m[p + "accuracy"] == mine["test/accuracy"]
+        assert m[p + "extra_spikes"] == pytest.approx(extra) and extra > 0
+        assert m[p + "accuracy_gain"] == pytest.approx(mine["test/accuracy"] - base["test/accuracy"])
+        assert m[p + "gain_per_extra_spike"] == pytest.approx((mine["test/accuracy"] - base["test/accuracy"]) / extra)
+    assert m["layer_scaling/best_gain"] == pytest.approx(max(m[f"layer_scaling/{n}/accuracy_gain"] for n in names))
+    assert not any(":" in k for k in m)  # no pairs unless asked
     assert "layer_scaling.csv" in res.artifacts
 
 
+@pytest.mark.slow
 def test_layer_scaling_pairs_are_valid_mlflow_keys(quick):
     from harness.runner import run
     from mlflow.tracking import MlflowClient
@@ -332,6 +364,7 @@ def test_subset_evaluation_is_compared_with_the_ann_on_the_same_samples(quick):
     assert res.metrics["test/accuracy_drop"] == res.metrics["ann/test/accuracy"] - res.metrics["test/accuracy"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["cnn7", "ttfs-cnn"])  # average pooling; max pooling (metered per step)
 def test_metrics_do_not_depend_on_batching_or_time_chunks(quick, model):
     """Counts accumulate over batches and chunks: several small batches, and chunks of 2 or 3 steps
@@ -357,3 +390,27 @@ def test_the_auto_neuron_backend_takes_the_in_place_loop_on_cpu():
     x = torch.rand(16, 3, 5)
     pool = NeuronPool(None, "auto")
     assert torch.equal(pool(x), NeuronPool(None, "inplace")(x)) and pool._sj is None
+
+
+def test_lambda_is_numpys_percentile_of_the_positive_activations_only():
+    """λ per neuron op = NumPy's (linear) percentile of the strictly positive activations of the ANN
+    on the calibration images; ``max`` mode their maximum; a layer that never fires gets 1. Wrong
+    variants: zeros counted as positives (the percentile falls), negatives kept, another
+    interpolation, the percentile taken over all entries."""
+    import numpy as np
+    from harness.calibration import calibrate_scales
+
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 2)).eval()
+    with torch.no_grad():
+        model[2].bias.fill_(-100.0)  # the second ReLU never fires
+    x = torch.randn(200, 6)
+    graph = trace(model, (6,))
+    lams = calibrate_scales(graph, x, "percentile", 97.5)
+    with torch.no_grad():
+        h = torch.relu(model[0](x)).numpy()
+    positive = h[h > 0]
+    assert (h == 0).mean() > 0.2  # many zeros: counting them as positives would move λ
+    assert lams["1"] == pytest.approx(float(np.percentile(positive.astype(np.float64), 97.5)), rel=1e-12)
+    assert lams["3"] == 1.0
+    assert calibrate_scales(graph, x, "max", 0.0)["1"] == pytest.approx(float(positive.max()))

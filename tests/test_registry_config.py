@@ -177,3 +177,51 @@ def test_a_run_without_epochs_trains_the_ann_for_the_data_sets_default(quick):
     assert res.config["train"]["epochs"] == 39  # digits; recorded, so the run name's digest and cache key see it
     assert run(quick(method="surrogate", model="dnn5", epochs=7, baseline=False,
                      sets=("epochs=1", "timesteps=2"))).config["train"]["epochs"] == 7
+
+
+@dataclass(frozen=True)
+class Edges(Params):
+    closed_low: float = param(1.0, "", low=0)
+    open_low: float = param(1.0, "", low=0, low_open=True)
+    closed_high: float = param(0.0, "", high=1)
+    open_high: float = param(0.0, "", high=1, high_open=True)
+    count: int = param(2, "", low=1, high=3)
+
+
+@pytest.mark.parametrize("key,value,ok", [
+    ("closed_low", "0", True), ("closed_low", "-1e-9", False),      # [0, inf): the bound itself is in
+    ("open_low", "0", False), ("open_low", "1e-12", True),          # (0, inf): the bound is out, just above in
+    ("closed_high", "1", True), ("closed_high", "1.0000001", False),
+    ("open_high", "1", False), ("open_high", "0.999999", True),
+    ("count", "1", True), ("count", "3", True), ("count", "0", False), ("count", "4", False),
+])
+def test_a_value_exactly_on_a_bound_is_in_for_closed_ranges_and_out_for_open_ones(key, value, ok):
+    """Wrong variants this catches: ``<=`` for ``<`` on either bound, an open flag ignored or applied
+    to the other bound."""
+    if ok:
+        assert getattr(Edges.from_strings({key: value}), key) == float(value)
+    else:
+        with pytest.raises(ConfigError, match=f"{key}={float(value):g} is out of range"):
+            Edges.from_strings({key: value})
+
+
+def test_ranges_are_written_with_their_brackets():
+    rows = {r["key"]: r["range"] for r in Edges.describe()}
+    assert rows == {"closed_low": "[0, inf)", "open_low": "(0, inf)", "closed_high": "(-inf, 1]",
+                    "open_high": "(-inf, 1)", "count": "[1, 3]"}
+
+
+@pytest.mark.parametrize("n,batch,epochs", [
+    (1295, 64, 39),   # 21 batches (the last one partial): ceil(800 / 21) = 39
+    (1280, 64, 40),   # 20 batches exactly: 40
+    (1281, 64, 39),   # one image more: a 21st batch
+    (64, 64, 100),    # 1 batch: 800 epochs capped at 100
+    (3600, 64, 15),   # 57 batches: 15 epochs are already 855 steps
+    (12_000, 64, 15),
+])
+def test_default_ann_epochs_reach_800_steps_on_small_splits(n, batch, epochs):
+    """ceil for batches (a partial batch is a step) and for epochs, at least 15 and at most 100;
+    wrong variants: floor in either place, or the bounds swapped."""
+    from harness.config import default_epochs
+
+    assert default_epochs(n, batch) == epochs

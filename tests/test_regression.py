@@ -29,6 +29,7 @@ import json
 import math
 
 import pytest
+
 import regression_cases as rc
 
 PINS = json.loads(rc.PINS.read_text())

@@ -14,6 +14,7 @@ from harness.errors import UnknownNameError
 from harness.runner import run
 
 
+@pytest.mark.slow
 def test_report_from_real_runs(quick, tmp_path):
     for synapse in ("none", "0.005"):
         for scale in ("1", "4"):
@@ -32,7 +33,11 @@ def test_report_from_real_runs(quick, tmp_path):
     lb = pd.read_csv(tmp_path / "rep" / "leaderboard.csv")
     assert set(lb["method"]) == {"rate", "ttfs", "ann"} and len(lb) == 3
     assert list(lb["accuracy"]) == sorted(lb["accuracy"], reverse=True)
-    assert (lb["pareto"] == "★").sum() >= 1
+    energy = "energy[cmos45-fp32] (nJ)"
+    front = {r["method"] for _, r in lb.iterrows()  # not dominated: none as accurate and cheaper (one strictly)
+             if not any(o["accuracy"] >= r["accuracy"] and o[energy] <= r[energy]
+                        and (o["accuracy"] > r["accuracy"] or o[energy] < r[energy]) for _, o in lb.iterrows())}
+    assert set(lb.loc[lb["pareto"] == "★", "method"]) == front and front
     assert lb.loc[lb["method"] == "rate", "runs"].item() == 4
     html = (tmp_path / "rep" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == sum(n.endswith(".png") for n in names)
@@ -314,6 +319,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_run_logged_to_a_real_mlflow_server(quick, tmp_path, monkeypatch):
     """Start ``mlflow server`` on 127.0.0.1, log a run through the harness, read it back."""
     from mlflow.tracking import MlflowClient
@@ -434,3 +440,66 @@ def test_the_html_tables_shorten_run_ids_and_scroll_rather_than_widen_the_page()
     assert f'<td title="{rid}"><code>01234567…</code></td>' in out
     assert out.count(rid) == 1  # in the title only
     assert out.startswith('<div style="overflow-x:auto"><table id="lb">')
+
+
+def test_only_finished_runs_are_admitted_whatever_their_numbers():
+    """Each state MLflow has, with the same good numbers: FINISHED alone enters the tables. Wrong
+    variants: KILLED (a pruned trial, an interrupted run) or RUNNING admitted."""
+    import pandas as pd
+    from harness.analysis.runs import admitted
+
+    states = ["FINISHED", "RUNNING", "SCHEDULED", "FAILED", "KILLED"]
+    df = pd.DataFrame({"run_id": states, "state": states, "test/accuracy": [0.9] * 5})
+    kept, left = admitted(df)
+    assert list(kept["run_id"]) == ["FINISHED"]
+    assert left == {"status RUNNING": 1, "status SCHEDULED": 1, "status FAILED": 1, "status KILLED": 1}
+
+
+def test_metrics_on_their_range_edges_are_admitted_and_past_them_left_out():
+    """[0, 1] is closed: an accuracy of exactly 0 or 1 is a result; −1e-9 or 1 + 1e-9 is not. NaN is
+    a metric not logged (admitted); +inf is admitted only where the schema documents it (no
+    break-even), never for an accuracy."""
+    import pandas as pd
+    from harness.analysis.runs import admitted
+
+    acc = [0.0, 1.0, -1e-9, 1 + 1e-9, float("nan"), 0.5, 0.5]
+    be = [1.0, 1.0, 1.0, 1.0, 1.0, float("inf"), -1.0]
+    df = pd.DataFrame({"run_id": list("abcdefg"), "state": ["FINISHED"] * 7, "test/accuracy": acc,
+                       "break_even_spikes_per_neuron/loihi": be})
+    kept, left = admitted(df)
+    assert list(kept["run_id"]) == ["a", "b", "e", "f"]
+    assert left == {"test/accuracy outside its valid range [0, 1]": 2,
+                    "break_even_spikes_per_neuron/loihi outside its valid range [0, inf]": 1}
+
+
+def _lb_row(run_id, method, acc, cost, eval_limit=0, dataset="d"):
+    return {"run_id": run_id, "method": method, "model": "m", "dataset": dataset, "test/accuracy": acc,
+            "energy_nJ/cmos45-fp32": cost, "eval_limit": eval_limit, "start_time": 0}
+
+
+def test_the_leaderboard_takes_full_test_sets_only_and_the_cheaper_of_equally_accurate_runs():
+    """Per method × model × data set: the most accurate run on the full test set (a trial on the
+    first N images is never ranked: eval_limit 0 in, 1 out), the cheaper one among equals. Wrong
+    variants: subset trials admitted, ties to the first or the dearer run."""
+    import pandas as pd
+    from harness.analysis.report import leaderboard
+    from harness.analysis.runs import RunTable
+
+    runs = RunTable(pd.DataFrame([
+        _lb_row("subset", "rate", 0.99, 1.0, eval_limit=1),  # better, but on a subset of the test set
+        _lb_row("dear", "rate", 0.90, 30.0), _lb_row("cheap", "rate", 0.90, 20.0), _lb_row("worse", "rate", 0.80, 1.0),
+    ]), "e", "sqlite://")
+    lb = leaderboard(runs, ["cmos45-fp32"], "cmos45-fp32")
+    assert list(lb["run_id"]) == ["cheap"] and lb["runs"].item() == 3
+
+
+def test_a_point_tied_on_one_objective_and_worse_on_the_other_is_off_the_front():
+    """Dominance is ≤ on every objective and < on one: (0.95, 25) is dominated by (0.95, 20), and
+    (0.85, 10) by (0.9, 10); identical points dominate neither each other. Wrong variants: strict
+    < on every objective (ties never dominated), ≤ on every objective (equal points dominate each
+    other)."""
+    import numpy as np
+    from harness.analysis.figures import pareto_mask
+
+    pts = np.array([[0.95, 20.0], [0.95, 25.0], [0.9, 10.0], [0.85, 10.0], [0.9, 10.0]])
+    assert pareto_mask(pts, (True, False)).tolist() == [True, False, True, False, True]

@@ -55,6 +55,7 @@ def _trial_table(study) -> str:
     return "trials:\n" + "\n".join(rows)
 
 
+@pytest.mark.slow
 def test_three_workers_on_postgresql_survive_a_worker_killed_in_a_trial(services, tmp_path, monkeypatch):
     import optuna
     from harness.runner import run
@@ -139,6 +140,7 @@ def test_three_workers_on_postgresql_survive_a_worker_killed_in_a_trial(services
     assert dead_run.info.run_id not in reported
 
 
+@pytest.mark.slow
 def test_a_missing_database_or_a_closed_port_is_refused_before_any_trial_with_the_servers_message(services):
     from harness.errors import StudyError
     from harness.study import open_storage

@@ -228,6 +228,7 @@ def test_one_step_if_network_equals_the_sharpened_network(activation):
         assert torch.equal(snn(x), model(x))
 
 
+@pytest.mark.slow
 def test_sharpen_run_on_digits(quick):
     res = run(quick(method="sharpen", model="stpu-dnn", sets=("epochs=6", "start_epoch=2", "duration=3")))
     m, steps = res.metrics, res.step_metrics
@@ -250,6 +251,7 @@ def test_sharpen_run_on_digits(quick):
     assert cur.metrics["layer/fc1/synops"] == 0 and cur.metrics["layer/fc2/synops"] > 0
 
 
+@pytest.mark.slow
 def test_adaptive_run_stops_when_the_last_layer_is_sharp_mid_epoch(quick):
     # rate 0.7 per epoch completes a layer part-way through an epoch; once every layer is a step
     # function no gradient is left, so training must stop there rather than step on.
@@ -304,3 +306,22 @@ def test_a_run_that_sets_only_epochs_sharpens_within_them(quick):
     res = run(quick(method="sharpen", model="stpu-dnn", eval_limit=40, sets=("epochs=3",)))
     assert res.params["start_epoch"] == 0 and res.params["duration"] == 1
     assert res.metrics["sharpen/sharpness_reached"] == 1.0 and res.metrics["sharpen/epochs_trained"] <= 3
+
+
+def test_the_n_hot_key_decodes_by_hand():
+    """Whetstone's Softmax_Decode: logits = (2y − 1)(2K − 1)ᵀ, class c owning outputs 2c, 2c + 1.
+    y = (1, 1, 0, 0, 0, 0): class 0 agrees on all 6 outputs (6), classes 1 and 2 on 2 of 6 (−2).
+    Wrong variants: the key not centred (K instead of 2K − 1), outputs given to the wrong class."""
+    dec = NHotDecode(3, 2)
+    y = torch.tensor([[1.0, 1.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]])
+    assert dec(y).tolist() == [[6.0, -2.0, -2.0], [-4.0, 0.0, 4.0]]
+
+
+def test_bottom_up_sharpness_at_exact_layer_boundaries():
+    """At a network sharpness of k/n the first k layers are exactly sharp and the rest untouched
+    (not k − 1 sharp and one at 1.0 'in progress'); past 1 every layer is sharp."""
+    assert layer_sharpness(2 / 3, 3, True) == [1.0, 1.0, 0.0]
+    assert layer_sharpness(1 / 3, 3, True) == [1.0, 0.0, 0.0]
+    assert layer_sharpness(0.999, 2, True) == pytest.approx([1.0, 0.998])
+    assert layer_sharpness(1.5, 2, True) == [1.0, 1.0] and layer_sharpness(-0.5, 2, True) == [0.0, 0.0]
+    assert layer_sharpness(1.5, 2, False) == [1.0, 1.0]

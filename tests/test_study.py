@@ -71,6 +71,7 @@ def test_bad_grid_values_and_storage_are_refused_before_any_trial(quick, tmp_pat
     assert default_storage(f"sqlite:///{tmp_path}/mlruns.db") == f"sqlite:///{tmp_path}/optuna.db"
 
 
+@pytest.mark.slow
 def test_grid_study_logs_parent_and_children_and_resumes(quick, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -101,6 +102,7 @@ def _backdate(db, table: str, column: str, trial_id: int) -> None:
         con.execute(f"UPDATE {table} SET {column} = datetime({column}, '-1 hour') WHERE trial_id = ?", (trial_id,))
 
 
+@pytest.mark.slow
 def test_trials_of_dead_workers_are_retried_once_and_their_runs_marked_failed(quick, tmp_path):
     """A worker on any host that stops sending heartbeats: its trial is failed, retried once with
     its parameters, and its MLflow run marked FAILED naming the retry. A trial that never sent one
@@ -143,6 +145,7 @@ def test_trials_of_dead_workers_are_retried_once_and_their_runs_marked_failed(qu
     assert len(summary.reevaluated) == 1 and summary.reevaluated[0]["trial"] == summary.best[0]["number"]
 
 
+@pytest.mark.slow
 def test_multi_objective_study_has_a_pareto_front(quick, tmp_path):
     scfg = StudyConfig(run=quick(method="ttfs", track=True, eval_limit=120), trials=3, sampler="nsga2",
                        objectives=(Objective("test/accuracy", "maximize"), Objective("spikes_per_neuron", "minimize")),
@@ -184,6 +187,7 @@ def test_median_pruner_prunes_a_trial_for_its_validation_accuracy(quick):
     assert list(cb.reported) == [0]
 
 
+@pytest.mark.slow
 def test_diverging_trial_is_pruned(quick, tmp_path, monkeypatch):
     import harness.runner
     from harness.errors import DivergedError
@@ -197,6 +201,7 @@ def test_diverging_trial_is_pruned(quick, tmp_path, monkeypatch):
     assert [t["state"] for t in summary.trials] == ["PRUNED", "PRUNED"]
 
 
+@pytest.mark.slow
 def test_a_resumed_study_does_not_replay_its_sampler(quick, tmp_path, monkeypatch):
     from types import SimpleNamespace
 
@@ -217,6 +222,7 @@ def test_a_resumed_study_does_not_replay_its_sampler(quick, tmp_path, monkeypatc
     assert len(summary.trials) == 9 and len(cells) == 9
 
 
+@pytest.mark.slow
 def test_training_trials_get_a_pruning_callback_except_in_a_grid(quick, tmp_path, monkeypatch):
     import harness.runner
 
@@ -253,9 +259,8 @@ def test_stale_trial_recovery_touches_only_dead_owners_on_this_host():
     import socket
 
     import optuna
-    from optuna.trial import TrialState
-
     from harness.study import recover_stale_trials
+    from optuna.trial import TrialState
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
@@ -285,7 +290,6 @@ def test_stale_trial_recovery_touches_only_dead_owners_on_this_host():
 
 def test_sampler_names_make_the_samplers_they_say():
     import optuna
-
     from harness.study import make_sampler
 
     assert isinstance(make_sampler("tpe", 0, {}), optuna.samplers.TPESampler)
@@ -328,6 +332,7 @@ def _fake_run(calls=None):
     return run
 
 
+@pytest.mark.slow
 def test_workers_started_together_get_distinct_seeds_recorded_in_their_trials(quick, tmp_path, monkeypatch):
     import harness.runner
 
@@ -453,6 +458,7 @@ def test_a_worker_starts_only_as_many_trials_as_places_are_free(monkeypatch):
     assert started == [2]  # 4 wanted, 1 finished, 1 running: 2 more, even with 8 jobs allowed
 
 
+@pytest.mark.slow
 def test_a_worker_that_asks_another_search_space_is_refused_with_both_named(quick, tmp_path, monkeypatch):
     import harness.runner
 
@@ -468,6 +474,7 @@ def test_a_worker_that_asks_another_search_space_is_refused_with_both_named(quic
         run_study(replace(scfg, objectives=(Objective("spikes_per_neuron", "maximize"),)))
 
 
+@pytest.mark.slow
 def test_runs_left_running_by_a_killed_process_are_marked_failed_on_resume(quick, tmp_path, monkeypatch):
     import harness.runner
     import optuna
@@ -506,6 +513,7 @@ def test_a_worker_runs_the_same_study_command_without_workers_output_or_progress
     assert (child.workers, child.worker_index, child.output_json, child.progress) == (1, 7, None, False)
 
 
+@pytest.mark.slow
 def test_the_study_summary_prints_sampled_parameters_rounded_without_pinned_settings(monkeypatch, capsys):
     import harness.runner
     from harness.cli import main
@@ -518,6 +526,7 @@ def test_the_study_summary_prints_sampled_parameters_rounded_without_pinned_sett
     assert re.fullmatch(r"\s+#0\s+\[0\.5\]\s+percentile=\d+\.\d{1,4} t_max=\d+ threshold_scale=\d\.\d{1,4}", best[0]), best
 
 
+@pytest.mark.slow
 def test_a_resumed_study_is_no_longer_tagged_as_interrupted(quick, tmp_path, monkeypatch):
     """An interrupted study's parent run is KILLED with ``harness.interrupted``; resumed and finished,
     it is FINISHED and says it resumed, not that it is interrupted."""
@@ -535,3 +544,41 @@ def test_a_resumed_study_is_no_longer_tagged_as_interrupted(quick, tmp_path, mon
     assert run.info.status == "FINISHED"
     assert "harness.interrupted" not in run.data.tags and "harness.status_reason" not in run.data.tags
     assert run.data.tags["harness.resumed_after"] == "SIGTERM"
+
+
+@pytest.mark.parametrize("field,value,ok", [
+    ("trials", 1, True), ("trials", 0, False), ("n_jobs", 1, True), ("n_jobs", 0, False),
+    ("workers", 1, True), ("workers", 0, False), ("heartbeat", 1, True), ("heartbeat", 0, False),
+    ("reevaluate", 0, True), ("reevaluate", -1, False), ("worker_index", 0, True), ("worker_index", -1, False),
+])
+def test_study_settings_on_their_lower_bounds(quick, field, value, ok):
+    """Each setting's smallest valid value passes and the one below it is refused, naming the
+    range. Wrong variants: ``<=`` for ``<`` (refusing 1 trial, or 0 re-evaluations)."""
+    from harness.methods import resolve
+
+    scfg = _scfg(quick, **{field: value})
+    if ok:
+        scfg.validate(resolve("rate"))
+    else:
+        low = 0 if field in ("reevaluate", "worker_index") else 1
+        with pytest.raises(ConfigError, match=rf"{value}: valid range is \[{low}, inf\)"):
+            scfg.validate(resolve("rate"))
+
+
+@pytest.mark.parametrize("cores,workers,threads", [(2, 1, None), (2, 2, "1"), (8, 3, "2"), (2, 4, "1")])
+def test_workers_share_the_cores_for_their_threads(monkeypatch, cores, workers, threads):
+    """N workers on C cores get ⌊C/N⌋ threads each, at least 1; one worker keeps torch's default;
+    a user's OMP_NUM_THREADS is left alone."""
+    import torch
+    from harness.study import workers as w
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(w.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    before = torch.get_num_threads()
+    try:
+        env = w.share_cores(workers)
+        assert env.get("OMP_NUM_THREADS") == threads and env.get("MKL_NUM_THREADS") == threads
+        monkeypatch.setenv("OMP_NUM_THREADS", "7")
+        assert w.share_cores(workers)["OMP_NUM_THREADS"] == "7"
+    finally:
+        torch.set_num_threads(before)

@@ -144,3 +144,34 @@ def test_unsupported_layer_is_named_before_training(quick, monkeypatch):
     MODELS.register("tanh-net", "test")(bad)
     with pytest.raises(ConfigError, match="Tanh"):
         run(quick(method="surrogate", model="tanh-net"))
+
+
+@pytest.mark.parametrize("family,reference,width,height", [
+    # SpikingJelly's ATan(α): α/2 / (1 + (π/2·α·x)²) = β·φ(x/γ) with φ(z) = 1/(1 + z²), γ = 2/(πα), β = α/2
+    ("arctan", lambda a: __import__("spikingjelly.activation_based.surrogate", fromlist=["ATan"]).ATan(alpha=a),
+     lambda a: 2 / (math.pi * a), lambda a: a / 2),
+    # SpikingJelly's Sigmoid(α): α·σ(αx)(1 − σ(αx)) = β·4σ(4z)(1 − σ(4z)), z = x/γ, γ = 4/α, β = α/4
+    ("sigmoid", lambda a: __import__("spikingjelly.activation_based.surrogate", fromlist=["Sigmoid"]).Sigmoid(alpha=a),
+     lambda a: 4 / a, lambda a: a / 4),
+    # SoftSign(α): α / (2(1 + |αx|)²) = β / (1 + |x/γ|)², γ = 1/α, β = α/2
+    ("fast-sigmoid", lambda a: __import__("spikingjelly.activation_based.surrogate", fromlist=["SoftSign"]).SoftSign(
+        alpha=a), lambda a: 1 / a, lambda a: a / 2),
+    # PiecewiseQuadratic(α): α − α²|x| for |x| < 1/α = β·max(0, 1 − |x/γ|), γ = 1/α, β = α
+    ("triangle", lambda a: __import__("spikingjelly.activation_based.surrogate", fromlist=["PiecewiseQuadratic"])
+     .PiecewiseQuadratic(alpha=a), lambda a: 1 / a, lambda a: a),
+])
+@pytest.mark.parametrize("alpha", [1.0, 4.0])
+def test_surrogate_gradients_equal_spikingjellys_own_at_the_matching_width_and_height(family, reference, width,
+                                                                                      height, alpha):
+    """An outside reference for the surrogate shapes: SpikingJelly's single-α surrogates are ours at
+    the width and height that α ties together. Wrong variants: the width applied as a product, the
+    height left out, another shape."""
+    x = torch.linspace(-3, 3, 121, requires_grad=True)
+    ours = WidthHeightSurrogate(family, width(alpha), height(alpha))
+    ours(x).sum().backward()
+    mine = x.grad.clone()
+    x.grad = None
+    sj = reference(alpha)
+    assert torch.equal(sj(x).detach(), (x.detach() >= 0).float())
+    sj(x).sum().backward()
+    assert torch.allclose(mine, x.grad, rtol=1e-5, atol=1e-7)

@@ -9,6 +9,7 @@ from harness.io import save_torch_atomic as save_atomic
 from harness.runner import run
 
 
+@pytest.mark.slow
 def test_ann_cache_reused(quick, tmp_path):
     first = run(quick(method="ann", seed=1))
     assert first.provenance["ann_cache"] == "miss"

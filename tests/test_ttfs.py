@@ -273,3 +273,48 @@ def test_fig2_reads_the_first_layer_of_a_dense_network_through_its_flatten(quick
 
     res = run(quick(method="ttfs", model="dnn5", eval_limit=50, sets=("t_max_sweep=",)))
     assert "ttfs_fig2_rmse.csv" in res.artifacts
+
+
+def test_a_deeper_layers_bias_is_charged_in_its_own_input_scale():
+    """x = 0.5, t_max = 8, two layers of one neuron (w = 1; biases 0 and 0.25), u_th = 4 then 16.
+    Layer 1: k = floor(8·0.5) = 4, u = 4 = u_th: fires at τ = 0, code 8, λ1 = 4·1/8 = 0.5 (value 0.5).
+    Layer 2: u = 1·8 + 8·0.25/λ1 = 12; fires at τ = ceil((16 − 12)·8/16) = 2, code 6, λ2 = 16·0.5/8 = 1:
+    value 6/8 = 0.75 = ReLU(0.5 + 0.25). Wrong variants: the bias scaled by the network's input
+    scale x_max (u = 10, code 5), or by the layer's own output scale."""
+    model = nn.Sequential(nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 1)).double()
+    with torch.no_grad():
+        for layer, b in ((model[0], 0.0), (model[2], 0.25), (model[4], 0.0)):
+            layer.weight.fill_(1.0)
+            layer.bias.fill_(b)
+    net = net_of(model, 8, (1,), dtype=torch.float64)
+    set_thresholds(net, [4.0, 16.0])
+    x = torch.tensor([[0.5]], dtype=torch.float64)
+    logits, codes = net.closed_form(x, keep_codes=True)
+    assert [c.item() for c in codes] == [8.0, 6.0]
+    assert net.scales()["3"] == 1.0 and logits.item() == pytest.approx(0.75)
+    assert simulate(net.graph, net.u_th, 8, x)[1][1].item() == 6.0  # the reference agrees
+    assert net.latency == 8 * 3  # t_max x (2 neuron layers + the readout)
+
+
+def test_fig2_rmse_grid_equals_the_papers_formula_computed_here():
+    """Fig. 2, one layer written out in NumPy from eqs. 1–5: codes k = floor(T·x/x_max), potential
+    u = W·k + T·b/x_max, firing step τ = ceil((u_th − u)·T/u_th) ≥ 0, output code T − τ (0 if
+    τ ≥ T), decoded value code·u_th·x_max/T², against ReLU(W·x + b); u_th a fraction of
+    u_max = T·max_i(Σ_j W⁺_ij·x_max + b⁺_i)/x_max."""
+    import numpy as np
+
+    torch.manual_seed(1)
+    lin = nn.Linear(5, 3).double()
+    x = torch.rand(40, 5, dtype=torch.float64)
+    rows = layer_rmse_grid(lin, x, [8, 32], [0.1, 0.5, 1.0])
+    W, b, X = lin.weight.detach().numpy(), lin.bias.detach().numpy(), x.numpy()
+    ann = np.maximum(X @ W.T + b, 0)
+    for r in rows:
+        T, f = r["t_max"], r["u_th_fraction"]
+        u_max = T * float(np.max(np.clip(W, 0, None).sum(1) + np.clip(b, 0, None)))
+        u_th = f * u_max
+        u = np.floor(T * X) @ W.T + T * b
+        tau = np.maximum(np.ceil((u_th - u) * T / u_th), 0)
+        code = np.where(tau < T, T - tau, 0)
+        rmse = float(np.sqrt(np.mean((code * u_th / T ** 2 - ann) ** 2)))
+        assert r["u_max"] == pytest.approx(u_max) and r["rmse"] == pytest.approx(rmse, rel=1e-12)
