@@ -110,9 +110,10 @@ def _check_train_classes(name: str, y: Mapping[str, np.ndarray], num_classes: in
     seen = np.bincount(elsewhere, minlength=num_classes) if elsewhere.size else np.zeros(num_classes, np.int64)
     missing = [c for c in range(num_classes) if counts[c] == 0 and seen[c] > 0]
     if missing:
-        raise DataError(f"data set {name}: class{'es' * (len(missing) > 1)} {', '.join(map(str, missing[:10]))} "
-                        "appear in the evaluation splits but in no training sample: the network could never "
-                        "learn them; fix the split or the labels")
+        many = len(missing) > 1
+        raise DataError(f"data set {name}: class{'es' * many} {', '.join(map(str, missing[:10]))} "
+                        f"appear{'' if many else 's'} in the evaluation splits but in no training sample: the "
+                        f"network could never learn {'them' if many else 'it'}; fix the split or the labels")
     absent = [c for c in range(num_classes) if counts[c] == 0 and seen[c] == 0]
     if absent and not declared:
         raise DataError(f"data set {name}: no sample has label {', '.join(map(str, absent[:10]))} although labels "

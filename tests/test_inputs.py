@@ -150,7 +150,7 @@ def test_ttfs_refuses_data_outside_its_encoding_before_training(tmp_path, capsys
     ("return (x[:1400], y[:1400] + 1), (x[1400:], y[1400:] + 1)",
      "labels run from 1 to 10 and no sample has label 0: they look 1-based"),
     ("keep = y[:1400] != 3\nreturn (x[:1400][keep], y[:1400][keep]), (x[1400:], y[1400:])",
-     "class 3 appear in the evaluation splits but in no training sample"),
+     "class 3 appears in the evaluation splits but in no training sample"),
     ("return {'train': (x[:1400], y[:1400]), 'test': (x[1400:], y[1400:]), 'num_classes': 5}",
      "/train: label 5 at index 5 is outside 0 … 4 (5 classes)"),
 ])

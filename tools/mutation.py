@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
@@ -35,8 +36,6 @@ KILLED, SURVIVED, TIMEOUT, NO_TESTS = "killed", "survived", "timeout", "no tests
 
 def generate() -> None:
     """mutmut's own generation step (what ``mutmut run`` does first), without running anything."""
-    import os
-
     os.chdir(ROOT)
     from mutmut.__main__ import create_mutants, set_mutant_under_test, store_lines_covered_by_tests
     from mutmut.utils.file_utils import copy_also_copy_files, copy_src_dir, setup_source_paths
@@ -123,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-children", type=int, default=2)
     ap.add_argument("--report-only", action="store_true", help="tabulate the last run's results")
+    ap.add_argument("--resume", action="store_true", help="run only the sampled mutants without a result yet")
     ap.add_argument("--fail-under", type=float, default=90.0, help="exit 1 below this overall score (percent)")
     args = ap.parse_args(argv)
     sample_file = MUTANTS / "sample.json"
@@ -133,9 +133,15 @@ def main(argv: list[str] | None = None) -> int:
         chosen = sample(mutants_by_module(), args.per_module, args.seed)
         sample_file.write_text(json.dumps(chosen, indent=1))
         names = [n for ns in chosen.values() for n in ns]
+        if args.resume:
+            done = results(chosen)
+            names = [n for m, ns in chosen.items() for n in ns if done[m][n] in ("not checked", TIMEOUT)]
         print(f"{len(names)} mutants drawn from {len(chosen)} modules", flush=True)
+        # one thread per child: two children on two cores with torch's default thread pool oversubscribe
+        # the CPU, and a slow mutant then reads as a timeout instead of a kill or a survival
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children), *names],
-                       cwd=ROOT, check=False)
+                       cwd=ROOT, check=False, env=env)
     text, overall = table(results(chosen), equivalents())
     (MUTANTS / "mutation.md").write_text(text)
     print(text)

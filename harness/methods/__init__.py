@@ -1,4 +1,5 @@
-"""Method adapters: one file per method; file name = registry key = CLI value ('-' for '_').
+"""Method adapters: one module per method (a file, or a package for the larger ones); module name =
+registry key = CLI value ('-' for '_').
 
 Built-in methods are listed here as lazy entries, so ``harness ls methods`` imports nothing
 heavy. A plug-in registers with ``@METHODS.register("name")`` on a :class:`harness.api.Method`
