@@ -72,7 +72,7 @@ def _bare_worker(storage: str, name: str, trials: int, out: Path) -> subprocess.
 import json, time, warnings, optuna
 warnings.simplefilter("ignore")
 optuna.logging.set_verbosity(optuna.logging.ERROR)
-from harness.study import open_storage
+from harness.studies import open_storage
 st = open_storage({storage!r}, heartbeat=10)  # as a study opens it (the journal has no heartbeat)
 errors = 0
 study = optuna.create_study(study_name={name!r}, storage=st, load_if_exists=True)
@@ -106,7 +106,7 @@ def _bare(storage: str, workers: int, name: str, tmp: Path, trials: int = 200) -
 
 
 def _optuna_storage(spec: str):
-    from harness.study import open_storage
+    from harness.studies import open_storage
 
     return open_storage(spec)
 

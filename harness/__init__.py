@@ -20,13 +20,13 @@ from ._version import __version__
 if TYPE_CHECKING:  # pragma: no cover
     from .analysis.report import ReportOutput
     from .api import RunResult
-    from .study import StudySummary
+    from .studies import StudySummary
 
 __all__ = ["__version__", "report", "run", "study"]
 
 
 def _sets(params: Mapping[str, Any]) -> tuple[str, ...]:
-    from .study import format_value
+    from .studies import format_value
 
     return tuple(f"{k.replace('__', '.')}={format_value(v)}" for k, v in params.items())
 
@@ -80,10 +80,10 @@ def study(method: str, *, trials: int = 20, objectives: tuple[str, ...] | list[s
           n_jobs: int = 1, eval_limit: int = 0, reevaluate: int = 3, seed: int = 0, progress: bool = True,
           settings: Mapping[str, Any] | None = None, **params: Any) -> "StudySummary":
     """Run (or resume) an Optuna study over ``method``'s parameters; returns the
-    :class:`~harness.study.StudySummary`. ``objectives`` are ``"metric:max|min"`` strings; ``grid``
+    :class:`~harness.studies.StudySummary`. ``objectives`` are ``"metric:max|min"`` strings; ``grid``
     maps parameters to value lists (``sampler="grid"``); ``**params`` stay fixed in every trial.
     Other arguments as for :func:`run` and ``harness study``."""
-    from .study import Objective, StudyConfig, format_value, run_study
+    from .studies import Objective, StudyConfig, format_value, run_study
 
     cfg = _config(method, model, dataset, None, seed, True, progress,
                   {**(settings or {}), "eval_limit": eval_limit}, params)

@@ -209,7 +209,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from .study import Objective, StudyConfig, parse_grid, run_study, worker_argv
+    from .studies import Objective, StudyConfig, parse_grid, run_study, worker_argv
 
     cfg = _run_config(args, eval_limit=args.eval_limit)
     grid = parse_grid(args.grid)

@@ -172,10 +172,11 @@ def rename_nodes(graph, mapping: dict[str, str]):
     def new(name: str) -> str:
         return mapping.get(name, name)
 
-    taken = set(graph.nodes) - set(mapping)
-    clash = sorted(set(mapping.values()) & taken)
-    if clash:
-        raise NirUnsupported(f"NIR export: an op name {clash[0]!r} is also the name of a node NIR adds")
+    renamed = [new(k) for k in graph.nodes]
+    clash = sorted({n for n in renamed if renamed.count(n) > 1})
+    if clash:  # two nodes under one name would silently merge into one
+        raise NirUnsupported(f"NIR export: two nodes would be named {clash[0]!r} (an op of that name and a node "
+                             "NIR adds, such as its input or output)")
     nodes = {new(k): v for k, v in graph.nodes.items()}
     edges = [(new(a), new(b)) for a, b in graph.edges]
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=dict(graph.metadata or {}))

@@ -282,3 +282,105 @@ def test_idx_labels_up_to_9_are_classes_and_10_is_refused(tmp_path):
     labels.write_bytes(_idx(np.array([0, 10])))
     with pytest.raises(DataError, match=r"label 10 outside 0..9"):
         read_idx_pair(images, labels)
+
+
+def test_a_download_streams_in_blocks_into_a_part_file_beside_its_target(tmp_path, monkeypatch):
+    """Wrong variants: the body read in one piece (a 170 MB archive in memory), the part file
+    written elsewhere (os.replace across file systems fails), the size the server announced not
+    given to the progress bar, the bar named after something else."""
+    import urllib.request
+
+    from harness.datasets import download
+
+    body = bytes(range(256)) * 1000  # 256 000 bytes: four blocks of 64 KiB
+    reads, seen_parts, bars = [], [], []
+
+    class Resp:
+        headers = {"Content-Length": str(len(body))}
+
+        def __init__(self):
+            self.pos = 0
+
+        def read(self, n):
+            reads.append(n)
+            seen_parts.extend(p.name for p in (tmp_path / "d").glob(".file.bin.*.part"))
+            out = body[self.pos:self.pos + n]
+            self.pos += len(out)
+            return out
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+    class Bar:
+        def update(self, n):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Resp())
+    monkeypatch.setattr(download, "_bar", lambda total, name, enabled: bars.append((total, name, enabled)) or Bar())
+    got = fetch(Remote("file.bin", "https://example.org/file.bin", hashlib.sha256(body).hexdigest()),
+                tmp_path / "d", progress=False)
+    assert got.read_bytes() == body and reads == [1 << 16] * 5  # the fifth read finds the end
+    assert seen_parts and not list((tmp_path / "d").glob("*.part"))  # beside the target, then gone
+    assert bars == [(len(body), "file.bin", False)]
+
+
+def test_a_cached_file_with_another_checksum_says_what_to_do(tmp_path):
+    (tmp_path / "file.bin").write_bytes(b"old")
+    with pytest.raises(DataError, match=r"file.bin exists but its SHA-256 is [0-9a-f]{64}, expected 0{64}: the file "
+                                        r"is corrupt or a different version; delete it to download again"):
+        fetch(Remote("file.bin", "https://example.org/file.bin", "0" * 64), tmp_path, progress=False)
+
+
+def test_cifar_pixels_are_scaled_by_255_so_white_is_one(tmp_path):
+    """Wrong variant: dividing by 256 (white would be 0.996)."""
+    d = tmp_path / "cifar-10-batches-py"
+    _write_cifar(d)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = np.full((20, 3072), 255, np.uint8)
+        data[:, 0] = 51
+        (d / name).write_bytes(pickle.dumps({b"data": data, b"labels": list(np.arange(20) % 10)}, protocol=2))
+    ds = load_dataset("cifar10", data_dir=str(tmp_path), download=False)
+    x = ds.x["test"]
+    assert x.max() == 1.0 and x[0, 0, 0, 0] == np.float32(51) / np.float32(255)
+
+
+@pytest.mark.parametrize("batch,needle", [
+    ({b"data": np.zeros((2, 3072), np.uint8)}, "must be a dict with b'data' and b'labels'"),
+    ({b"labels": [0, 1]}, "must be a dict with b'data' and b'labels'"),
+    ([1, 2], "must be a dict with b'data' and b'labels'"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [3, 10]}, "labels outside 0..9"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [-1, 3]}, "labels outside 0..9"),
+    ({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, r"expected uint8 \(N, 3072\)"),
+])
+def test_cifar_batches_missing_a_key_or_with_labels_past_either_end_are_refused(tmp_path, batch, needle):
+    """Wrong variants: the key checks joined with ``and`` (one key missing passes), the label range
+    checked at one end only or with ``and``."""
+    p = tmp_path / "data_batch_1"
+    p.write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(DataError, match=needle):
+        read_batch(p)
+
+
+def test_cifar_extraction_takes_only_the_batches_folder(tmp_path):
+    """Wrong variant: the member filter joined with ``or`` (every file of the archive, or any
+    path without "..", would be written)."""
+    import io
+    import tarfile
+
+    from harness.datasets.cifar import _extract
+
+    archive = tmp_path / "a.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("cifar-10-batches-py/test_batch", "elsewhere.txt", "cifar-10-batches-py/../up.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"ok"))
+    _extract(archive, tmp_path / "out")
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert written == ["a.tar.gz", "out/cifar-10-batches-py/test_batch"]

@@ -253,3 +253,140 @@ def test_the_firing_rate_summary_by_hand():
     assert fit_distribution(np.array([0.0, 1.0, 2.0]))["fit"] == "none"  # 2 firing neurons: no fit
     rng = np.random.default_rng(0)
     assert fit_distribution(rng.exponential(5.0, 4000))["fit"] in ("expon", "gamma")
+
+
+# ---- report text, run tables, config names, the contract's defaults ----------------------------
+
+
+def test_markdown_text_from_runs_is_inert():
+    """Wrong variants: an ampersand left raw (``&lt;`` typed by a user would render as ``<``), an
+    escape applied twice, a Markdown special left active."""
+    from harness.analysis.report import _md_escape
+
+    assert _md_escape("a & b <i>x</i>") == "a &amp; b &lt;i&gt;x&lt;/i&gt;"
+    assert _md_escape("&lt;") == "&amp;lt;"
+    assert _md_escape("x|y*z_[l](u)#`\\") == "x\\|y\\*z\\_\\[l\\](u)\\#\\`\\\\"
+
+
+def test_html_table_headers_say_the_better_direction_only_where_there_is_one():
+    """Wrong variants: a column without a direction given an arrow or a title (``None`` or
+    "better: lower" for a column nobody ranks), max and min swapped."""
+    import pandas as pd
+    from harness.analysis.report import _table_html
+
+    out = _table_html(pd.DataFrame({"acc": [0.5], "energy": [2.0], "model": ["m"]}), "t",
+                      directions={"acc": "max", "energy": "min"})
+    assert '<th title="better: higher">acc ↑</th>' in out and '<th title="better: lower">energy ↓</th>' in out
+    assert "<th>model</th>" in out and "None" not in out
+
+
+def test_an_artifact_can_be_fetched_twice_from_one_run():
+    """Wrong variant: the run's download folder made with exist_ok=False (the second figure of a
+    run would find no file and be left out of the report)."""
+    from pathlib import Path
+
+    import pandas as pd
+    from harness.analysis.runs import RunTable
+
+    class Client:
+        def download_artifacts(self, run_id, name, dst):
+            p = Path(dst) / name
+            p.write_text(f"{run_id}/{name}")
+            return str(p)
+
+    runs = RunTable(pd.DataFrame(), "e", "sqlite://", client=Client())
+    a, b = runs.artifact("r1", "a.json"), runs.artifact("r1", "b.json")
+    assert a is not None and b is not None and b.read_text() == "r1/b.json" and a.parent == b.parent
+
+
+def test_config_type_names_say_tuples_literals_and_optionals():
+    """Wrong variants: a tuple named without its item type, a Literal's choices lost, an optional
+    not said to accept none."""
+    from typing import Literal, Optional
+
+    from harness.config import _type_name
+
+    assert _type_name(tuple[int, ...]) == "int,..."
+    assert _type_name(Optional[Literal["a", "b"]]) == "a|b or none"  # noqa: UP045 - what dataclasses hold
+    assert _type_name(float) == "float"
+
+
+def test_an_evaluable_without_a_single_step_form_says_which_one():
+    """Wrong variant: the refusal without the class's name (the run's NIR note would say nothing)."""
+    from harness.api import Evaluable
+    from harness.errors import NirUnsupported
+
+    class Mine(Evaluable):
+        def run_batch(self, x, T, meters):  # pragma: no cover - not called
+            raise AssertionError
+
+        def tensors(self):  # pragma: no cover - not called
+            return {}
+
+    with pytest.raises(NirUnsupported, match=r"^Mine does not describe a single-step SpikingJelly form$"):
+        object.__new__(Mine).single_step()
+
+
+def test_the_study_command_prints_states_retries_and_the_front_and_exits_0(monkeypatch, capsys):
+    """The CLI's study summary from a given StudySummary (no trials run). Wrong variants: a failed
+    exit code for a finished study, a retry named without the trial it repeats, states miscounted,
+    the single-objective label for a Pareto front."""
+    import harness.studies
+    from harness.cli import main
+    from harness.studies.spec import StudySummary
+
+    trials = [{"number": 0, "state": "COMPLETE"}, {"number": 1, "state": "FAIL"},
+              {"number": 2, "state": "COMPLETE", "retry_of": 1}, {"number": 3, "state": "PRUNED"}]
+    summary = StudySummary(study_name="s", storage="sqlite:///o.db", objectives=["test/accuracy", "spikes_per_neuron"],
+                           trials=trials, best=[{"number": 2, "values": [0.5, 0.125], "params": {"t_max": 16}}],
+                           reevaluated=[], parent_run_id="p1", tracking_uri="sqlite:///m.db", wall_s=3.25,
+                           recovered=[1])
+    monkeypatch.setattr(harness.studies, "run_study", lambda scfg: summary)
+    assert main(["study", "--method", "ttfs", "--dataset", "digits", "--trials", "4", "--no-progress"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "study s (sqlite:///o.db): 2 complete, 1 fail, 1 pruned; 3.2 s"
+    assert out[1] == "  trials of a dead worker, failed and re-queued: [1]"
+    assert out[2] == "  retries: #2 of #1 (complete)"
+    assert out[3] == "  Pareto front (test/accuracy, spikes_per_neuron):"
+    assert out[4] == "    #2    [0.5, 0.125]  t_max=16"
+
+
+def test_the_python_api_passes_every_argument_on_as_the_cli_would(monkeypatch):
+    """``harness.run`` / ``harness.study`` build the same configs as the command line (runner and
+    study faked: nothing trains). Wrong variants: a dropped argument (seed, track, progress, a
+    setting, the study's sampler, trials or re-evaluation), ``__`` not turned into a chain's ``.``,
+    objects passed as names or names as objects, the grid's values not formatted like --set."""
+    import harness
+    import harness.runner
+    import harness.studies
+
+    seen = {}
+    monkeypatch.setattr(harness.runner, "run", lambda cfg, model, dataset: seen.update(cfg=cfg, model=model,
+                                                                                       dataset=dataset) or "res")
+    net = nn.Linear(2, 2)
+    assert harness.run("prune+rate", model=net, dataset="digits", seed=3, track=False, progress=False,
+                       settings={"epochs": 2}, prune__final_sparsity=0.5, timesteps=16) == "res"
+    cfg = seen["cfg"]
+    assert (cfg.method, cfg.dataset, cfg.seed, cfg.track, cfg.progress, cfg.epochs) == ("prune+rate", "digits", 3,
+                                                                                      False, False, 2)
+    assert cfg.sets == ("prune.final_sparsity=0.5", "timesteps=16")
+    assert seen["model"] is net and seen["dataset"] is None
+    harness.run("ann", model="cnn7", weights="w.pt")
+    assert seen["cfg"].model == "cnn7" and seen["model"] is None and seen["cfg"].weights == "w.pt"
+    assert seen["cfg"].track is True and seen["cfg"].progress is True and seen["cfg"].seed == 0
+
+    monkeypatch.setattr(harness.studies, "run_study", lambda scfg: seen.update(scfg=scfg) or "summary")
+    data = (([0], [0]), ([0], [0]))
+    assert harness.study("rate", trials=5, objectives=["test/accuracy:max", "spikes_per_neuron:min"],
+                         model="cnn7", dataset=data, grid={"timesteps": [8, 16]}, storage="journal:j.log",
+                         study_name="s", n_jobs=2, eval_limit=100, reevaluate=1, seed=4, progress=False,
+                         v_init=0.5) == "summary"
+    s = seen["scfg"]
+    assert (s.trials, s.sampler, s.grid, s.storage, s.study_name, s.n_jobs, s.reevaluate, s.progress) == (
+        5, "grid", {"timesteps": ["8", "16"]}, "journal:j.log", "s", 2, 1, False)
+    assert [str(o) for o in s.objectives] == ["test/accuracy:max", "spikes_per_neuron:min"]
+    assert (s.run.eval_limit, s.run.seed, s.run.track, s.run.sets, s.run.model) == (100, 4, True, ("v_init=0.5",),
+                                                                                    "cnn7")
+    assert s.model_obj is None and s.dataset_obj is data
+    harness.study("rate", trials=2)
+    assert seen["scfg"].sampler == "tpe" and seen["scfg"].grid == {}

@@ -143,7 +143,7 @@ def test_three_workers_on_postgresql_survive_a_worker_killed_in_a_trial(services
 @pytest.mark.slow
 def test_a_missing_database_or_a_closed_port_is_refused_before_any_trial_with_the_servers_message(services):
     from harness.errors import StudyError
-    from harness.study import open_storage
+    from harness.studies import open_storage
 
     from services import free_port
 

@@ -20,7 +20,14 @@ def test_no_function_in_harness_is_80_lines_or_longer():
 
 
 def test_the_study_is_a_package_and_methods_are_one_module_each():
-    assert not (HARNESS / "study.py").exists() and (HARNESS / "study" / "__init__.py").is_file()
+    """The study package is ``studies/``: a submodule named ``study`` would replace the Python API's
+    ``harness.study`` function on the package the moment anything imported it."""
+    assert not (HARNESS / "study.py").exists() and not (HARNESS / "study").exists()
+    assert (HARNESS / "studies" / "__init__.py").is_file()
+    import harness
+    import harness.studies  # noqa: F401 - what the CLI and every study import
+
+    assert callable(harness.study) and harness.study.__module__ == "harness"
     from harness.methods import METHODS
 
     for name in METHODS.names():

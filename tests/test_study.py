@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 from harness.errors import ConfigError, HarnessError, StudyError, UnknownNameError
-from harness.study import (
+from harness.studies import (
     Objective,
     StudyConfig,
     check_metric_key,
@@ -167,7 +167,7 @@ def test_median_pruner_prunes_a_trial_for_its_validation_accuracy(quick):
     a good trial has set the median."""
     import optuna
     from harness.runner import run
-    from harness.study import pruning_callback
+    from harness.studies import pruning_callback
 
     study = optuna.create_study(direction="maximize",
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
@@ -259,7 +259,7 @@ def test_stale_trial_recovery_touches_only_dead_owners_on_this_host():
     import socket
 
     import optuna
-    from harness.study import recover_stale_trials
+    from harness.studies import recover_stale_trials
     from optuna.trial import TrialState
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
@@ -290,7 +290,7 @@ def test_stale_trial_recovery_touches_only_dead_owners_on_this_host():
 
 def test_sampler_names_make_the_samplers_they_say():
     import optuna
-    from harness.study import make_sampler
+    from harness.studies import make_sampler
 
     assert isinstance(make_sampler("tpe", 0, {}), optuna.samplers.TPESampler)
     assert isinstance(make_sampler("nsga2", 0, {}), optuna.samplers.NSGAIISampler)
@@ -305,7 +305,7 @@ def test_sampler_names_make_the_samplers_they_say():
 def test_samplers_are_seeded(name):
     """The same --seed proposes the same parameters; another seed proposes others."""
     import optuna
-    from harness.study import make_sampler
+    from harness.studies import make_sampler
 
     def proposals(seed):
         study = optuna.create_study(sampler=make_sampler(name, seed, {}))
@@ -371,7 +371,7 @@ def _t(number, state, *, user=None, system=None, ended_s_ago=None):
 
 
 def test_finished_trials_are_complete_and_pruned_ones_only():
-    from harness.study import places
+    from harness.studies import places
 
     trials = [_t(0, "COMPLETE"), _t(1, "PRUNED"), _t(2, "FAIL", user={"harness.ended": True}, ended_s_ago=1),
               _t(3, "COMPLETE")]
@@ -379,7 +379,7 @@ def test_finished_trials_are_complete_and_pruned_ones_only():
 
 
 def test_running_and_queued_trials_hold_places_and_surplus_ones_do_not():
-    from harness.study import places
+    from harness.studies import places
 
     trials = [_t(0, "RUNNING"), _t(1, "RUNNING", user={"harness.surplus": True}), _t(2, "WAITING"),
               _t(3, "WAITING", system={"fixed_params": {}})]
@@ -390,7 +390,7 @@ def test_running_and_queued_trials_hold_places_and_surplus_ones_do_not():
 def test_a_trial_that_just_died_holds_its_place_until_its_retry_exists_or_its_window_ends():
     """Optuna's heartbeat fails a stale trial first and queues its retry after: in between, the dead
     trial keeps its place, so no new trial takes it (the retry would then never run)."""
-    from harness.study import places
+    from harness.studies import places
 
     dead = _t(1, "FAIL", ended_s_ago=29.0)  # failed by the heartbeat, not by the harness: no harness.ended
     assert places([_t(0, "COMPLETE"), dead], None, 30, NOW) == (1, 1)
@@ -405,7 +405,7 @@ def test_a_trial_that_just_died_holds_its_place_until_its_retry_exists_or_its_wi
 
 
 def test_queued_trials_come_before_new_ones_and_then_by_number():
-    from harness.study import place_key, places
+    from harness.studies import place_key, places
 
     retry, requeued, new5, new2 = (_t(7, "WAITING", system={"failed_trial": 3}),
                                    _t(8, "WAITING", system={"fixed_params": {"x": 1}}), _t(5, "RUNNING"),
@@ -422,7 +422,7 @@ def test_a_worker_waits_for_running_trials_of_others_and_starts_none_past_the_ta
     """2 wanted, 1 finished, 1 running elsewhere: the worker waits (with heartbeats, the running one
     may die and come back as a retry to run), starts nothing, and leaves once 2 have finished;
     without heartbeats nothing would tell it, so it leaves at once."""
-    from harness.study import workers
+    from harness.studies import workers
 
     counts = iter([(1, 1), (1, 1), (2, 0)])  # (finished, holding a place) as the study changes
     monkeypatch.setattr(workers, "study_places", lambda *a, **k: next(counts))
@@ -444,7 +444,7 @@ def test_a_worker_waits_for_running_trials_of_others_and_starts_none_past_the_ta
 
 
 def test_a_worker_starts_only_as_many_trials_as_places_are_free(monkeypatch):
-    from harness.study import workers
+    from harness.studies import workers
 
     counts = iter([(1, 1), (4, 0)])
     monkeypatch.setattr(workers, "study_places", lambda *a, **k: next(counts))
@@ -498,7 +498,7 @@ def test_runs_left_running_by_a_killed_process_are_marked_failed_on_resume(quick
 
 def test_a_worker_runs_the_same_study_command_without_workers_output_or_progress():
     from harness.cli import STUDY_PARSER, build_parser
-    from harness.study import worker_argv
+    from harness.studies import worker_argv
 
     parser = build_parser()
     args = parser.parse_args(["study", "--method", "ttfs", "-s", "t_max=16", "--set", "fig2=false", "--workers", "3",
@@ -570,7 +570,7 @@ def test_workers_share_the_cores_for_their_threads(monkeypatch, cores, workers, 
     """N workers on C cores get ⌊C/N⌋ threads each, at least 1; one worker keeps torch's default;
     a user's OMP_NUM_THREADS is left alone."""
     import torch
-    from harness.study import workers as w
+    from harness.studies import workers as w
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(w.os, "sched_getaffinity", lambda pid: set(range(cores)))

@@ -1,6 +1,6 @@
 """A study's MLflow runs: the parent run every trial's run nests under (found again on resume and
 by every worker), trial runs left behind by dead processes, pruned trials' runs, and the parent's
-summary when the study ends (see :mod:`harness.study`)."""
+summary when the study ends (see :mod:`harness.studies`)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Dead workers and interrupted trials: stale trials failed and retried once, journal trials of
-dead processes re-queued, an interrupted trial's parameters queued again (see :mod:`harness.study`)."""
+dead processes re-queued, an interrupted trial's parameters queued again (see :mod:`harness.studies`)."""
 
 from __future__ import annotations
 

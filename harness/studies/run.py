@@ -1,4 +1,4 @@
-"""``run_study``: the orchestration of one study process (see :mod:`harness.study`)."""
+"""``run_study``: the orchestration of one study process (see :mod:`harness.studies`)."""
 
 from __future__ import annotations
 

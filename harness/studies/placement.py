@@ -1,11 +1,11 @@
 """Which trial may run: the study's places, as pure functions of the trials and the time (see
-:mod:`harness.study`).
+:mod:`harness.studies`).
 
 The study ends when ``--trials`` trials have finished (complete or pruned), whichever worker ran
 them. A worker starts a trial only while the finished trials and the trials *holding a place* are
 fewer than that. A place is held by
 
-* a running trial (but a surplus one: see :class:`harness.study.trial.SurplusTrial`);
+* a running trial (but a surplus one: see :class:`harness.studies.trial.SurplusTrial`);
 * a queued trial (a retry, a re-queued interrupted trial, ``enqueue_trial``) — when counting for a
   new trial; a worker deciding whether to start at all (``queued=False``) lets Optuna pop them;
 * a trial that died moments ago and whose retry is not queued yet. Optuna's heartbeat fails a

@@ -1,5 +1,5 @@
 """What a study searches: its objectives, sampler, grid and settings, checked before any trial,
-and the summary it returns (see :mod:`harness.study`)."""
+and the summary it returns (see :mod:`harness.studies`)."""
 
 from __future__ import annotations
 

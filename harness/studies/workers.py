@@ -1,4 +1,4 @@
-"""Worker processes on this machine and the loop each worker runs (see :mod:`harness.study`)."""
+"""Worker processes on this machine and the loop each worker runs (see :mod:`harness.studies`)."""
 
 from __future__ import annotations
 

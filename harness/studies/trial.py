@@ -1,4 +1,4 @@
-"""One trial: a whole harness run under the study's parent MLflow run (see :mod:`harness.study`)."""
+"""One trial: a whole harness run under the study's parent MLflow run (see :mod:`harness.studies`)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Where a study lives: Optuna storages (RDB URLs, journal files), samplers, and a study opened
-and checked against what this command asks (see :mod:`harness.study`)."""
+and checked against what this command asks (see :mod:`harness.studies`)."""
 
 from __future__ import annotations
 
