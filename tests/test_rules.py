@@ -184,7 +184,7 @@ def test_set_values_go_to_the_last_method_unless_addressed():
 
     classes = resolve("prune+ttfs")
     assert split_sets({"t_max": "8", "prune.epochs": "2"}, classes) == [{"epochs": "2"}, {"t_max": "8"}]
-    with pytest.raises(UnknownNameError, match="unknown method in --set 'rate.timesteps'"):
+    with pytest.raises(UnknownNameError, match=r"unknown method in --set 'rate\.timesteps'"):
         split_sets({"rate.timesteps": "8"}, classes)
 
 
@@ -390,3 +390,59 @@ def test_the_python_api_passes_every_argument_on_as_the_cli_would(monkeypatch):
     assert s.model_obj is None and s.dataset_obj is data
     harness.study("rate", trials=2)
     assert seen["scfg"].sampler == "tpe" and seen["scfg"].grid == {}
+
+
+SEARCH_SPACES = {  # what `harness study` samples per method (a change here changes every study): range or choices
+    "rate": {"timesteps": (16, 32, 64, 128), "scale_firing_rates": (0.5, 100, "log"),
+             "synapse": (1e-4, 0.05, "log"), "use_synapse": (False, True), "percentile": (99.0, 100.0),
+             "v_init": (0.0, 0.5)},
+    "prune": {"final_sparsity": (0.0, 0.95)},
+    "surrogate": {"timesteps": (1, 8), "surrogate": ("triangle", "fast-sigmoid", "arctan", "sigmoid"),
+                  "width": (0.1, 4.0, "log"), "height": (0.1, 4.0, "log"), "tau": (1.5, 10.0)},
+    "sharpen": {"activation": ("brelu", "sigmoid"), "bottom_up": (True, False), "n_hot": (1, 4, 10),
+                "optimizer": ("adam", "rmsprop")},
+    "ttfs": {"t_max": (8, 16, 32, 64, 128), "percentile": (99.0, 100.0), "threshold_scale": (0.5, 1.5)},
+}
+SEARCH_SPACES["layer-scaling"] = {**SEARCH_SPACES["rate"], "boost": (1.5, 16, "log")}
+
+
+class _Picking:
+    """An Optuna trial that answers every suggestion with one end of its range (or choices) and
+    records what was asked."""
+
+    def __init__(self, end: int):
+        self.end, self.asked = end, {}
+
+    def suggest_float(self, name, low, high, log=False, step=None):
+        self.asked[name] = (low, high, "log") if log else (low, high)
+        return (low, high)[self.end]
+
+    def suggest_int(self, name, low, high, log=False, step=1):
+        self.asked[name] = (low, high)
+        return (low, high)[self.end]
+
+    def suggest_categorical(self, name, choices):
+        self.asked[name] = tuple(choices)
+        return choices[self.end]
+
+
+@pytest.mark.parametrize("method", sorted(SEARCH_SPACES))
+@pytest.mark.parametrize("end", [0, -1])
+def test_each_method_searches_its_documented_space_and_uses_what_was_sampled(method, end):
+    """Wrong variants: a parameter dropped from the space (its default used in every trial), a
+    range or a log scale changed, a sampled value not passed to the method's parameters."""
+    from harness.methods import METHODS
+
+    trial = _Picking(end)
+    params = METHODS.get(method).search_space(trial)
+    assert trial.asked == SEARCH_SPACES[method]
+    def picked(space):  # a range's end or the first/last choice: what _Picking answered
+        return (space[:2] if space[-1] == "log" else space)[end]
+
+    for name, space in SEARCH_SPACES[method].items():
+        if name == "use_synapse":
+            continue
+        want = picked(space)
+        if name == "synapse":  # sampled, and used only where use_synapse says so
+            want = want if picked(SEARCH_SPACES[method]["use_synapse"]) else None
+        assert getattr(params, name) == want, name

@@ -308,3 +308,253 @@ def test_without_heartbeats_a_worker_leaves_when_the_rest_are_running_elsewhere(
     study.ask({"x": X})  # another worker's trial, running
     workers.work(study, lambda t: 0.0, 2, 1, stale=None, grace_s=60.0, on_trial_end=lambda s, t: None, bar=_Bar())
     assert len(study.trials) == 2
+
+
+# --- trial.py -----------------------------------------------------------------------------------
+
+class _RunTracker(_Tracker):
+    def __init__(self):
+        super().__init__()
+        self.started = []
+
+    def start_run(self, name, tags, parent_run_id=None):
+        self.started.append((name, dict(tags), parent_run_id))
+        return f"run{len(self.started)}"
+
+
+def _runner(monkeypatch, outcome, objectives=("test/accuracy:max",), target=5, grid=None):
+    """A TrialRunner over an in-memory study whose harness run is ``outcome`` (metrics, or an
+    exception to raise)."""
+    from harness import runner
+    from harness.methods import resolve
+    from harness.studies.trial import TrialRunner
+
+    calls = []
+
+    def run(cfg, **kw):
+        calls.append((cfg, kw))
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return SimpleNamespace(metrics=outcome, tracking={"run_id": kw.get("run_id")})
+
+    monkeypatch.setattr(runner, "run", run)
+    scfg = _scfg(objectives=list(objectives), grid=grid or {"timesteps": ["8"]}, sampler="grid")
+    study = optuna.create_study(directions=[o.direction for o in scfg.objectives])
+    tr = TrialRunner(scfg=scfg, study=study, name="s", classes=resolve("rate"), run_cfg=scfg.run,
+                     tracker=_RunTracker(), parent_id="parent", worker=2, sampler_seed=11, target=target,
+                     grace_s=60.0, prune=False, fixed={"v_init": "0.5"})
+    return tr, study, calls
+
+
+def test_a_trial_is_one_run_under_the_parent_with_its_sets_and_who_ran_it(monkeypatch):
+    """Wrong variants: the fixed sets or the grid cell not passed to the run, the run not nested
+    under the parent, the worker, seed or owner not recorded, a single objective returned as a list."""
+    tr, study, calls = _runner(monkeypatch, {"test/accuracy": 0.75})
+    study.optimize(tr, n_trials=1)
+    t = study.trials[0]
+    assert t.state == TrialState.COMPLETE and t.value == 0.75
+    cfg, kw = calls[0]
+    assert cfg.sets == ("timesteps=8", "v_init=0.5") and kw["parent_run_id"] == "parent" and kw["run_id"] == "run1"
+    name, tags, parent = tr.tracker.started[0]
+    assert (name, parent) == ("s/trial-000", "parent")
+    assert tags == {"harness.study": "s", "optuna.trial_number": 0, "optuna.trial_state": "RUNNING", "harness.worker": 2}
+    assert kw["tags"]["optuna.trial_state"] == "COMPLETE" and kw["tags"]["mlflow.runName"] == "s/trial-000"
+    u = t.user_attrs
+    assert (u["harness.worker"], u["harness.sampler_seed"], u["harness.ended"], u["mlflow_run_id"]) == (2, 11, True, "run1")
+    assert u["harness.owner"].startswith(socket.gethostname() + ":") and u["harness.sets"] == {"timesteps": "8",
+                                                                                                 "v_init": "0.5"}
+
+
+def test_a_multi_objective_trial_returns_every_objective_in_order(monkeypatch):
+    tr, study, _ = _runner(monkeypatch, {"test/accuracy": 0.5, "spikes_per_neuron": 0.25},
+                           objectives=("test/accuracy:max", "spikes_per_neuron:min"))
+    study.optimize(tr, n_trials=1)
+    assert study.trials[0].values == [0.5, 0.25]
+
+
+def test_a_trial_past_the_target_is_refused_unrun(monkeypatch):
+    """Wrong variant: ``>`` for ``>=`` (one trial more than --trials would run)."""
+    from harness.studies.trial import SurplusTrial
+
+    tr, study, calls = _runner(monkeypatch, {"test/accuracy": 0.5}, target=1)
+    study.optimize(tr, n_trials=1)
+    study.optimize(tr, n_trials=1, catch=(SurplusTrial,))
+    assert len(calls) == 1 and study.trials[1].state == TrialState.FAIL
+    assert study.trials[1].user_attrs["harness.surplus"] is True
+
+
+def test_a_run_without_the_objective_fails_its_trial_naming_it(monkeypatch):
+    tr, study, _ = _runner(monkeypatch, {"spikes_per_neuron": 0.1})
+    with pytest.raises(StudyError, match="objective 'test/accuracy': rate runs do not write this metric"):
+        study.optimize(tr, n_trials=1)
+    assert tr.tracker.ended[-1][:3] == ("run1", "FAILED", "it does not write the objective test/accuracy")
+
+
+def test_a_diverged_run_is_a_pruned_trial_with_its_reason(monkeypatch):
+    """Wrong variant: a diverged run counted as a failure (the pruner would learn nothing) or its
+    run closed without the reason."""
+    from harness.errors import DivergedError
+    from harness.tracking import studies
+
+    pruned = []
+    monkeypatch.setattr(studies, "log_pruned", lambda tracker, run_id, sets, reason, reported:
+                        pruned.append((run_id, sets, reason)))
+    tr, study, _ = _runner(monkeypatch, DivergedError("loss is NaN at epoch 2"))
+    study.optimize(tr, n_trials=1)
+    assert study.trials[0].state == TrialState.PRUNED
+    assert pruned == [("run1", {"timesteps": "8", "v_init": "0.5"}, "loss is NaN at epoch 2")]
+
+
+def test_an_interrupted_trial_is_killed_requeued_and_says_how_to_resume(monkeypatch):
+    import signal
+
+    from harness.errors import Interrupted
+
+    exc = Interrupted(signal.SIGINT)
+    assert exc.note is None and exc.exit_code == 130 and str(exc) == "SIGINT"
+    tr, study, _ = _runner(monkeypatch, exc)
+    with pytest.raises(Interrupted):
+        study.optimize(tr, n_trials=1)
+    run_id, status, reason, tags = tr.tracker.ended[-1]
+    assert (run_id, status, tags) == ("run1", "KILLED", {"optuna.trial_state": "FAIL"})
+    assert reason.startswith("interrupted by SIGINT")
+    assert study.trials[0].state == TrialState.FAIL and len(study.get_trials(states=(TrialState.WAITING,))) == 1
+    assert "trial 0's MLflow run was marked KILLED" in exc.note and "run the same command again" in exc.note
+
+
+def test_a_run_that_raises_fails_its_trial_with_the_error(monkeypatch):
+    tr, study, _ = _runner(monkeypatch, ValueError("bad"))
+    with pytest.raises(ValueError):
+        study.optimize(tr, n_trials=1)
+    assert tr.tracker.ended[-1] == ("run1", "FAILED", "ValueError: bad", {"optuna.trial_state": "FAIL"})
+
+
+def test_a_retry_closes_its_dead_predecessors_run_and_says_what_it_retries(monkeypatch):
+    """Wrong variants: the dead trial's run left RUNNING, the retry not tagged with the trial it
+    repeats."""
+    tr, study, _ = _runner(monkeypatch, {"test/accuracy": 0.5})
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params={"timesteps": "8"},
+        distributions={"timesteps": optuna.distributions.CategoricalDistribution(["8"])},
+        user_attrs={"mlflow_run_id": "dead-run"}, system_attrs={"failed_trial": 7}))
+    study.optimize(tr, n_trials=1)
+    assert tr.tracker.started[0][1]["harness.retry_of"] == 7
+    assert ("dead-run", "FAILED", None, {"harness.retried_as": 0}) in tr.tracker.ended
+
+
+def test_a_trial_record_says_what_a_summary_needs():
+    from harness.studies.trial import trial_record
+
+    study = optuna.create_study()
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.COMPLETE, value=0.5, params={"x": 0.25}, distributions={"x": X},
+        user_attrs={"harness.sets": {"x": "0.25"}, "mlflow_run_id": "r", "harness.worker": 1,
+                    "harness.sampler_seed": 9}, system_attrs={"failed_trial": 3}))
+    rec = trial_record(study.trials[0])
+    assert rec == {"number": 0, "state": "COMPLETE", "values": [0.5], "params": {"x": 0.25}, "sets": {"x": "0.25"},
+                   "mlflow_run_id": "r", "duration_s": rec["duration_s"], "retry_of": 3, "worker": 1,
+                   "sampler_seed": 9}
+
+
+def test_a_chain_trial_samples_each_method_under_its_prefix_and_keeps_only_changes():
+    """Wrong variants: a transform's parameters without its ``prune.`` prefix, defaults written as
+    sets, fixed values losing to sampled ones."""
+    from harness.methods import resolve
+    from harness.studies.trial import trial_sets
+
+    classes = resolve("prune+ttfs")
+    trial = optuna.trial.FixedTrial({"final_sparsity": 0.5, "t_max": 16, "percentile": 99.0,
+                                     "threshold_scale": 1.0})
+    defaults = classes[-1].Params()
+    sets = trial_sets(trial, classes, {}, {"t_max": "64"})
+    # ttfs's space also turns its figures off in trials (fig2, t_max_sweep): not defaults, so written
+    want = {"prune.final_sparsity": "0.5", "t_max": "64", "fig2": "false", "t_max_sweep": ""}
+    if defaults.percentile != 99.0:
+        want["percentile"] = "99.0"
+    if defaults.threshold_scale != 1.0:
+        want["threshold_scale"] = "1.0"
+    assert sets == want
+
+
+# --- run.py: a whole study with the harness run faked (no training: the cost is the MLflow store) --
+
+def _fake_runs(monkeypatch, metrics, calls):
+    from harness import runner
+
+    def run(cfg, **kw):
+        calls.append((cfg, kw))
+        if isinstance(metrics, BaseException):
+            raise metrics
+        acc = {"8": 0.25, "16": 0.75, "32": 0.5}[dict(s.split("=") for s in cfg.sets)["timesteps"]]
+        return SimpleNamespace(metrics={**metrics, "test/accuracy": acc}, tracking={"run_id": kw.get("run_id")})
+
+    monkeypatch.setattr(runner, "run", run)
+    monkeypatch.setattr("harness.tracking.studies.PARENT_SETTLE_S", 0.0)
+
+
+def test_a_grid_study_runs_each_cell_once_reevaluates_the_best_and_closes_its_parent(monkeypatch, tmp_path):
+    """Wrong variants: a grid run past its number of cells, the best trial not re-evaluated on the
+    full test set (eval_limit 0) when trials used a slice, a grid trial given a pruner, the parent
+    left RUNNING, the summary JSON without its schema or with the password."""
+    import json
+    import os
+
+    from harness.studies import run_study
+    from mlflow.tracking import MlflowClient
+
+    calls = []
+    _fake_runs(monkeypatch, {}, calls)
+    run = RunConfig.build(method="rate", dataset="digits", progress=False, track=True, eval_limit=50)
+    scfg = StudyConfig(run=run, trials=10, sampler="grid", grid={"timesteps": ["8", "16", "32"]}, progress=False,
+                       storage=f"sqlite:///{tmp_path / 'o.db'}", study_name="g", reevaluate=1,
+                       output_json=str(tmp_path / "s.json"))
+    summary = run_study(scfg)
+    trial_calls = [c for c in calls if "run_id" in c[1]]
+    assert len(trial_calls) == 3 and all(c[1]["fit_callbacks"] == [] for c in trial_calls)  # no pruning in a grid
+    assert sorted(t["params"]["timesteps"] for t in summary.trials) == ["16", "32", "8"]
+    (best,) = summary.best
+    assert best["params"] == {"timesteps": "16"} and best["values"] == [0.75]
+    (again,) = [c for c in calls if "run_id" not in c[1]]
+    assert again[0].eval_limit == 0 and again[1]["tags"]["harness.reevaluated_trial"] == best["number"]
+    assert summary.reevaluated[0]["metrics"] == {"test/accuracy": 0.75}
+    parent = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(summary.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials_complete"] == 3
+    record = json.loads((tmp_path / "s.json").read_text())
+    assert record["schema"] == "snn-harness/study/1" and record["study_name"] == "g" and len(record["trials"]) == 3
+
+
+def test_a_tpe_study_on_accuracy_prunes_trials_of_methods_that_train(monkeypatch, tmp_path):
+    """Wrong variant: the pruner's callback not given to a training method's trials (the pruner
+    never sees a curve). ``prune`` trains; its trials get one callback each."""
+    from harness.studies import run_study
+
+    calls = []
+    _fake_runs(monkeypatch, {}, calls)
+    run = RunConfig.build(method="prune+rate", dataset="digits", progress=False, track=True,
+                          sets=("timesteps=8",))
+    summary = run_study(StudyConfig(run=run, trials=2, sampler="random", progress=False,
+                                    storage=f"sqlite:///{tmp_path / 'o.db'}", study_name="p", reevaluate=0))
+    assert len(summary.trials) == 2 and [len(c[1]["fit_callbacks"]) for c in calls] == [1, 1]
+    assert summary.reevaluated == []  # no --eval-limit: the trials saw the full test set
+
+
+def test_an_interrupted_study_closes_its_parent_killed_and_says_how_to_resume(monkeypatch, tmp_path):
+    import os
+    import signal
+
+    from harness.errors import Interrupted
+    from harness.studies import run_study
+    from mlflow.tracking import MlflowClient
+
+    calls = []
+    _fake_runs(monkeypatch, Interrupted(signal.SIGTERM), calls)
+    run = RunConfig.build(method="rate", dataset="digits", progress=False, track=True)
+    scfg = StudyConfig(run=run, trials=2, sampler="grid", grid={"timesteps": ["8", "16"]}, progress=False,
+                       storage=f"sqlite:///{tmp_path / 'o.db'}", study_name="i")
+    with pytest.raises(Interrupted) as e:
+        run_study(scfg)
+    assert "run the same command again to resume" in e.value.note
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    (parent,) = client.search_runs([x.experiment_id for x in client.search_experiments()],
+                                   filter_string="tags.`harness.kind` = 'study'")
+    assert parent.info.status == "KILLED" and parent.data.tags["harness.interrupted"] == "SIGTERM"
