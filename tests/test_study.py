@@ -572,7 +572,8 @@ def test_workers_share_the_cores_for_their_threads(monkeypatch, cores, workers, 
     import torch
     from harness.studies import workers as w
 
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # the user's shell may set them
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(w.os, "sched_getaffinity", lambda pid: set(range(cores)))
     before = torch.get_num_threads()
     try:
