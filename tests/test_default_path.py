@@ -26,6 +26,7 @@ FAST = {  # the least work that still runs every stage of each method
     "ann": (),
     "rate": ("timesteps=4",),
     "layer-scaling": ("timesteps=4", "eval_samples=30"),
+    "qcfs": ("epochs=1", "timesteps=4", "calibration_samples=100"),
     "ttfs": ("t_max=8", "t_max_sweep=4,8", "fig2_t_max=8", "fig2_fractions=0.5", "fig2_samples=20"),
     "surrogate": ("epochs=1", "timesteps=2"),
     "sharpen": ("epochs=1",),

@@ -1,0 +1,184 @@
+"""qcfs — conversion at a few time steps: the ANN trained with the quantisation-clip-floor-shift
+activation, then converted to integrate-and-fire neurons (Bu et al., ICLR 2022, "Optimal ANN-SNN
+conversion for high-accuracy and ultra-low-latency spiking neural networks").
+
+Every ReLU of the traced ANN is replaced by
+
+    QCFS(x) = λ · clip(⌊x·L/λ + ½⌋ / L, 0, 1)
+
+with ``levels`` L and a trainable λ per layer, and the network is fine-tuned for ``epochs`` epochs
+from the trained ReLU ANN (the run's baseline, which stays the ReLU ANN). The floor passes its
+gradient straight through; λ gets the gradient of λ·clip(x/λ, 0, 1) with the quantisation held
+fixed: ``q − x/λ`` inside the range, 1 above it, 0 below (the paper's). λ starts from the
+``percentile`` of the ReLU ANN's positive activations (the ``rate`` calibration), not a constant,
+so that training starts from a network that already works.
+
+The converted network is ``rate``'s: reset by subtraction, threshold λ_l, initial membrane λ_l/2
+(``v_init`` 0.5: the shift φ = ½ of the activation), input as a constant current, readout
+``membrane``. With T = L and a constant input, a layer's spike count is then exactly
+L·QCFS(x)/λ for the first spiking layer (the identity the tests check); for T ≠ L and deeper
+layers the error is the paper's unevenness error, which is zero in expectation.
+
+Max pooling does not convert (a spiking max pool over-counts: see ``rate``). With ``maxpool=avg``
+(the default, as the QCFS paper trains its VGGs) every max pool is replaced by an average pool
+of the same window before fine-tuning, in the QCFS ANN and its SNN alike (the run records it as
+``qcfs/maxpool_replaced``); ``maxpool=max`` keeps it and converts it as ``rate`` does.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..api import Preparation
+from ..calibration import calibrate_scales
+from ..config import ConfigError, param
+from ..graph import Kind, register_module_kind
+from ..metrics import MetricSpec
+from .rate import LAYER_METRICS, Rate, RateEvaluable, RateModel, RateParams
+
+
+class QCFS(nn.Module):
+    """λ · clip(⌊x·L/λ + ½⌋ / L, 0, 1), λ trainable (see the module docstring for its gradients)."""
+
+    def __init__(self, lam: float, levels: int):
+        super().__init__()
+        self.lam = nn.Parameter(torch.tensor(float(lam)))
+        self.levels = int(levels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lam = self.lam.abs().clamp_min(1e-6)  # a step through 0 must neither flip λ nor divide by 0
+        y = torch.clamp(x / lam, 0.0, 1.0)
+        q = torch.floor(y * self.levels + 0.5) / self.levels
+        return (y + (q - y).detach()) * lam
+
+    @property
+    def threshold(self) -> float:
+        return float(self.lam.detach().abs().clamp_min(1e-6))
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}, lam={self.threshold:.4g}"
+
+
+register_module_kind(QCFS, Kind.NEURON)  # traced as the network's neurons: rate converts them to IF
+
+
+@dataclass(frozen=True)
+class QCFSParams(RateParams):
+    timesteps: int = param(8, "simulation length T (time steps of dt)", low=1, high=1_000_000)
+    levels: int = param(8, "L: quantisation levels of the activation (the paper: 4–16)", low=1, high=1024)
+    epochs: int = param(10, "fine-tuning epochs of the QCFS ANN (from the trained ReLU ANN)", low=0)
+    lr: float = param(1e-3, "fine-tuning learning rate (Adam)", low=0, low_open=True)
+    lam_lr: float = param(1e-2, "learning rate of the thresholds λ", low=0)
+    maxpool: Literal["avg", "max"] = param("avg", "max pooling trained and converted as average pooling, or kept")
+
+
+def replace_maxpools(gm: torch.fx.GraphModule, graph) -> list[str]:
+    """Every max pool of ``graph`` (module or ``F.max_pool2d``) as an average pool of the same
+    window, in ``gm``; returns the ops replaced."""
+    from ..graph import set_module
+
+    done = []
+    for op in graph.of(Kind.MAXPOOL):
+        if op.module is not None:
+            m = op.module
+            if getattr(m, "dilation", 1) not in (1, (1, 1)) or getattr(m, "return_indices", False):
+                raise ConfigError(f"qcfs: {op.describe()} (dilated, or returning indices) has no average pool "
+                                  "equivalent; use --set maxpool=max")
+            pool = nn.AvgPool2d(m.kernel_size, m.stride, m.padding, ceil_mode=m.ceil_mode, count_include_pad=False)
+            set_module(gm, op.node, op.node.target if op.node.op == "call_module" else f"{op.name}_avg", pool)
+        else:
+            a, kw = op.node.args, op.node.kwargs
+            kernel = a[1] if len(a) > 1 else kw["kernel_size"]
+            stride = (a[2] if len(a) > 2 else kw.get("stride")) or kernel
+            padding = (a[3] if len(a) > 3 else kw.get("padding")) or 0
+            set_module(gm, op.node, f"{op.name}_avg", nn.AvgPool2d(kernel, stride, padding, count_include_pad=False))
+        done.append(op.name)
+    gm.recompile()
+    return done
+
+
+def install_qcfs(gm: torch.fx.GraphModule, graph, lams: dict[str, float], levels: int) -> dict[str, QCFS]:
+    """A QCFS module on every neuron op of ``graph`` (in ``gm``), λ from ``lams``; keyed by op name."""
+    from ..graph import set_module
+
+    out = {}
+    for op in graph.neurons:
+        target = op.node.target if op.node.op == "call_module" else f"{op.name}_qcfs"
+        module = QCFS(lams.get(op.name, 1.0), levels)
+        set_module(gm, op.node, str(target), module)
+        out[op.name] = module
+    gm.recompile()
+    return out
+
+
+class Qcfs(Rate):
+    name = "qcfs"
+    default_model = "vgg-small"
+    trains = True
+    smoke_sets = {"timesteps": "4", "epochs": "1"}
+    Params = QCFSParams
+    metrics = LAYER_METRICS + (
+        MetricSpec("qcfs/ann/test/accuracy", "test accuracy of the QCFS ANN (the network that is converted)",
+                   "fraction", "max", 0, 1),
+        MetricSpec("qcfs/maxpool_replaced", "max pools trained and converted as average pools", "count", None, 0),
+        MetricSpec("qcfs/train/loss", "fine-tuning loss per epoch", "nats", "min", 0, curve=True),
+        MetricSpec("qcfs/train/accuracy", "fine-tuning accuracy per epoch", "fraction", "max", 0, 1, curve=True),
+        MetricSpec("qcfs/val/loss", "validation loss per epoch", "nats", "min", 0, curve=True),
+        MetricSpec("qcfs/val/accuracy", "validation accuracy per epoch", "fraction", "max", 0, 1, curve=True),
+    )
+
+    @classmethod
+    def search_space(cls, trial):
+        return QCFSParams(timesteps=trial.suggest_categorical("timesteps", [2, 4, 8, 16, 32]),
+                          levels=trial.suggest_categorical("levels", [2, 4, 8, 16]),
+                          lr=trial.suggest_float("lr", 1e-4, 3e-3, log=True))
+
+    def prepare(self, ctx, ann, params) -> Preparation:
+        from ..graph import trace
+        from ..training import fit
+
+        relu = trace(copy.deepcopy(ann).cpu().eval(), ctx.dataset.input_shape)
+        gm = relu.gm
+        replaced = replace_maxpools(gm, relu) if params.maxpool == "avg" else []
+        graph = trace(gm, ctx.dataset.input_shape)
+        x, _ = ctx.dataset.subset("train", params.calibration_samples)
+        lams = calibrate_scales(graph.folded(), torch.from_numpy(x), params.normalization, params.percentile,
+                                seed=ctx.seed)
+        install_qcfs(gm, graph, lams, params.levels)
+        module = _QCFSClassifier(gm.train(), lr=params.lr, lam_lr=params.lam_lr)
+        if params.epochs:
+            fit(ctx, module, params.epochs, stage="qcfs")
+        net = module.model.eval()
+        alone = ctx.evaluate(net, desc="evaluate QCFS ANN", what="the QCFS ANN")
+        converted = trace(net, ctx.dataset.input_shape).folded()
+        thresholds = {op.name: qcfs_of(op).threshold for op in converted.neurons}
+        ev = RateEvaluable(RateModel(converted, thresholds), params, label=self.name)
+        metrics = {f"layer/{n}/lambda": lam for n, lam in thresholds.items()}
+        metrics.update({"qcfs/ann/test/accuracy": alone.metrics["test/accuracy"],
+                        "qcfs/maxpool_replaced": float(len(replaced))})
+        return Preparation(ev, metrics=metrics, step_metrics={f"qcfs/{k}": v for k, v in module.history.items()})
+
+
+def qcfs_of(op) -> QCFS:
+    if not isinstance(op.module, QCFS):
+        raise ConfigError(f"qcfs: {op.describe()} is a neuron op without a QCFS activation")
+    return op.module
+
+
+def _QCFSClassifier(model: nn.Module, lr: float, lam_lr: float):
+    """The harness's Classifier with the thresholds λ in their own parameter group."""
+    from ..training import Classifier
+
+    class QCFSClassifier(Classifier):
+        def configure_optimizers(self):
+            lam = [p for n, p in self.model.named_parameters() if n.endswith(".lam") or n == "lam"]
+            ids = {id(p) for p in lam}
+            rest = [p for p in self.model.parameters() if id(p) not in ids]
+            return torch.optim.Adam([{"params": rest, "lr": self.lr}, {"params": lam, "lr": lam_lr}])
+
+    return QCFSClassifier(model, lr=lr)
