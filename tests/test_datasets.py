@@ -256,7 +256,8 @@ def test_idx_dimension_counts_from_1_to_4_are_read_others_refused(tmp_path, ndim
 def test_idx_of_another_element_type_is_refused(tmp_path):
     p = tmp_path / "signed"
     p.write_bytes(b"\x00\x00\x09\x01" + struct.pack(">I", 3) + bytes(3))  # 0x09: signed bytes
-    with pytest.raises(DataError, match="bad IDX magic number 00000901"):
+    with pytest.raises(DataError, match=r"signed: bad IDX magic number 00000901 \(expected 000008 \+ dims, unsigned "
+                                        r"bytes\); not an IDX image/label file$"):
         read_idx(p)
 
 

@@ -80,6 +80,27 @@ def test_what_nir_cannot_hold_is_refused_naming_the_method_and_op(body, needle):
         chain_sequential(graph, "mymethod", lambda op: op.module, _if)
 
 
+def test_a_batchnorm_after_a_linear_layer_is_fused_into_it():
+    class Dense(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.bn, self.act, self.fc2 = nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.fc2(self.act(self.bn(self.fc1(x))))
+
+    net = Dense().eval()
+    with torch.no_grad():
+        net.bn.running_mean.copy_(torch.tensor([0.5, -1.0, 2.0]))
+        net.bn.running_var.copy_(torch.tensor([4.0, 0.25, 1.0]))
+    graph = trace(net, (4,))
+    form = chain_sequential(graph, "m", lambda op: op.module, _if)
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        assert torch.allclose(form.sequential[0](x), net.bn(net.fc1(x)), atol=1e-5)
+    assert [type(m) for m in form.sequential] == [nn.Linear, neuron.IFNode, nn.Linear]
+
+
 def test_a_chain_without_a_spiking_neuron_is_refused():
     graph = trace(_Chain().eval(), (1, 8, 8))
     with pytest.raises(NirUnsupported, match="no spiking neuron"):
@@ -100,6 +121,8 @@ def test_neuron_nodes_keep_the_dynamics_and_reset_to_zero():
                                            step_mode="m"), op, "m")
     assert isinstance(lif, neuron.LIFNode) and lif.step_mode == "s"
     assert (lif.tau, lif.decay_input, lif.v_threshold, lif.v_reset) == (3.0, False, 0.7, 0.0)
+    hard = spikingjelly_node(neuron.LIFNode(tau=2.0, v_reset=-0.5, step_mode="m"), op, "m")
+    assert hard.v_reset == -0.5
     wrapped = nn.Module()
     wrapped.node = neuron.IFNode(v_threshold=1.5, v_reset=-0.25)
     node = spikingjelly_node(wrapped, op, "m")
@@ -161,6 +184,8 @@ def test_a_network_with_a_single_step_form_is_saved_and_exported(tmp_path):
     assert saved["meta"]["nir_notes"] == ["reset differs"] and saved["meta"]["nir_unsupported"] is None
     assert torch.equal(saved["state_dict"]["w"], torch.ones(2)) and isinstance(saved["sequential"], nn.Sequential)
     assert "fc1" in nir.read(str(tmp_path / "network.nir")).nodes
+    _, plain = save_network(_Ev(SingleStep(_seq(), ["flatten", "fc1", "lif1", "fc2"])), META, tmp_path / ".")
+    assert plain == {"nir_export": "exported"}  # no caveats: nothing in brackets
 
 
 @pytest.mark.parametrize("fail,note", [

@@ -503,3 +503,47 @@ def test_a_point_tied_on_one_objective_and_worse_on_the_other_is_off_the_front()
 
     pts = np.array([[0.95, 20.0], [0.95, 25.0], [0.9, 10.0], [0.85, 10.0], [0.9, 10.0]])
     assert pareto_mask(pts, (True, False)).tolist() == [True, False, True, False, True]
+
+
+def test_the_reproduction_table_names_the_harness_runs_beside_the_papers_figures():
+    """Wrong variants: a quantity read under another key (the harness column empty), the data
+    sets of plain prune runs not listed, the recovering sparsity taken from a run that lost more
+    than a point."""
+    import pandas as pd
+    from harness.analysis.report import reproduction
+    from harness.analysis.runs import RunTable
+
+    base = dict(eval_limit=0, start_time=0)
+    rows = [dict(run_id="t", method="ttfs", model="ttfs-cnn", dataset="mnist-5k", **{
+                "test/accuracy": 0.97, "ann/test/accuracy": 0.98, "spikes_per_neuron": 0.44, "synops": 1e6,
+                "ann/macs": 2e6}, **base),
+            dict(run_id="p1", method="prune", model="cnn7", dataset="digits", connection_sparsity=0.8,
+                 **{"test/accuracy": 0.95, "ann/test/accuracy": 0.955}, **base),
+            dict(run_id="p2", method="prune", model="dnn5", dataset="fashion-mnist", connection_sparsity=0.9,
+                 **{"test/accuracy": 0.80, "ann/test/accuracy": 0.85}, **base)]
+    rep = reproduction(RunTable(pd.DataFrame(rows), "e", "sqlite://"))
+    ttfs = rep[rep["seed"] == "lopez-randulfe (ttfs)"].set_index("quantity")
+    assert ttfs.loc["spikes per neuron", "harness"] == 0.44 and ttfs.loc["SNN synaptic operations", "harness"] == 1e6
+    assert set(ttfs["harness_data"]) == {"mnist-5k / ttfs-cnn"}
+    prune = rep[rep["seed"] == "deutsch (prune)"].iloc[0]
+    assert prune["harness_data"] == "digits / cnn7, fashion-mnist / dnn5"
+    assert prune["harness"] == 0.8  # p2 lost 5 points: it does not count as recovered
+
+
+def test_the_synapse_by_scale_heatmap_puts_scales_in_columns_and_synapses_in_rows(tmp_path, monkeypatch):
+    """Wrong variant: either axis read from another column (the heatmap of a grid study would be
+    missing)."""
+    import harness.analysis.figures as figures
+    import pandas as pd
+    from harness.analysis.runs import RunTable
+
+    drawn = []
+    real = figures.sns.heatmap
+    monkeypatch.setattr(figures.sns, "heatmap", lambda table, **kw: drawn.append(table.copy()) or real(table, **kw))
+    rows = [{"run_id": f"r{i}", "method": "rate", "model": "cnn7", "dataset": "digits", "p.timesteps": "64",
+             "p.synapse": syn, "p.scale_firing_rates": str(f), "test/accuracy": 0.5 + i / 100, "eval_limit": 0,
+             "start_time": 0} for i, (syn, f) in enumerate((s, f) for s in ("None", "0.005") for f in (1, 10))]
+    fig = figures.synapse_scale_heatmap(RunTable(pd.DataFrame(rows), "e", "sqlite://"), tmp_path, "cmos45-fp32")
+    (table,) = drawn
+    assert list(table.columns) == [1.0, 10.0] and list(table.index) == [0.0, 0.005]
+    assert table.loc[0.005, 10.0] == pytest.approx(0.53) and "4 rate runs" in fig.caption

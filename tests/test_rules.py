@@ -446,3 +446,364 @@ def test_each_method_searches_its_documented_space_and_uses_what_was_sampled(met
         if name == "synapse":  # sampled, and used only where use_synapse says so
             want = want if picked(SEARCH_SPACES[method]["use_synapse"]) else None
         assert getattr(params, name) == want, name
+
+
+# ---- rules found by make mutation's survivors ----------------------------------------------------
+
+
+def test_a_module_average_pool_in_ceil_mode_sums_its_last_partial_window():
+    """Wrong variant: ceil_mode dropped for pooling modules (the functional form had a test; the
+    module lost its last row and column of windows)."""
+    from harness.graph import trace
+    from harness.graph.events import sum_pool
+
+    net = nn.Sequential(nn.AvgPool2d(2, ceil_mode=True))
+    op = [o for o in trace(net, (1, 5, 5)) if o.module is not None][0]
+    x = torch.arange(25, dtype=torch.float32).view(1, 1, 5, 5)
+    out = sum_pool(op, x)
+    assert out.shape == (1, 1, 3, 3)
+    assert out[0, 0, 2, 2].item() == 24.0 and out[0, 0, 0, 2].item() == 4.0 + 9.0  # partial windows: 1 and 2 cells
+
+
+def test_a_torch_file_is_told_from_a_file_of_another_kind_by_its_first_bytes():
+    """Wrong variant: both signatures required at once (every torch file would be "not a torch file")."""
+    from harness.inputs import _not_torch
+
+    assert _not_torch(b"PK\x03\x04rest") is False and _not_torch(b"\x80\x02rest") is False
+    assert _not_torch(b"text") is True and _not_torch(b"") is True
+
+
+def test_a_method_whose_params_are_not_a_params_dataclass_is_refused_at_definition():
+    from dataclasses import dataclass
+
+    from harness.api import Method
+
+    @dataclass
+    class Plain:
+        x: int = 1
+
+    with pytest.raises(TypeError, match=r"^Bad\.Params must be a harness\.config\.Params dataclass$"):
+        class Bad(Method):
+            name = "bad"
+            Params = Plain
+
+            def prepare(self, ctx, ann, params):  # pragma: no cover - never called
+                raise AssertionError
+
+
+def test_a_result_record_carries_its_schema():
+    """Wrong variant: the schema under another key (readers of --output-json check ``schema``)."""
+    from harness.api import RESULT_SCHEMA, RunResult
+
+    res = RunResult(method="rate", model="cnn7", dataset={"name": "digits", "version": "v"}, seed=0, params={},
+                    config={}, metrics={"test/accuracy": 0.5}, layers=[], step_metrics={}, provenance={})
+    rec = res.to_record()
+    assert rec["schema"] == RESULT_SCHEMA and RESULT_SCHEMA.startswith("snn-harness/") and rec["method"] == "rate"
+
+
+def test_the_schema_says_which_direction_is_better():
+    """Wrong variant: a spec's ``better`` dropped (the report's arrows and the leaderboard's
+    cheaper-of-equals rule read it)."""
+    from harness.metrics import SCHEMA
+
+    assert SCHEMA.spec("test/accuracy").better == "max" and SCHEMA.spec("spikes_per_neuron").better == "min"
+    assert SCHEMA.spec("synops").better == "min"
+
+
+def test_a_lazy_registry_entry_without_a_colon_is_refused_saying_the_form():
+    from harness.registry import Registry, RegistryError
+
+    with pytest.raises(RegistryError, match=r"lazy entry 'harness\.methods\.rate' must look like 'module:attr'"):
+        Registry("thing").lazy("x", "harness.methods.rate", "help")
+
+
+def test_a_data_directorys_digests_are_memoised_by_name_size_and_mtime(tmp_path, monkeypatch):
+    """Wrong variants: the memo hit on a mismatch (a changed file keeps its old digest), the memo
+    written without the digest (every run hashes again)."""
+    import hashlib
+    import os
+
+    from harness.datasets import base, download
+
+    f = tmp_path / "data.bin"
+    f.write_bytes(b"abcd")
+    first = base.files_digest([f])
+    monkeypatch.setattr(download, "sha256_file", lambda p: (_ for _ in ()).throw(AssertionError("hashed again")))
+    assert base.files_digest([f]) == first  # from the memo
+    monkeypatch.undo()
+    f.write_bytes(b"wxyz")  # same size; another mtime
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    changed = base.files_digest([f])
+    assert changed != first
+    assert base.files_digest([f]) == changed
+    want = hashlib.sha256(b"wxyz").hexdigest()
+    memo = base._read_memo(tmp_path / base.DIGEST_FILE)[str(f.resolve())]
+    assert memo[3] == want and memo[:2] == ["data.bin", 4]
+
+
+def test_accepting_methods_skip_a_broken_plugin_and_name_the_rest(monkeypatch, caplog):
+    """Wrong variants: a broken plug-in ending the search (``break``), its warning not naming it."""
+    import logging
+
+    from harness.graph import trace
+    from harness.methods import METHODS, accepting_methods
+
+    names = ["broken-first", *METHODS.names()]
+    real_get = METHODS.get
+
+    def get(name):
+        if name == "broken-first":
+            raise ImportError("no such module")
+        return real_get(name)
+
+    monkeypatch.setattr(METHODS, "names", lambda: names)
+    monkeypatch.setattr(METHODS, "get", get)
+    graph = trace(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), (4,))
+    with caplog.at_level(logging.WARNING, logger="harness.methods"):
+        found = accepting_methods(graph, graph["1"], exclude="none")
+    assert "method broken-first could not be loaded: no such module" in caplog.text
+    assert {"rate", "ttfs", "surrogate"} <= set(found)
+
+
+def test_provenance_tags_carry_the_commit_and_every_package_version():
+    """Wrong variant: the commit read under another key (every run tagged ``unknown``)."""
+    from types import SimpleNamespace
+
+    from harness.tracking import provenance_tags
+
+    res = SimpleNamespace(provenance={"git_commit": "abc123", "device": "cpu", "harness_version": "1.0",
+                                      "versions": {"torch": "2.13.0"}}, seed=4,
+                          dataset={"version": "v1"}, method="rate")
+    assert provenance_tags(res) == {"git_commit": "abc123", "seed": 4, "device": "cpu", "harness_version": "1.0",
+                                    "dataset_version": "v1", "method": "rate", "version.torch": "2.13.0"}
+
+
+def test_a_tracking_server_is_probed_at_its_health_endpoint(monkeypatch):
+    """Wrong variant: another path (MLflow answers /health; anything else is a 404 from a real
+    server, read as "is it an MLflow server?")."""
+    import urllib.request
+
+    from harness.tracking import _probe_server
+
+    asked = []
+
+    class Resp:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def read(self, n):
+            return b"OK"
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: asked.append(url) or Resp())
+    _probe_server("http://mlflow:5000/")
+    assert asked == ["http://mlflow:5000/health"]
+
+
+def test_an_invariant_error_keeps_its_problems_and_says_how_many():
+    from harness.errors import InvariantError
+
+    one = InvariantError("rate on digits", ["synops above capacity"])
+    assert one.problems == ["synops above capacity"] and one.exit_code == 3
+    assert str(one) == ("rate on digits broke 1 invariant (a bug in the method or the harness; nothing was logged): "
+                        "synops above capacity")
+    many = InvariantError("x", [f"p{i}" for i in range(8)])
+    assert str(many).startswith("x broke 8 invariants (") and str(many).endswith("p0; p1; p2; p3; p4; p5")
+
+
+def test_the_ann_cache_key_changes_with_the_seed_and_nothing_else_of_it():
+    """Wrong variant: the seed left out of the key (runs of two seeds would share one ANN)."""
+    from types import SimpleNamespace
+
+    from harness.ann_cache import ann_cache_key
+    from harness.config import RunConfig
+    from harness.datasets import load_dataset
+
+    ds = load_dataset("digits")
+
+    graph = SimpleNamespace(fingerprint=lambda: "arch")
+    train = RunConfig.build(dataset="digits", track=False)
+
+    def key(seed, model="cnn7"):
+        return ann_cache_key(SimpleNamespace(dataset=ds, model_name=model, graph=graph, seed=seed,
+                                             train=SimpleNamespace(as_dict=lambda: {"epochs": train.epochs})))
+
+    assert key(0) != key(1) and key(0) == key(0) and key(0) != key(0, "dnn5")
+
+
+def test_calibration_takes_the_max_or_a_seeded_subsample_of_the_positive_activations():
+    """Wrong variants: the max mode at another quantile, the subsample size or its generator not
+    passed on (a global RNG makes λ change with unrelated random draws)."""
+    from harness.calibration import calibrate_scales
+    from harness.graph import trace
+
+    net = nn.Sequential(nn.Linear(1, 1, bias=False), nn.ReLU(), nn.Linear(1, 1))
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+    graph = trace(net, (1,))
+    x = torch.arange(1, 1001, dtype=torch.float32).view(-1, 1)  # activations 1..1000
+    assert calibrate_scales(graph, x, "max", 50.0) == {"1": 1000.0}
+    full = calibrate_scales(graph, x, "percentile", 100.0)["1"]
+    assert full == 1000.0
+    assert calibrate_scales(graph, x, "percentile", 99.9)["1"] == pytest.approx(999.001)  # NumPy's interpolation
+    torch.manual_seed(1)
+    a = calibrate_scales(graph, x, "percentile", 99.9, max_values=3, seed=5)["1"]
+    torch.manual_seed(2)
+    b = calibrate_scales(graph, x, "percentile", 99.9, max_values=3, seed=5)["1"]
+    c = calibrate_scales(graph, x, "percentile", 99.9, max_values=3, seed=6)["1"]
+    assert a == b and a != c and a < 999.0  # a sample of 3 of 1000 values, drawn by the seed alone
+
+
+def test_a_json_record_keeps_its_key_order_and_writes_paths_as_text(tmp_path):
+    """Wrong variants: keys sorted (records read top-down: schema, then method ...), a path or a
+    date refused instead of written as text."""
+    import json
+    from pathlib import Path
+
+    from harness.io import write_json_atomic
+
+    write_json_atomic({"schema": "s", "b": 1, "a": Path("/x/y")}, tmp_path / "r.json")
+    text = (tmp_path / "r.json").read_text()
+    assert list(json.loads(text)) == ["schema", "b", "a"] and json.loads(text)["a"] == "/x/y"
+
+
+def test_a_state_dict_with_a_key_the_model_lacks_names_it_with_its_shape():
+    from harness.inputs import check_state_dict
+
+    model = nn.Linear(2, 2)
+    state = {**model.state_dict(), "extra.weight": torch.zeros(3, 4)}
+    with pytest.raises(Exception, match=r"'extra\.weight' \(shape \(3, 4\)\) is not a"):
+        check_state_dict(model, state, "w.pt")
+
+
+def test_a_study_grid_needs_the_grid_sampler():
+    from harness.config import ConfigError, RunConfig
+    from harness.studies import StudyConfig
+
+    run = RunConfig.build(method="rate", dataset="digits", track=False)
+    with pytest.raises(ConfigError, match="grid"):
+        StudyConfig(run=run, sampler="tpe", grid={"timesteps": ["8"]}).validate(__import__(
+            "harness.methods", fromlist=["resolve"]).resolve("rate"))
+    StudyConfig(run=run, sampler="grid", grid={"timesteps": ["8"]}).validate(
+        __import__("harness.methods", fromlist=["resolve"]).resolve("rate"))
+
+
+def test_an_http_tracking_server_keeps_the_artifacts_unless_mlflow_yaml_says_otherwise(tmp_path, monkeypatch):
+    """Wrong variant: ``http://`` not recognised (every worker would write artifacts to a local
+    folder the server never sees)."""
+    from harness.tracking import TrackingSettings
+
+    monkeypatch.chdir(tmp_path)
+    for uri in ("http://mlflow:5000", "https://mlflow.example.org"):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        assert TrackingSettings.load().artifact_location is None
+    (tmp_path / "mlflow.yaml").write_text("artifact_location: s3://bucket/runs\n")
+    assert TrackingSettings.load().artifact_location == "s3://bucket/runs"
+
+
+def test_the_firing_summary_names_every_quantile_and_fits_with_the_location_fixed():
+    """Wrong variants: a quantile key dropped from the summary; gamma fitted with a free location
+    (a shifted curve the table does not say); a spread of exactly 1 Hz taken for no spread."""
+    from harness.firing import fit_distribution, summarize
+
+    rng = np.random.default_rng(0)
+    rates = rng.gamma(2.0, 3.0, size=400)
+    s = summarize("l", rates)
+    assert s["p5_hz"] == np.percentile(rates, 5) and s["q1_hz"] == np.percentile(rates, 25)
+    fit = fit_distribution(rates)
+    assert fit["fit"] == "gamma" and fit["fit_params"].split()[1] == "0"
+    assert fit_distribution(np.full(10, 2.0))["fit"] == "none"  # one value: nothing to fit
+    assert fit_distribution(np.array([1.0, 2.0] * 3))["fit"] != "none"  # a spread of exactly 1
+
+
+def test_an_artifact_that_fails_is_left_out_named_with_its_error_and_the_others_kept(tmp_path, caplog):
+    """Wrong variants: a half-written file kept, the error's type lost from the note or the log,
+    one failure costing the other artifacts."""
+    import logging
+
+    from harness.api import Artifact
+    from harness.runner import write_artifacts
+
+    def half(path):
+        path.write_text("par")
+        raise RuntimeError("disk full")
+
+    arts = [Artifact("a.csv", lambda p: p.write_text("ok")), Artifact("sub/b.csv", half),
+            Artifact("c.csv", lambda p: p.write_text("ok"))]
+    with caplog.at_level(logging.WARNING, logger="harness.runner"):
+        files, notes = write_artifacts(arts, tmp_path)
+    assert files == [tmp_path / "a.csv", tmp_path / "c.csv"] and not (tmp_path / "sub" / "b.csv").exists()
+    assert notes == {"artifact_notes": "not written: sub/b.csv: RuntimeError: disk full"}
+    assert "artifact sub/b.csv was not written: RuntimeError: disk full" in caplog.text
+
+
+def test_a_layer_fed_by_another_layers_current_is_named_and_a_tensor_method_on_spikes_is_followed():
+    """Wrong variants: a tensor method (``x.view``) between spikes and a layer not followed; the
+    op between two layers not named; the readout walk-back following a second input that does not
+    exist."""
+    from harness.graph import PASS, trace
+    from harness.graph.events import spike_paths
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2, self.fc3 = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+            self.drop = nn.Dropout(0.1)
+
+        def forward(self, x):
+            h = torch.relu(self.fc1(x)).view(-1, 6)
+            return self.drop(self.fc3(self.fc2(h)))
+
+    graph = trace(Net(), (4,))
+    paths, problems = spike_paths(graph, graph.static_ops())
+    assert [(op.name, why) for op, why in problems] == [
+        ("fc3", "node `fc2` (Linear) lies between spikes and the synaptic layer `fc3`; only pooling, flatten, dropout, "
+                "add, cat and constant scaling may")]
+    assert "fc2" in paths and graph.feed(graph.output.name, PASS).name == "fc3"
+
+
+def test_layer_scaling_tabulates_each_boost_against_the_base_by_hand(tmp_path):
+    """The analysis with the evaluations given (no simulation): one row per layer and, with pairs,
+    per pair; gain = accuracy − base accuracy; extra = spikes − base spikes; gain per extra spike
+    = gain ÷ extra, 0 where the boost added no spike. Wrong variants: ``>=`` for ``>`` (a division by
+    zero), the pairs not formed, the base row without its boost or gain, another label shown."""
+    import csv
+    from types import SimpleNamespace
+
+    from harness.graph import trace
+    from harness.methods.layer_scaling import LayerScaling, LayerScalingParams
+    from harness.methods.rate import RateEvaluable, RateModel
+
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    graph = trace(net, (3,)).folded()
+    params = LayerScalingParams(timesteps=4, boost=2.0, pairs=True)
+    model = RateModel(graph, {"1": 1.0, "3": 1.0})
+    results = {"1": (0.75, 120.0), "3": (0.625, 100.0), "1:3": (0.5, 150.0)}  # label -> accuracy, spikes
+    asked = []
+
+    def evaluate(ev, desc, what):
+        label = what.rsplit(" of ", 1)[1]
+        asked.append(desc)
+        acc, spikes = results[label]
+        return SimpleNamespace(metrics={"test/accuracy": acc, "spikes": spikes})
+
+    ctx = SimpleNamespace(evaluate=evaluate)
+    prep = SimpleNamespace(model=RateEvaluable(model, params))
+    evaluation = SimpleNamespace(metrics={"test/accuracy": 0.5, "spikes": 100.0},
+                                 meters=SimpleNamespace(firing_rates=lambda: {}))
+    extras = LayerScaling().analyse(ctx, prep, evaluation, params)
+    m = extras.metrics
+    assert asked == ["boost 1", "boost 3", "boost 1:3"]
+    assert m["layer_scaling/1/accuracy_gain"] == 0.25 and m["layer_scaling/1/extra_spikes"] == 20.0
+    assert m["layer_scaling/1/gain_per_extra_spike"] == 0.25 / 20
+    assert m["layer_scaling/3/gain_per_extra_spike"] == 0.0  # no extra spike: no ratio
+    assert m["layer_scaling/1:3/accuracy_gain"] == 0.0 and m["layer_scaling/best_gain"] == 0.25
+    (art,) = [a for a in extras.artifacts if a.name == "layer_scaling.csv"]
+    art.write(tmp_path / "t.csv")
+    rows = list(csv.DictReader(open(tmp_path / "t.csv")))
+    assert rows[0] == {"layers": "base", "boost": "1.0", "accuracy": "0.5", "spikes": "100.0", "extra_spikes": "0.0",
+                       "accuracy_gain": "0.0", "gain_per_extra_spike": "0.0"}
+    assert [r["layers"] for r in rows] == ["base", "1", "3", "1:3"] and rows[1]["boost"] == "2.0"

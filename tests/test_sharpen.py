@@ -325,3 +325,36 @@ def test_bottom_up_sharpness_at_exact_layer_boundaries():
     assert layer_sharpness(0.999, 2, True) == pytest.approx([1.0, 0.998])
     assert layer_sharpness(1.5, 2, True) == [1.0, 1.0] and layer_sharpness(-0.5, 2, True) == [0.0, 0.0]
     assert layer_sharpness(1.5, 2, False) == [1.0, 1.0]
+
+
+def test_adaptive_counts_a_flat_epoch_after_the_warm_up_as_the_first_without_improvement():
+    """Flat losses, warm-up of 2, patience 1: epoch 1 is the first without improvement (1 ≤ 1),
+    epoch 2 the second (2 > 1): sharpening starts at the end of epoch 2. Wrong variant: the
+    counter starting at 1 (sharpening an epoch early)."""
+    p = SharpenParams(schedule="adaptive", start_epoch=2, patience=1, sig_change=0.15, rate=0.5, epochs=50)
+    sh = Sharpener(_net().activations, p)
+    started = []
+    for epoch in range(4):
+        for b in range(2):
+            sh.on_batch(epoch, b, 2)
+        sh.on_epoch_end(epoch, 1.0)
+        started.append(sh.sharpening)
+    assert started == [False, False, True, True]
+
+
+def test_the_contour_encoding_takes_the_threshold_it_is_given():
+    net = build_sharpenable(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), (1, 4, 4), 3,
+                            SharpenParams(encoding="contours", contour_threshold=2.5, binary_threshold=0.25, n_hot=1))
+    (enc,) = [m for m in net.gm.modules() if type(m).__name__ == "InputEncoding"]
+    assert (enc.kind, enc.contour_threshold, enc.binary_threshold) == ("contours", 2.5, 0.25)
+
+
+@pytest.mark.parametrize("schedule", ["fixed", "adaptive"])
+def test_a_short_training_starts_sharpening_by_its_last_epoch(schedule):
+    """``epochs`` set alone scales the start (default 5 of 30): 2 epochs start at round(5·2/30) = 0,
+    8 at round(1.33) = 1, 24 at 4. Wrong variants: the start not scaled, or scaled by another ratio.
+    (Its clamp to the last epoch never binds at the default ratio: round(5e/30) ≤ e − 2 for e ≥ 2.)"""
+    assert SharpenParams.completed({"epochs": "8", "schedule": schedule})["start_epoch"] == 1
+    p = SharpenParams.completed({"epochs": "2", "schedule": schedule})
+    assert p["start_epoch"] == 0
+    assert SharpenParams.completed({"epochs": "24", "schedule": schedule})["start_epoch"] == 4

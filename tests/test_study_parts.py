@@ -504,18 +504,22 @@ def test_a_grid_study_runs_each_cell_once_reevaluates_the_best_and_closes_its_pa
 
     calls = []
     _fake_runs(monkeypatch, {}, calls)
-    run = RunConfig.build(method="rate", dataset="digits", progress=False, track=True, eval_limit=50)
+    run = RunConfig.build(method="prune+rate", dataset="digits", progress=False, track=True, eval_limit=50)
     scfg = StudyConfig(run=run, trials=10, sampler="grid", grid={"timesteps": ["8", "16", "32"]}, progress=False,
                        storage=f"sqlite:///{tmp_path / 'o.db'}", study_name="g", reevaluate=1,
                        output_json=str(tmp_path / "s.json"))
     summary = run_study(scfg)
     trial_calls = [c for c in calls if "run_id" in c[1]]
-    assert len(trial_calls) == 3 and all(c[1]["fit_callbacks"] == [] for c in trial_calls)  # no pruning in a grid
+    # prune trains, but a grid is a map to fill: no pruning callback; no trial writes the study's JSON
+    assert len(trial_calls) == 3 and all(c[1]["fit_callbacks"] == [] for c in trial_calls)
+    assert all(c[0].output_json is None for c in calls)
     assert sorted(t["params"]["timesteps"] for t in summary.trials) == ["16", "32", "8"]
     (best,) = summary.best
     assert best["params"] == {"timesteps": "16"} and best["values"] == [0.75]
     (again,) = [c for c in calls if "run_id" not in c[1]]
-    assert again[0].eval_limit == 0 and again[1]["tags"]["harness.reevaluated_trial"] == best["number"]
+    assert again[0].eval_limit == 0 and again[1]["tags"] == {
+        "harness.study": "g", "harness.reevaluated_trial": best["number"],
+        "mlflow.runName": f"g/trial-{best['number']:03d}-full-test"}
     assert summary.reevaluated[0]["metrics"] == {"test/accuracy": 0.75}
     parent = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(summary.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials_complete"] == 3
@@ -558,3 +562,87 @@ def test_an_interrupted_study_closes_its_parent_killed_and_says_how_to_resume(mo
     (parent,) = client.search_runs([x.experiment_id for x in client.search_experiments()],
                                    filter_string="tags.`harness.kind` = 'study'")
     assert parent.info.status == "KILLED" and parent.data.tags["harness.interrupted"] == "SIGTERM"
+
+
+def test_a_pruned_trial_logs_the_curve_its_callback_reported_and_the_pruners_reason(monkeypatch):
+    """Wrong variants: the reported curve replaced by an empty one, the reason lost."""
+    from harness.tracking import studies
+
+    logged = []
+    monkeypatch.setattr(studies, "log_pruned", lambda tracker, run_id, sets, reason, reported:
+                        logged.append((reason, reported)))
+    tr, study, calls = _runner(monkeypatch, optuna.TrialPruned("pruned at epoch 3 (val/accuracy 0.1000)"))
+    tr.prune = True
+    study.optimize(tr, n_trials=1)
+    (cb,) = calls[0][1]["fit_callbacks"]
+    (reason, reported), = logged
+    assert reason == "pruned at epoch 3 (val/accuracy 0.1000)" and reported is cb.reported
+    assert study.trials[0].state == TrialState.PRUNED
+
+
+def test_a_surplus_trial_does_not_stop_the_worker_loop():
+    """Wrong variant: SurplusTrial not caught (a worker that raced past the target would crash)."""
+    from harness.studies.trial import SurplusTrial
+
+    study = optuna.create_study()
+    seen = []
+
+    def objective(t):
+        seen.append(t.number)
+        if t.number == 0:  # as TrialRunner refuses one (and marks every trial it ends)
+            t.set_user_attr("harness.surplus", True)
+            t.set_user_attr("harness.ended", True)
+            raise SurplusTrial("trial 0: 2 trials have finished")
+        return 0.0
+
+    workers.work(study, objective, 1, 1, stale=None, grace_s=60.0, on_trial_end=lambda s, t: None, bar=_Bar())
+    assert seen == [0, 1] and study.trials[0].state == TrialState.FAIL
+
+
+def test_a_worker_waiting_for_one_running_trial_says_trial_in_the_singular(monkeypatch):
+    study = optuna.create_study()
+    study.optimize(lambda t: 0.0, n_trials=1)
+    study.ask({"x": X})  # another worker's trial, running
+    bar = _Bar()
+
+    class Stop(Exception):
+        pass
+
+    monkeypatch.setattr(workers, "fail_stale", lambda *a: None)
+    monkeypatch.setattr(workers.time, "sleep", lambda s: (_ for _ in ()).throw(Stop()))
+    with pytest.raises(Stop):
+        workers.work(study, lambda t: 0.0, 2, 1, stale=SimpleNamespace(grace_s=60.0), grace_s=60.0,
+                     on_trial_end=lambda s, t: None, bar=bar)
+    assert bar.last == "waiting for 1 running trial"
+
+
+def test_a_stale_check_that_loses_a_race_goes_on_to_the_next_trial(monkeypatch):
+    """Wrong variant: ``break`` after a trial another worker finished first (the rest stay RUNNING)."""
+    import datetime
+
+    study = optuna.create_study()
+    a, b = study.ask({"x": X}), study.ask({"x": X})
+    for t in study.get_trials(deepcopy=False):
+        t.datetime_start = datetime.datetime.now() - datetime.timedelta(seconds=100)
+    real_tell = study.tell
+
+    def tell(number, *args, **kw):
+        if number == a.number:
+            raise RuntimeError("already finished by another worker")
+        return real_tell(number, *args, **kw)
+
+    monkeypatch.setattr(study, "tell", tell)
+    seen = []
+    recovery.fail_stale(study, 1.0, lambda s, t: seen.append(t.number))
+    assert seen == [b.number]
+
+
+def test_the_study_counts_a_just_died_trial_as_holding_its_place_within_the_window():
+    """``study_places`` passes the window on (a trial that failed a moment ago may still be retried)."""
+    from harness.studies.placement import study_places
+
+    study = optuna.create_study()
+    t = study.ask({"x": X})
+    study.tell(t, state=TrialState.FAIL)
+    assert study_places(study, None, 3600.0) == (0, 1)
+    assert study_places(study, None, 0.0) == (0, 0)

@@ -196,3 +196,36 @@ def test_a_study_without_a_completed_trial_says_best_trial_minus_one(tracker, cl
     studies.finish_parent(tracker, pid, study, [], _scfg(), SimpleNamespace(wall_s=0.0))
     m = client.get_run(pid).data.metrics
     assert m["best_trial"] == -1 and m["trials_complete"] == 0
+
+
+def test_a_pruned_trials_record_that_cannot_be_written_is_a_warning_and_the_run_still_ends(tracker, caplog,
+                                                                                          monkeypatch):
+    """The pruning matters more than its record: a failing MLflow write is logged, the run closed."""
+    import logging
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    def fail(self, *a, **kw):
+        raise MlflowException("store is read-only")
+
+    monkeypatch.setattr(MlflowClient, "log_batch", fail)
+    ended = []
+    monkeypatch.setattr(tracker, "end_run", lambda run_id, status, reason, **tags: ended.append((run_id, status)))
+    with caplog.at_level(logging.WARNING, logger="harness.tracking.studies"):
+        studies.log_pruned(tracker, "r9", {}, "pruned", {})
+    assert "the MLflow record of pruned run r9 was not written: store is read-only" in caplog.text
+    assert ended == [("r9", "KILLED")]
+
+
+def test_the_report_reads_a_runs_method_from_its_tag_when_it_logged_no_parameter(tracker, client):
+    """Runs logged before the method was a parameter (or by hand) name it in a tag. Wrong variant:
+    the fallback reading another tag (those runs would have no method and leave every table)."""
+    from harness.analysis.runs import load_runs
+
+    rid = client.create_run(tracker.experiment_id, tags={"method": "ttfs"}).info.run_id
+    client.log_param(rid, "model", "cnn7")
+    client.log_metric(rid, "test/accuracy", 0.5)
+    client.set_terminated(rid, "FINISHED")
+    df = load_runs(tracker.settings.tracking_uri, "studies").df
+    assert df.set_index("run_id").loc[rid, "method"] == "ttfs"

@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-children", type=int, default=2)
     ap.add_argument("--report-only", action="store_true", help="tabulate the last run's results")
-    ap.add_argument("--resume", action="store_true", help="run only the sampled mutants without a result yet")
+    ap.add_argument("--resume", action="store_true",
+                    help="run again only the sampled mutants not killed yet (no result, timeout, survived, no test)")
     ap.add_argument("--fail-under", type=float, default=90.0, help="exit 1 below this overall score (percent)")
     args = ap.parse_args(argv)
     sample_file = MUTANTS / "sample.json"
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         names = [n for ns in chosen.values() for n in ns]
         if args.resume:
             done = results(chosen)
-            names = [n for m, ns in chosen.items() for n in ns if done[m][n] in ("not checked", TIMEOUT)]
+            names = [n for m, ns in chosen.items() for n in ns if done[m][n] != KILLED]
         print(f"{len(names)} mutants drawn from {len(chosen)} modules", flush=True)
         # one thread per child: two children on two cores with torch's default thread pool oversubscribe
         # the CPU, and a slow mutant then reads as a timeout instead of a kill or a survival

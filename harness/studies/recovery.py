@@ -44,10 +44,12 @@ class OnStaleTrial:
 
         # renamed in Optuna 4.9 (the old name warns, and goes in 6.0)
         retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+        # a retry carries the trial it repeats; read before the callback, which appends to the
+        # trial's retry history in place
+        retried = "failed_trial" not in trial.system_attrs
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             retry(max_retry=1)(study, trial)
-        retried = len(trial.system_attrs.get("retry_history", [])) < 1
         self.recovered.append(trial.number)
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
