@@ -138,3 +138,14 @@ def test_an_accuracy_outside_0_1_fails(net):
     metrics["test/accuracy"] = 1.0000001
     with pytest.raises(InvariantError, match=r"test/accuracy = 1\.0000001"):
         check_invariants(ev, m, metrics)
+
+
+def test_a_first_layer_metered_as_spike_fed_does_not_hide_a_later_layers_excess(net):
+    """Both problems are reported: the check goes on past the input layer. Wrong variant: ``break``
+    where the input layer is skipped (every later layer's capacity unchecked)."""
+    model, ev = net
+    bad = _meters(model, first_as_spikes=True, spikes_per_neuron=(4.0, 4.0, 4.0), spike_input_counts=(4.5, 4.0, 4.0))
+    with pytest.raises(InvariantError) as e:
+        _check(ev, bad)
+    assert any("`0` reads the analog input" in p for p in e.value.problems)
+    assert any("`2`: 17 SynOps per inference exceed its capacity 16" in p for p in e.value.problems)

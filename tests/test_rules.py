@@ -807,3 +807,25 @@ def test_layer_scaling_tabulates_each_boost_against_the_base_by_hand(tmp_path):
     assert rows[0] == {"layers": "base", "boost": "1.0", "accuracy": "0.5", "spikes": "100.0", "extra_spikes": "0.0",
                        "accuracy_gain": "0.0", "gain_per_extra_spike": "0.0"}
     assert [r["layers"] for r in rows] == ["base", "1", "3", "1:3"] and rows[1]["boost"] == "2.0"
+
+
+def test_a_layer_without_weights_is_named_by_its_type():
+    from harness.graph import weight_of
+
+    assert weight_of(nn.Linear(2, 3)).shape == (3, 2)
+    with pytest.raises(TypeError, match=r"^ReLU has no weight tensor$"):
+        weight_of(nn.ReLU())
+
+
+def test_a_runs_provenance_says_where_and_when_it_ran():
+    """Wrong variants: the platform or the start time left out of the record."""
+    import platform
+    import time
+
+    from harness.runner import provenance
+
+    started = time.time() - 2.0
+    p = provenance("cpu", started, {"threads": 2})
+    assert p["platform"] == platform.platform() and p["python"] == platform.python_version()
+    assert p["started"] == time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started))
+    assert p["device"] == "cpu" and p["threads"] == 2 and p["duration_s"] >= 2.0
