@@ -5,6 +5,7 @@ and an index, and no run is left behind (``harness.inputs``)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -221,3 +222,56 @@ def test_a_broken_energy_plugin_is_left_out_with_a_warning_and_marked_by_ls(tmp_
 
     metrics = json.loads(out.read_text())["metrics"]
     assert metrics["energy_nJ/tiny-good"] > 0 and "energy_nJ/tiny-crash" not in metrics
+
+
+# ---- the same rules, called directly (fast: what make mutation runs) -------------------------------
+
+
+def _y(train, test):
+    return {"train": np.asarray(train, np.int64), "test": np.asarray(test, np.int64)}
+
+
+@pytest.mark.parametrize("train,test,needle", [
+    ([0] * 6, [0, 0], "every label is 0: 1 class; a classifier needs at least 2"),
+    ([0, 1, 2] * 150 + [3], [0, 1], "class 3 has 1 training sample where the median class has 150: a stray label?"),
+    ([1, 2, 3] * 5, [1, 2], "labels run from 1 to 3 and no sample has label 0: they look 1-based"),
+    ([0, 1, 2] * 5, [3, 0], "class 3 appears in the evaluation splits but in no training sample"),
+    ([0, 2] * 5 + [3] * 5, [0, 3], "no sample has label 1"),
+])
+def test_label_rules_by_hand(train, test, needle):
+    """Stray: at most 5 samples and under 1 % of the median class (1 < 1.5). Wrong variants: an
+    absent class looked for where there are samples, no median, the checks in another order."""
+    from harness.errors import DataError
+    from harness.inputs import check_labels
+
+    with pytest.raises(DataError, match=re.escape(needle)):
+        check_labels("d", _y(train, test), None)
+
+
+def test_labels_that_pass_give_the_class_count_and_a_declared_count_allows_empty_classes():
+    from harness.inputs import check_labels
+
+    assert check_labels("d", _y([0, 1, 2] * 5, [2, 1]), None) == 3
+    assert check_labels("d", _y([0, 2] * 5, [0, 2]), 4) == 4  # declared: classes 1 and 3 may be absent
+
+
+def test_a_factorys_splits_become_the_data_sets_splits_with_their_labels():
+    """Wrong variants: the labels dropped, the three splits named otherwise."""
+    from harness.datasets.base import from_factory_result
+
+    rng = np.random.default_rng(0)
+    x = rng.random((30, 1, 4, 4)).astype(np.float32)
+    y = np.arange(30) % 3
+    ds = from_factory_result(((x[:20], y[:20]), (x[20:25], y[20:25]), (x[25:], y[25:])), "mine", "f.py:make")
+    assert ds.split_sizes == {"train": 20, "val": 5, "test": 5} and ds.num_classes == 3
+    assert np.array_equal(ds.y["val"], y[20:25]) and np.array_equal(ds.y["train"], y[:20])
+    assert ds.name == "mine" and ds.source == "f.py:make"
+
+
+def test_an_unknown_data_set_name_gets_did_you_mean_not_a_factory_error():
+    """Wrong variant: a name without ':' taken for ``module:factory`` when it is not registered."""
+    from harness.datasets import load_dataset
+    from harness.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="digits"):
+        load_dataset("digitz")
