@@ -125,7 +125,7 @@ def test_unsupported_ops_are_named_with_the_methods_that_accept_them():
     assert "accept" not in str(err.value)  # ... and does not know the methods
     msg = str(with_alternatives(err.value, g))  # the methods layer words it
     assert msg.startswith("node `layer1.0.add` (operator.add) cannot be converted by ttfs: add of two spike trains")
-    assert "; rate, layer-scaling, surrogate and sharpen accept it" in msg  # the adds join currents
+    assert "; rate, layer-scaling, qcfs, surrogate and sharpen accept it" in msg  # the adds join currents
 
 
 class Joins(nn.Module):

@@ -23,14 +23,14 @@ METHODS.lazy("rate", "harness.methods.rate:Rate",
              "rate-coded conversion: ReLU -> integrate-and-fire, NengoDL scale_firing_rates and synapse")
 METHODS.lazy("layer-scaling", "harness.methods.layer_scaling:LayerScaling",
              "base firing-rate scale + a boost on one layer (or pair) at a time: accuracy per extra spike")
+METHODS.lazy("qcfs", "harness.methods.qcfs:Qcfs",
+             "ANN trained with quantisation-clip-floor-shift activations, then rate conversion at T = 4-16 (Bu et al.)")
 METHODS.lazy("prune", "harness.methods.prune:Prune",
              "magnitude pruning, Zhu & Gupta polynomial schedule; composes: prune+ttfs, prune+rate")
 METHODS.lazy("surrogate", "harness.methods.surrogate:Surrogate",
              "direct training of multistep LIF networks, surrogate gradient with width γ and height β (escudero-*)")
 METHODS.lazy("sharpen", "harness.methods.sharpen:Sharpen",
              "Whetstone: bounded activations sharpened into step functions, one binary time step (sandia-*)")
-METHODS.lazy("qcfs", "harness.methods.qcfs:Qcfs",
-             "ANN trained with quantisation-clip-floor-shift activations, then rate conversion at T = 4-16 (Bu et al.)")
 METHODS.lazy("ttfs", "harness.methods.ttfs:TTFS",
              "time-to-first-spike single-spike conversion, two-stage neuron (lopez-randulfe-*)")
 METHODS.entry_points("snn_harness.methods")
