@@ -213,3 +213,11 @@ def markdown_table(specs: Iterable[MetricSpec] = CORE) -> str:
         better = {"max": "higher", "min": "lower"}.get(s.better or "", "—")
         lines.append(f"| `{s.key}` | {s.description} | {s.unit} | {better} | {s.range_text} |")
     return "\n".join(lines) + "\n"
+
+
+def fine_tuning_curves(stage: str) -> tuple[MetricSpec, ...]:
+    """The per-epoch curves of a method that fine-tunes the ANN (``<stage>/train/loss`` …)."""
+    return (MetricSpec(f"{stage}/train/loss", "fine-tuning loss per epoch", "nats", "min", 0, curve=True),
+            MetricSpec(f"{stage}/train/accuracy", "fine-tuning accuracy per epoch", "fraction", "max", 0, 1, curve=True),
+            MetricSpec(f"{stage}/val/loss", "validation loss per epoch", "nats", "min", 0, curve=True),
+            MetricSpec(f"{stage}/val/accuracy", "validation accuracy per epoch", "fraction", "max", 0, 1, curve=True))

@@ -22,7 +22,7 @@ from ..api import Method, Preparation
 from ..config import ConfigError, Params, param, scaled_schedule
 from ..graph import SYNAPTIC_TYPES
 from ..meters import connection_sparsity
-from ..metrics import MetricSpec
+from ..metrics import MetricSpec, fine_tuning_curves
 
 
 def polynomial_sparsity(epoch: int, s_i: float, s_f: float, start: int, ramp: int) -> float:
@@ -81,11 +81,7 @@ class Prune(Method):
         MetricSpec("prune/connection_sparsity", "zero weights ÷ weights after pruning", "fraction", None, 0, 1),
         MetricSpec("prune/sparsity", "connection sparsity after each fine-tuning epoch", "fraction", None, 0, 1,
                    curve=True),
-        MetricSpec("prune/train/loss", "fine-tuning loss per epoch", "nats", "min", 0, curve=True),
-        MetricSpec("prune/train/accuracy", "fine-tuning accuracy per epoch", "fraction", "max", 0, 1, curve=True),
-        MetricSpec("prune/val/loss", "validation loss per epoch", "nats", "min", 0, curve=True),
-        MetricSpec("prune/val/accuracy", "validation accuracy per epoch", "fraction", "max", 0, 1, curve=True),
-    )
+    ) + fine_tuning_curves("prune")
 
     @classmethod
     def search_space(cls, trial):

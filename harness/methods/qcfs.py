@@ -38,7 +38,7 @@ from ..api import Preparation
 from ..calibration import calibrate_scales
 from ..config import ConfigError, param
 from ..graph import Kind, register_module_kind
-from ..metrics import MetricSpec
+from ..metrics import MetricSpec, fine_tuning_curves
 from .rate import LAYER_METRICS, Rate, RateEvaluable, RateModel, RateParams
 
 
@@ -126,11 +126,7 @@ class Qcfs(Rate):
         MetricSpec("qcfs/ann/test/accuracy", "test accuracy of the QCFS ANN (the network that is converted)",
                    "fraction", "max", 0, 1),
         MetricSpec("qcfs/maxpool_replaced", "max pools trained and converted as average pools", "count", None, 0),
-        MetricSpec("qcfs/train/loss", "fine-tuning loss per epoch", "nats", "min", 0, curve=True),
-        MetricSpec("qcfs/train/accuracy", "fine-tuning accuracy per epoch", "fraction", "max", 0, 1, curve=True),
-        MetricSpec("qcfs/val/loss", "validation loss per epoch", "nats", "min", 0, curve=True),
-        MetricSpec("qcfs/val/accuracy", "validation accuracy per epoch", "fraction", "max", 0, 1, curve=True),
-    )
+    ) + fine_tuning_curves("qcfs")
 
     @classmethod
     def search_space(cls, trial):
