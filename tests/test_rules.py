@@ -829,3 +829,29 @@ def test_a_runs_provenance_says_where_and_when_it_ran():
     assert p["platform"] == platform.platform() and p["python"] == platform.python_version()
     assert p["started"] == time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started))
     assert p["device"] == "cpu" and p["threads"] == 2 and p["duration_s"] >= 2.0
+
+
+def test_a_training_epochs_curve_point_is_the_sample_weighted_mean_over_its_batches():
+    """A model that does not change (lr 0) over batches of 4, 4 and 2 samples: the epoch's
+    accuracy and loss are the means over its 10 samples. Wrong variants: the last batch's value
+    only, an unweighted mean of batches, the optimizer's name check without the valid names."""
+    import lightning.pytorch as pl
+    from harness.errors import UnknownNameError
+    from harness.training import Classifier
+
+    torch.manual_seed(0)
+    x, y = torch.randn(10, 3), torch.tensor([0, 1] * 5)
+    model = nn.Linear(3, 2)
+    with torch.no_grad():
+        logits = model(x)
+    want_acc = (logits.argmax(-1) == y).float().mean().item()  # 0.5; batches 0.5, 0.25, 1.0 (unweighted 0.583)
+    want_loss = nn.functional.cross_entropy(logits, y).item()
+    module = Classifier(model, lr=0.0)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(module, loader)
+    assert module.history["train/accuracy"] == [pytest.approx(want_acc)]
+    assert module.history["train/loss"] == [pytest.approx(want_loss, rel=1e-5)]
+    with pytest.raises(UnknownNameError, match="adam"):
+        Classifier(model, optimizer="adamw2")
