@@ -504,7 +504,8 @@ def test_a_grid_study_runs_each_cell_once_reevaluates_the_best_and_closes_its_pa
 
     calls = []
     _fake_runs(monkeypatch, {}, calls)
-    run = RunConfig.build(method="prune+rate", dataset="digits", progress=False, track=True, eval_limit=50)
+    run = RunConfig.build(method="prune+rate", dataset="digits", progress=False, track=True, eval_limit=50,
+                          output_json=str(tmp_path / "s.json"))  # as the CLI builds it
     scfg = StudyConfig(run=run, trials=10, sampler="grid", grid={"timesteps": ["8", "16", "32"]}, progress=False,
                        storage=f"sqlite:///{tmp_path / 'o.db'}", study_name="g", reevaluate=1,
                        output_json=str(tmp_path / "s.json"))
