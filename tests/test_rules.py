@@ -562,7 +562,7 @@ def test_accepting_methods_skip_a_broken_plugin_and_name_the_rest(monkeypatch, c
     graph = trace(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), (4,))
     with caplog.at_level(logging.WARNING, logger="harness.methods"):
         found = accepting_methods(graph, graph["1"], exclude="none")
-    assert "method broken-first could not be loaded: no such module" in caplog.text
+    assert [r.getMessage() for r in caplog.records] == ["method broken-first could not be loaded: no such module"]
     assert {"rate", "ttfs", "surrogate"} <= set(found)
 
 
@@ -855,3 +855,87 @@ def test_a_training_epochs_curve_point_is_the_sample_weighted_mean_over_its_batc
     assert module.history["train/loss"] == [pytest.approx(want_loss, rel=1e-5)]
     with pytest.raises(UnknownNameError, match="adam"):
         Classifier(model, optimizer="adamw2")
+
+
+def test_a_name_without_a_colon_is_a_registered_data_set_or_did_you_mean():
+    """Wrong variant: ``or`` in the factory test (every registered name without ':' would be
+    taken for ``module:factory``... or refused)."""
+    from harness.datasets import check_dataset
+    from harness.errors import UnknownNameError
+
+    check_dataset("digits")
+    with pytest.raises(UnknownNameError, match="Did you mean 'digits'"):
+        check_dataset("digitz")
+
+
+def test_large_negative_pixels_are_warned_about_too(caplog):
+    """Wrong variant: only the upper end compared with the warning bound."""
+    import logging
+
+    from harness.inputs import check_images
+
+    with caplog.at_level(logging.WARNING, logger="harness.inputs"):
+        check_images("d", "train", np.array([[-50.0, 1.0]], np.float32))
+    assert "d/train: inputs span [-50, 1]; the methods expect images scaled to about [0, 1]" in caplog.text
+
+
+def test_tensor_methods_are_classified_like_their_functions():
+    """``x.relu()`` is a neuron and ``x.flatten(1)`` a flatten, as README's ops table says. Wrong
+    variant: methods looked up under another name (every tensor method an unknown op)."""
+    from harness.graph import Kind, trace
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(1, 2, 3), nn.Linear(2 * 2 * 2, 2)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).relu().flatten(1))
+
+    kinds = {op.name: op.kind for op in trace(Net(), (1, 4, 4))}
+    assert kinds["relu"] == Kind.NEURON and kinds["flatten"] == Kind.FLATTEN
+
+
+def test_refusals_say_what_to_do_in_their_own_words():
+    """The messages users read for a chain in the wrong order, a functional layer, a non-ReLU
+    non-linearity, a sharpen network with average pooling or without a linear readout."""
+    from harness.errors import ConfigError
+    from harness.graph import trace
+    from harness.methods import METHODS, resolve
+    from harness.methods.rate import rate_problems
+    from harness.methods.sharpen.snn import sharpen_problems
+
+    with pytest.raises(ConfigError, match=r"only transforms of the ANN \(e\.g\. prune\) compose with '\+'"):
+        resolve("rate+ttfs")
+
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(2, 3))
+
+        def forward(self, x):
+            return torch.nn.functional.linear(x, self.w)
+
+    with pytest.raises(ConfigError, match=r"weights inside Linear/Conv modules \(functional F\.linear / F\.conv2d are "
+                                          r"not supported\)"):
+        METHODS.get("rate").graph_problems(trace(Functional(), (3,)))
+
+    sig = trace(nn.Sequential(nn.Linear(3, 3), nn.Sigmoid(), nn.Linear(3, 2)), (3,)).folded()
+    assert [why for _, why in rate_problems(sig)] == ["a non-linearity other than ReLU"]
+    pooled = trace(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(2, 2)),
+                   (1, 4, 4))
+    assert "average pooling makes binary activations non-binary" in [why for _, why in sharpen_problems(pooled)]
+    ends_in_relu = trace(nn.Sequential(nn.Linear(3, 2), nn.ReLU()), (3,))
+    assert (ends_in_relu.output.name, "the network must end in a linear readout layer") in [
+        (op.name, why) for op, why in sharpen_problems(ends_in_relu)]
+
+
+def test_a_fixed_sharpening_rate_that_does_not_fit_says_how_many_epochs_it_needs():
+    """rate 0.25 per epoch from epoch 5 needs 5 + ⌈1/0.25⌉ = 9 epochs (not 10: the 1e-9 keeps an
+    exact quotient exact)."""
+    from harness.config import ConfigError
+    from harness.methods.sharpen import SharpenParams
+
+    with pytest.raises(ConfigError, match=r"sharpening needs 9 epochs but training has 8"):
+        SharpenParams(schedule="fixed", rate=0.25, start_epoch=5, epochs=8).validate()
+    SharpenParams(schedule="fixed", rate=0.25, start_epoch=5, epochs=9).validate()
