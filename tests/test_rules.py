@@ -916,12 +916,22 @@ def test_refusals_say_what_to_do_in_their_own_words():
         def forward(self, x):
             return torch.nn.functional.linear(x, self.w)
 
-    with pytest.raises(ConfigError, match=r"weights inside Linear/Conv modules \(functional F\.linear / F\.conv2d are "
-                                          r"not supported\)"):
+    with pytest.raises(ConfigError) as e:
         METHODS.get("rate").graph_problems(trace(Functional(), (3,)))
+    assert str(e.value).endswith("weights inside Linear/Conv modules (functional F.linear / F.conv2d are not supported)")
 
     sig = trace(nn.Sequential(nn.Linear(3, 3), nn.Sigmoid(), nn.Linear(3, 2)), (3,)).folded()
     assert [why for _, why in rate_problems(sig)] == ["a non-linearity other than ReLU"]
+
+    class Sine(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 3), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.b(torch.sin(self.a(x)))
+
+    assert [why for _, why in rate_problems(trace(Sine(), (3,)).folded())] == ["an op without a rate-coded equivalent"]
     pooled = trace(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(2, 2)),
                    (1, 4, 4))
     assert "average pooling makes binary activations non-binary" in [why for _, why in sharpen_problems(pooled)]
@@ -939,3 +949,29 @@ def test_a_fixed_sharpening_rate_that_does_not_fit_says_how_many_epochs_it_needs
     with pytest.raises(ConfigError, match=r"sharpening needs 9 epochs but training has 8"):
         SharpenParams(schedule="fixed", rate=0.25, start_epoch=5, epochs=8).validate()
     SharpenParams(schedule="fixed", rate=0.25, start_epoch=5, epochs=9).validate()
+
+
+def test_a_data_set_is_named_by_its_spec_or_dataset_when_given_as_splits(tmp_path, monkeypatch):
+    """Wrong variants: a factory's data set without its spec as name, splits given directly named
+    otherwise, a wrong array's message without its shape."""
+    from harness.datasets import load_dataset
+    from harness.datasets.base import Dataset
+    from harness.errors import DataError
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((40, 1, 4, 4)).astype(np.float32), np.arange(40) % 2
+    (tmp_path / "mydata.py").write_text("import numpy as np\n"
+                                        "def make():\n"
+                                        "    x = np.random.default_rng(0).random((40, 1, 4, 4)).astype(np.float32)\n"
+                                        "    y = np.arange(40) % 2\n"
+                                        "    return (x[:30], y[:30]), (x[30:], y[30:])\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert load_dataset("mydata:make").name == "mydata:make"
+    assert load_dataset(((x[:30], y[:30]), (x[30:], y[30:]))).name == "dataset"
+    ok = {"train": x[:30], "val": x[30:35], "test": x[35:]}
+    labels = {"train": y[:30], "val": y[30:35], "test": y[35:]}
+    with pytest.raises(DataError, match=r"^d/train: inputs must be a float32 array \(N, \.\.\.\) such as \(N, C, H, W\); "
+                                        r"got float64 \(30, 1, 4, 4\)$"):
+        Dataset("d", "v", 2, {**ok, "train": x[:30].astype(np.float64)}, labels)
+    with pytest.raises(DataError, match=r"^d/val: labels must be an int64 array \(N,\); got int32 \(5,\)$"):
+        Dataset("d", "v", 2, ok, {**labels, "val": y[30:35].astype(np.int32)})
