@@ -975,3 +975,38 @@ def test_a_data_set_is_named_by_its_spec_or_dataset_when_given_as_splits(tmp_pat
         Dataset("d", "v", 2, {**ok, "train": x[:30].astype(np.float64)}, labels)
     with pytest.raises(DataError, match=r"^d/val: labels must be an int64 array \(N,\); got int32 \(5,\)$"):
         Dataset("d", "v", 2, ok, {**labels, "val": y[30:35].astype(np.int32)})
+
+
+def test_a_store_path_that_is_a_folder_is_refused_saying_where_to_set_it(tmp_path):
+    from harness.errors import TrackingError
+    from harness.tracking import Tracker, TrackingSettings
+
+    (tmp_path / "db").mkdir()
+    with pytest.raises(TrackingError, match=r"db is a directory, not an SQLite file; set tracking_uri in mlflow\.yaml "
+                                            r"or MLFLOW_TRACKING_URI$"):
+        Tracker(TrackingSettings(f"sqlite:///{tmp_path / 'db'}", "e", None)).check()
+
+
+def test_non_finite_pixels_are_named_by_their_first_index_and_counted():
+    """Wrong variants: another index than the first non-finite one, the count's plural."""
+    from harness.errors import DataError
+    from harness.inputs import check_images
+
+    x = np.zeros((4, 1, 2, 3), np.float32)
+    x[2, 0, 1, 2] = np.nan
+    x[3, 0, 0, 0] = np.inf
+    with pytest.raises(DataError, match=r"^d/test: input 2 holds NaN at index \(2, 0, 1, 2\); 2 non-finite values in "
+                                        r"this split — clean or drop them$"):
+        check_images("d", "test", x)
+
+
+def test_a_built_in_entry_never_has_a_plugin_problem_and_a_broken_plugin_says_why():
+    """Wrong variant: built-in and plug-in entries swapped (a broken plug-in reported as fine)."""
+    from harness.registry import Registry
+
+    reg = Registry("thing")
+    reg.lazy("good", "harness.methods.rate:Rate", "built in")
+    assert reg.problem("good") is None
+    reg._entries["bad"] = type(reg._entries["good"])("bad", "plug-in nowhere:X", path="nowhere_module_xyz:X",
+                                                    origin="some-package 1.0")
+    assert "nowhere_module_xyz" in (reg.problem("bad") or "")
