@@ -103,7 +103,7 @@ def test_max_pools_become_average_pools_of_the_same_window():
         def __init__(self):
             super().__init__()
             self.conv = nn.Conv2d(1, 2, 3, padding=1)
-            self.pool = nn.MaxPool2d(2)
+            self.pool = nn.MaxPool2d(2, ceil_mode=True)
             self.fc = nn.Linear(2 * 2 * 2, 2)
 
         def forward(self, x):
@@ -117,11 +117,36 @@ def test_max_pools_become_average_pools_of_the_same_window():
     after = trace(graph.gm, (1, 8, 8))
     assert not after.of(Kind.MAXPOOL) and len(after.of(Kind.AVGPOOL)) == 2
     pools = [op.module for op in after.of(Kind.AVGPOOL)]
-    assert [(p.kernel_size, p.stride, p.padding, p.count_include_pad) for p in pools] == [(2, 2, 0, False),
-                                                                                          (3, 2, 1, False)]
+    assert [(p.kernel_size, p.stride, p.padding, p.ceil_mode, p.count_include_pad) for p in pools] == [
+        (2, 2, 0, True, False), (3, 2, 1, False, False)]
     x = torch.rand(1, 2, 4, 4)
     want = x[..., 0:2, 0:2].mean(dim=(-1, -2))  # the top-left 3×3 window covers rows/cols −1..1: padding left out
     assert torch.allclose(pools[1](x)[..., 0, 0], want)
+
+
+def test_prepare_installs_qcfs_from_calibrated_lambdas_and_converts_with_them():
+    """Without fine-tuning (epochs 0) the thresholds are the calibrated λ of the ReLU ANN, the max
+    pool is counted as replaced, and the evaluable simulates T steps of IF neurons with those
+    thresholds. Wrong variants: λ not from the calibration, the replaced pools not counted, the
+    QCFS ANN's accuracy not the one its evaluation gave."""
+    from types import SimpleNamespace
+
+    from harness.calibration import calibrate_scales
+    from harness.methods.qcfs import Qcfs
+
+    torch.manual_seed(0)
+    ann = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8, 3))
+    x = np.random.default_rng(0).random((20, 1, 4, 4)).astype(np.float32)
+    evaluated = []
+    ctx = SimpleNamespace(
+        dataset=SimpleNamespace(input_shape=(1, 4, 4), subset=lambda split, n: (x[:n], None)), seed=0,
+        evaluate=lambda net, desc, what: evaluated.append(what) or SimpleNamespace(metrics={"test/accuracy": 0.625}))
+    prep = Qcfs().prepare(ctx, ann, QCFSParams(epochs=0, timesteps=4, calibration_samples=10))
+    avg = nn.Sequential(ann[0], ann[1], nn.AvgPool2d(2), ann[3], ann[4])
+    want = calibrate_scales(trace(avg, (1, 4, 4)).folded(), torch.from_numpy(x[:10]), "percentile", 99.9)
+    assert prep.metrics["layer/1/lambda"] == pytest.approx(want["1"])
+    assert prep.metrics["qcfs/maxpool_replaced"] == 1.0 and prep.metrics["qcfs/ann/test/accuracy"] == 0.625
+    assert evaluated == ["the QCFS ANN"] and prep.model.timesteps == 4
 
 
 @pytest.mark.slow

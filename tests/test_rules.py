@@ -404,6 +404,7 @@ SEARCH_SPACES = {  # what `harness study` samples per method (a change here chan
     "ttfs": {"t_max": (8, 16, 32, 64, 128), "percentile": (99.0, 100.0), "threshold_scale": (0.5, 1.5)},
 }
 SEARCH_SPACES["layer-scaling"] = {**SEARCH_SPACES["rate"], "boost": (1.5, 16, "log")}
+SEARCH_SPACES["qcfs"] = {"timesteps": (2, 4, 8, 16, 32), "levels": (2, 4, 8, 16), "lr": (1e-4, 3e-3, "log")}
 
 
 class _Picking:
