@@ -834,18 +834,19 @@ def test_a_runs_provenance_says_where_and_when_it_ran():
 
 def test_a_training_epochs_curve_point_is_the_sample_weighted_mean_over_its_batches():
     """A model that does not change (lr 0) over batches of 4, 4 and 2 samples: the epoch's
-    accuracy and loss are the means over its 10 samples. Wrong variants: the last batch's value
-    only, an unweighted mean of batches, the optimizer's name check without the valid names."""
+    accuracy and loss are the means over its 10 samples, the loss plain cross-entropy. Wrong
+    variants: the last batch's value only, an unweighted mean of batches, an activation penalty on
+    by default, the optimizer's name check without the valid names."""
     import lightning.pytorch as pl
     from harness.errors import UnknownNameError
     from harness.training import Classifier
 
-    torch.manual_seed(0)
+    torch.manual_seed(2)
     x, y = torch.randn(10, 3), torch.tensor([0, 1] * 5)
-    model = nn.Linear(3, 2)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))  # a hidden activation: act_l1 off by default
     with torch.no_grad():
         logits = model(x)
-    want_acc = (logits.argmax(-1) == y).float().mean().item()  # 0.5; batches 0.5, 0.25, 1.0 (unweighted 0.583)
+    want_acc = (logits.argmax(-1) == y).float().mean().item()  # 0.4; batches 0.5, 0.0, 1.0 (unweighted 0.5)
     want_loss = nn.functional.cross_entropy(logits, y).item()
     module = Classifier(model, lr=0.0)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
@@ -1011,3 +1012,43 @@ def test_a_built_in_entry_never_has_a_plugin_problem_and_a_broken_plugin_says_wh
     reg._entries["bad"] = type(reg._entries["good"])("bad", "plug-in nowhere:X", path="nowhere_module_xyz:X",
                                                     origin="some-package 1.0")
     assert "nowhere_module_xyz" in (reg.problem("bad") or "")
+
+
+def test_a_cuda_device_trains_on_the_gpu_accelerator_and_a_cpu_on_the_cpu(monkeypatch):
+    """Wrong variant: the device's name compared in another case (every CUDA run trained on the CPU)."""
+    from types import SimpleNamespace
+
+    import harness.training as training
+
+    made = []
+    monkeypatch.setattr(training.pl, "Trainer", lambda **kw: made.append(kw) or kw)
+    for device in ("cuda:0", "cpu"):
+        training.make_trainer(SimpleNamespace(device=device, progress=False, live_run=None), 2)
+    assert [m["accelerator"] for m in made] == ["gpu", "cpu"] and made[0]["enable_checkpointing"] is False
+
+
+def test_an_evaluation_that_breaks_an_invariant_is_named_evaluation_by_default():
+    """Wrong variant: another default label (the message would not say what broke)."""
+    from types import SimpleNamespace
+
+    from harness.api import Evaluable, Outputs
+    from harness.errors import InvariantError
+    from harness.evaluation import evaluate_in
+    from harness.graph import trace
+    from harness.metrics import SCHEMA
+
+    class Silent(Evaluable):  # predicts, but meters nothing: its layers were "never metered"
+        def __init__(self):
+            self.graph = trace(nn.Sequential(nn.Linear(2, 2)), (2,))
+
+        def run_batch(self, x, meters):
+            return Outputs(predictions=torch.zeros(len(x), dtype=torch.long))
+
+        def tensors(self):  # pragma: no cover - not saved
+            return {}
+
+    data = [(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long))]
+    ctx = SimpleNamespace(dataset=SimpleNamespace(input_shape=(2,)), loader=lambda split, batch_size, limit: data,
+                          device="cpu", progress=False, schema=SCHEMA)
+    with pytest.raises(InvariantError, match=r"^evaluation broke 1 invariant "):
+        evaluate_in(ctx, Silent())
