@@ -848,13 +848,28 @@ def test_a_training_epochs_curve_point_is_the_sample_weighted_mean_over_its_batc
         logits = model(x)
     want_acc = (logits.argmax(-1) == y).float().mean().item()  # 0.4; batches 0.5, 0.0, 1.0 (unweighted 0.5)
     want_loss = nn.functional.cross_entropy(logits, y).item()
+    from lightning.pytorch.loggers import Logger
+
+    class Steps(Logger):  # what a logger (MLflow's, live) is handed: the curves are indexed by epoch
+        name, version, logged = "steps", "0", []
+
+        def log_hyperparams(self, params, *args, **kwargs):
+            pass
+
+        def log_metrics(self, metrics, step=None):
+            self.logged.append((step, sorted(metrics)))
+
     module = Classifier(model, lr=0.0)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    logger = Steps()
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=logger, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         log_every_n_steps=1)
     trainer.fit(module, loader)
-    assert module.history["train/accuracy"] == [pytest.approx(want_acc)]
-    assert module.history["train/loss"] == [pytest.approx(want_loss, rel=1e-5)]
+    assert [step for step, keys in logger.logged if "train/loss" in keys] == [0, 1]  # epochs, not batches
+    assert not any("STEP" in keys or "step" in keys for _, keys in logger.logged)
+    assert module.history["train/accuracy"] == [pytest.approx(want_acc)] * 2
+    assert module.history["train/loss"] == [pytest.approx(want_loss, rel=1e-5)] * 2
     with pytest.raises(UnknownNameError, match="adam"):
         Classifier(model, optimizer="adamw2")
 
