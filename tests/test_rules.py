@@ -732,12 +732,15 @@ def test_an_artifact_that_fails_is_left_out_named_with_its_error_and_the_others_
         path.write_text("par")
         raise RuntimeError("disk full")
 
-    arts = [Artifact("a.csv", lambda p: p.write_text("ok")), Artifact("sub/b.csv", half),
+    def early(path):  # fails before it creates its file: nothing to remove, and no second error
+        raise ValueError("no rows")
+
+    arts = [Artifact("a.csv", lambda p: p.write_text("ok")), Artifact("sub/b.csv", half), Artifact("d.csv", early),
             Artifact("c.csv", lambda p: p.write_text("ok"))]
     with caplog.at_level(logging.WARNING, logger="harness.runner"):
         files, notes = write_artifacts(arts, tmp_path)
     assert files == [tmp_path / "a.csv", tmp_path / "c.csv"] and not (tmp_path / "sub" / "b.csv").exists()
-    assert notes == {"artifact_notes": "not written: sub/b.csv: RuntimeError: disk full"}
+    assert notes == {"artifact_notes": "not written: sub/b.csv: RuntimeError: disk full; d.csv: ValueError: no rows"}
     assert "artifact sub/b.csv was not written: RuntimeError: disk full" in caplog.text
 
 

@@ -98,7 +98,7 @@ def table(res: dict[str, dict[str, str]], judged: dict[str, str]) -> tuple[str, 
     for module, by_name in res.items():
         counts: dict[str, int] = defaultdict(int)
         for name, st in by_name.items():
-            if st == SURVIVED and name in judged:
+            if st in (SURVIVED, NO_TESTS) and name in judged:
                 counts["equivalent"] += 1
                 continue
             counts[st] += 1
