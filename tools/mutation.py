@@ -93,7 +93,7 @@ def equivalents() -> dict[str, str]:
 def table(res: dict[str, dict[str, str]], judged: dict[str, str]) -> tuple[str, float]:
     lines = ["| module | mutants | killed | survived | judged equivalent | timeout | no test | score |",
              "|---|---|---|---|---|---|---|---|"]
-    total_killed = total_counted = 0
+    total_killed = total_counted = total_equivalent = 0
     survivors = []
     for module, by_name in res.items():
         counts: dict[str, int] = defaultdict(int)
@@ -107,11 +107,12 @@ def table(res: dict[str, dict[str, str]], judged: dict[str, str]) -> tuple[str, 
         killed = counts[KILLED] + counts[TIMEOUT]  # a mutant that hangs the tests is caught
         counted = len(by_name) - counts["equivalent"]
         total_killed, total_counted = total_killed + killed, total_counted + counted
+        total_equivalent += counts["equivalent"]
         score = 100.0 * killed / counted if counted else 100.0
         lines.append(f"| {module} | {len(by_name)} | {counts[KILLED]} | {counts[SURVIVED]} | {counts['equivalent']} | "
                      f"{counts[TIMEOUT]} | {counts[NO_TESTS]} | {score:.0f} % |")
     overall = 100.0 * total_killed / total_counted if total_counted else 100.0
-    lines.append(f"| **all** | {sum(len(v) for v in res.values())} | | | {len(judged)} | | | **{overall:.1f} %** |")
+    lines.append(f"| **all** | {sum(len(v) for v in res.values())} | | | {total_equivalent} | | | **{overall:.1f} %** |")
     text = "\n".join(lines) + "\n\nsurvivors (not judged equivalent):\n" + "\n".join(f"- {s}" for s in survivors)
     return text + "\n", overall
 

@@ -90,7 +90,7 @@ def replace_maxpools(gm: torch.fx.GraphModule, graph) -> list[str]:
                 raise ConfigError(f"qcfs: {op.describe()} (dilated, or returning indices) has no average pool "
                                   "equivalent; use --set maxpool=max")
             pool = nn.AvgPool2d(m.kernel_size, m.stride, m.padding, ceil_mode=m.ceil_mode, count_include_pad=False)
-            set_module(gm, op.node, op.node.target if op.node.op == "call_module" else f"{op.name}_avg", pool)
+            set_module(gm, op.node, str(op.node.target), pool)  # a module call: replaced where it is
         else:
             a, kw = op.node.args, op.node.kwargs
             kernel = a[1] if len(a) > 1 else kw["kernel_size"]
@@ -102,18 +102,14 @@ def replace_maxpools(gm: torch.fx.GraphModule, graph) -> list[str]:
     return done
 
 
-def install_qcfs(gm: torch.fx.GraphModule, graph, lams: dict[str, float], levels: int) -> dict[str, QCFS]:
-    """A QCFS module on every neuron op of ``graph`` (in ``gm``), λ from ``lams``; keyed by op name."""
+def install_qcfs(gm: torch.fx.GraphModule, graph, lams: dict[str, float], levels: int) -> None:
+    """A QCFS module on every neuron op of ``graph`` (in ``gm``), λ from ``lams`` (by op name)."""
     from ..graph import set_module
 
-    out = {}
     for op in graph.neurons:
         target = op.node.target if op.node.op == "call_module" else f"{op.name}_qcfs"
-        module = QCFS(lams.get(op.name, 1.0), levels)
-        set_module(gm, op.node, str(target), module)
-        out[op.name] = module
+        set_module(gm, op.node, str(target), QCFS(lams.get(op.name, 1.0), levels))
     gm.recompile()
-    return out
 
 
 class Qcfs(Rate):
