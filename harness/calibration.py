@@ -48,3 +48,39 @@ def calibrate_scales(graph, x: torch.Tensor, mode: str, percentile: float, max_v
     with torch.no_grad():
         graph.run(x, on_op)
     return lams
+
+
+LTB_BATCH = 100  # calibration images per step of the channel-threshold rule (as a data loader's batch)
+
+
+def calibrate_channel_scales(graph, x: torch.Tensor, batch: int = LTB_BATCH,
+                             eps: float = 1e-6) -> dict[str, torch.Tensor]:
+    """λ per output channel (dimension 1) of every neuron op of ``graph``, by local threshold
+    balancing (Bu, Li & Yu, CVPR 2025; the rule of SpikingJelly's ``LocalThresholdBalancingRecipe``):
+    from θ = 0, for each batch of ``batch`` calibration images in order,
+    θ_c ← max(θ_c + 2 · mean over the batch and positions of max(a − θ_c, 0), eps), where a is the
+    ReLU's output. It is an online estimate of a high quantile of each channel's activity: the
+    threshold grows while activations overflow it. As in SpikingJelly, each layer's output is clipped
+    at its threshold so far before the layers after it see it (the thresholds are calibrated on the
+    clipped network that the spiking one approximates)."""
+    from .graph import Kind
+
+    lams: dict[str, torch.Tensor] = {}
+
+    def on_op(op, args, out):
+        if op.kind != Kind.NEURON:
+            return
+        a = out.detach().clamp_min(0).float()
+        dims = [d for d in range(a.dim()) if d != 1]
+        theta = lams.get(op.name)
+        if theta is None:
+            theta = torch.zeros(a.shape[1], dtype=a.dtype, device=a.device)
+        view = theta.reshape([1, -1] + [1] * (a.dim() - 2))
+        theta = (theta + 2.0 * (a - view).clamp_min(0).mean(dims)).clamp_min(eps)
+        lams[op.name] = theta
+        return torch.minimum(a, theta.reshape(view.shape)).to(out.dtype)
+
+    with torch.no_grad():
+        for b0 in range(0, x.shape[0], batch):
+            graph.run(x[b0:b0 + batch], on_op, rewrite=True)
+    return {n: t.cpu() for n, t in lams.items()}

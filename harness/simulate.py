@@ -47,11 +47,13 @@ logging.getLogger("torch._library.triton").setLevel(logging.ERROR)
 
 class NeuronPool(nn.Module):
     """IF (``tau=None``) or LIF (membrane time constant ``tau`` in steps) neurons, threshold 1, soft
-    reset: v ← v·(1 − 1/τ) + x;  s = [v ≥ 1];  v ← v − s. The membrane starts at ``v_init``."""
+    reset: v ← v·(1 − 1/τ) + x;  s = [v ≥ 1];  v ← v − s. The membrane starts at ``v_init``: one
+    number, or one per neuron (a tensor of one sample's shape)."""
 
-    def __init__(self, tau: float | None = None, backend: str = "auto", v_init: float = 0.0):
+    def __init__(self, tau: float | None = None, backend: str = "auto", v_init: float | torch.Tensor = 0.0):
         super().__init__()
-        self.tau, self.backend, self.v_init = tau, backend, float(v_init)
+        self.tau, self.backend = tau, backend
+        self.v_init: float | torch.Tensor = v_init if isinstance(v_init, torch.Tensor) else float(v_init)
         self.v: torch.Tensor | None = None
         self._sj = None
         if backend == "spikingjelly":
@@ -84,7 +86,9 @@ class NeuronPool(nn.Module):
             from spikingjelly.activation_based import functional
 
             functional.reset_net(self._sj)
-            self._sj.v = self.v_init  # a float: SpikingJelly broadcasts it to the input's shape
+            # a float SpikingJelly broadcasts to the input's shape; a per-neuron tensor is expanded
+            # to the batch on the first chunk (forward)
+            self._sj.v = self.v_init if not isinstance(self.v_init, torch.Tensor) else 0.0
 
     def forward(self, x: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """``x``: ``[T, B, ...]`` currents, or ``[B, ...]`` constant over ``steps`` steps."""
@@ -94,10 +98,13 @@ class NeuronPool(nn.Module):
             self._make_sj()  # SpikingJelly's CUDA/Triton kernels on a GPU
         if self._sj is not None:
             seq = x.unsqueeze(0).expand(T, *x.shape).contiguous() if constant else x.contiguous()
+            if isinstance(self.v_init, torch.Tensor) and not isinstance(self._sj.v, torch.Tensor):
+                self._sj.v = self.v_init.to(seq).expand(seq.shape[1:]).clone()  # per neuron, on the first chunk
             return self._sj(seq)
         shape = x.shape if constant else x.shape[1:]
         if self.v is None:
-            self.v = torch.full(shape, self.v_init, dtype=x.dtype, device=x.device)
+            self.v = (self.v_init.to(x).expand(shape).clone() if isinstance(self.v_init, torch.Tensor) else
+                      torch.full(shape, self.v_init, dtype=x.dtype, device=x.device))
         v = self.v
         out = torch.empty((T, *shape), dtype=x.dtype, device=x.device)
         decay = None if self.tau is None else 1.0 - 1.0 / self.tau
@@ -145,6 +152,11 @@ class RateNetwork:
     layers: dict[str, nn.Module]
     neurons: dict[str, NeuronPool]
     gains: dict[tuple[str, int], float] = field(default_factory=dict)
+    # per-channel thresholds θ_c (relative to the layer's threshold 1), shaped to broadcast over a
+    # neuron op's [N, C, ...] currents: the pool sees x/θ and its spikes carry θ (SpikingJelly's
+    # ChannelVoltageScaler pair around an IF node); meters count the binary spikes
+    channel: dict[str, torch.Tensor] = field(default_factory=dict)
+    gated: frozenset[str] = frozenset()  # max-pool ops that pass the spikes of the busiest input
 
 
 class Simulator:
@@ -164,7 +176,11 @@ class Simulator:
         work = [op for op in g if op.kind not in (Kind.INPUT, Kind.OUTPUT, Kind.SHAPE)]
         self.static_plan = [op for op in work if op.name in self.static]
         self.dynamic_plan = [op for op in work if op.name not in self.static]
-        self.paths = {op.name: event_path(g, op.name) for op in self.dynamic_plan if op.kind == Kind.SYNAPSE}
+        self.gated = {op.name: (pool_geometry(op), event_path(g, op.name, stops=frozenset(net.gated)))
+                      for op in self.dynamic_plan if op.name in net.gated}
+        self.paths = {op.name: event_path(g, op.name, stops=frozenset(self.gated))
+                      for op in self.dynamic_plan if op.kind == Kind.SYNAPSE}
+        self.gate_counts: dict[str, torch.Tensor] = {}
         self.readout = g.output.inputs[0]
         self.widest = max((op.size for op in g.synapses), default=1)
 
@@ -174,6 +190,7 @@ class Simulator:
         if self.out_neuron is not None:
             self.out_neuron.reset()
         self.filter.reset()
+        self.gate_counts.clear()
 
     def _chunk(self, x: torch.Tensor, T: int) -> int:
         """Time steps per chunk: the widest layer's spikes for one chunk fit in ``memory_mb``.
@@ -236,6 +253,9 @@ class Simulator:
                 if op.kind == Kind.NEURON:
                     (inp,) = self._inputs(op, env, tc, B, expand=False)
                     pool = self.net.neurons[op.name]
+                    theta = self.net.channel.get(op.name)
+                    if theta is not None:
+                        inp = inp / theta.to(inp.device)
                     if op.inputs[0] in self.static:
                         s = pool(inp, steps=tc)
                     else:
@@ -243,7 +263,20 @@ class Simulator:
                     if meters is not None:
                         _accumulate(spike_counts, op.name, s[0] if tc == 1 else s.sum(0))
                     raw[op.name] = s.reshape(tc * B, *s.shape[2:])
-                    env[op.name] = self.filter(op.name, s).reshape(tc * B, *s.shape[2:])
+                    signal = self.filter(op.name, s)
+                    if theta is not None:
+                        signal = signal * theta.to(signal.device)
+                    env[op.name] = signal.reshape(tc * B, *s.shape[2:])
+                    continue
+                if op.name in self.gated:
+                    (inp,) = self._inputs(op, env, tc, B, expand=False)
+                    gpath = self.gated[op.name][1]  # the spikes that reach the pool's input
+                    arriving = event_counts(self.g, gpath, {s: raw[s] for s in gpath.sources})
+                    spikes, env[op.name] = self._gate(op.name, arriving, inp, tc, B)
+                    raw[op.name] = spikes
+                    if meters is not None:
+                        per = spikes.reshape(tc, B, *spikes.shape[1:])
+                        _accumulate(spike_counts, op.name, per[0] if tc == 1 else per.sum(0))
                     continue
                 args = self._inputs(op, env, tc, B, expand=True)
                 if op.kind == Kind.SYNAPSE:
@@ -288,12 +321,47 @@ class Simulator:
                 meters.record_neuron_counts(op.name, spikes=total, entries=entries, zeros=entries - total,
                                             kind=self.net.neurons[op.name].kind, per_neuron=per_neuron)
 
+    def _gate(self, name: str, spikes: torch.Tensor, signal: torch.Tensor, tc: int, B: int):
+        """A gated max pool (Rueckauer et al. 2017): in each window, the input with the most spikes
+        so far (this step's included; the first in raster order on a tie) passes its spikes —
+        and its (filtered, scaled) signal; the others are blocked. ``spikes`` (the spike events
+        arriving at each input: 0/1 from one neuron op, more through a sum) and ``signal``:
+        ``[tc·B, C, H, W]``; returns the passed events and signal."""
+        kernel, stride, padding, dilation, ceil_mode = self.gated[name][0]
+        steps = spikes.reshape(tc, B, *spikes.shape[1:])
+        counts = steps.cumsum(0)
+        prev = self.gate_counts.get(name)
+        if prev is not None:
+            counts += prev
+        self.gate_counts[name] = counts[-1].clone()
+        # max_pool2d keeps the first maximum of a window (strict >): the tie rule above
+        _, idx = torch.nn.functional.max_pool2d(counts.reshape(spikes.shape), kernel, stride, padding, dilation,
+                                                ceil_mode, return_indices=True)
+        flat = idx.flatten(2)
+        passed = spikes.flatten(2).gather(2, flat).view_as(idx)
+        carried = signal.flatten(2).gather(2, flat).view_as(idx)
+        return passed, carried
+
     def _decode(self, current: torch.Tensor) -> torch.Tensor:
         if self.out_neuron is not None:
             return self.out_neuron(current)
         if self.decode == "filtered":
             return self.filter(self.readout + "/out", current)
         return current  # "membrane": a non-leaky integrator of the readout current
+
+
+def pool_geometry(op: Op) -> tuple:
+    """(kernel, stride, padding, dilation, ceil_mode) of a 2-d max pool op, module or functional."""
+    m = op.module
+    if m is not None:
+        if not isinstance(m, nn.MaxPool2d):
+            raise ValueError(f"{op.describe()} is not a 2-d max pool")
+        return m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode
+    names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
+    a, kw = op.node.args, op.node.kwargs
+    got = {k: (a[i + 1] if len(a) > i + 1 else kw.get(k)) for i, k in enumerate(names)}
+    kernel = got["kernel_size"]
+    return (kernel, got["stride"] or kernel, got["padding"] or 0, got["dilation"] or 1, bool(got["ceil_mode"]))
 
 
 def _accumulate(into: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:

@@ -35,10 +35,12 @@ class EventPath:
     paths: dict[str, int] = field(default_factory=dict)
 
 
-def event_path(graph: "Graph", synapse: str, input_spikes: bool = False) -> EventPath:
+def event_path(graph: "Graph", synapse: str, input_spikes: bool = False,
+               stops: frozenset[str] = frozenset()) -> EventPath:
     """How the spikes of upstream neurons reach ``synapse``'s input (see :class:`EventPath`); with
-    ``input_spikes`` the network's input is itself a spike source (spike-encoded input). Raises
-    ``ConfigError`` if an op that does not carry spikes lies between."""
+    ``input_spikes`` the network's input is itself a spike source (spike-encoded input); ops in
+    ``stops`` are sources too (a gated max pool: the simulator knows which spikes it passed).
+    Raises ``ConfigError`` if an op that does not carry spikes lies between."""
     op = graph[synapse]
     source_kinds = (Kind.NEURON, Kind.ENCODER, Kind.INPUT) if input_spikes else (Kind.NEURON, Kind.ENCODER)
     sources: list[str] = []
@@ -50,7 +52,7 @@ def event_path(graph: "Graph", synapse: str, input_spikes: bool = False) -> Even
             return
         seen.add(name)
         o = graph[name]
-        if o.kind in source_kinds:
+        if o.kind in source_kinds or name in stops:
             sources.append(name)
             return
         if o.kind not in STATELESS:

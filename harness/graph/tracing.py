@@ -207,11 +207,13 @@ class Graph:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     # ---- running -----------------------------------------------------------------------------
-    def run(self, x: torch.Tensor, on_op: Callable[[Op, tuple, Any], None] | None = None) -> torch.Tensor:
-        """Run the network on ``x``; ``on_op(op, inputs, output)`` sees every tensor op."""
+    def run(self, x: torch.Tensor, on_op: Callable[[Op, tuple, Any], Any] | None = None,
+            rewrite: bool = False) -> torch.Tensor:
+        """Run the network on ``x``; ``on_op(op, inputs, output)`` sees every tensor op (with
+        ``rewrite``, a tensor it returns replaces the op's output downstream)."""
         if on_op is None:
             return self.gm(x)
-        return _Recorder(self, on_op).run(x)
+        return _Recorder(self, on_op, rewrite).run(x)
 
     def check(self, method: str, problems: list[tuple[Op, str]]) -> None:
         """Raise :class:`UnsupportedOps` if ``method`` found ``problems`` in this graph."""
@@ -252,16 +254,18 @@ def unsupported_ops(graph: Graph, reasons: dict[Kind, str], foreign: str) -> lis
 
 
 class _Recorder(fx.Interpreter):
-    def __init__(self, graph: Graph, on_op):
+    def __init__(self, graph: Graph, on_op, rewrite: bool = False):
         super().__init__(graph.gm)
-        self.g, self.on_op = graph, on_op
+        self.g, self.on_op, self.rewrite = graph, on_op, rewrite
 
     def run_node(self, n: fx.Node):
         out = super().run_node(n)
         op = self.g.by_node.get(n)
         if op is not None and isinstance(out, torch.Tensor) and op.kind not in (Kind.INPUT, Kind.OUTPUT):
             args = fx.node.map_arg(n.args, lambda a: self.env[a])
-            self.on_op(op, args, out)
+            new = self.on_op(op, args, out)
+            if self.rewrite and isinstance(new, torch.Tensor):
+                return new
         return out
 
 

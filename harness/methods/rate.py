@@ -28,22 +28,35 @@ Defaults (``percentile`` 99.9, ``v_init`` 0.5) were chosen on fashion-mnist ``re
 The input is injected as a constant current into the first layer(s) (their MACs are counted once
 per inference). Pooling: average pooling is exact (linear); max pooling passes the maximum of the
 (filtered) spike signals in each window — a spike if any input in the window spiked this step — an
-approximation that over-counts activity. Output decoding: ``membrane`` (a non-leaky integrator of
-the readout current: argmax of the time-averaged logits), ``spikes`` (spike counts of IF readout
-neurons) or ``filtered`` (the low-passed readout current at each step).
+approximation that over-counts activity (``maxpool=gate`` below does not). Output decoding:
+``membrane`` (a non-leaky integrator of the readout current: argmax of the time-averaged logits),
+``spikes`` (spike counts of IF readout neurons) or ``filtered`` (the low-passed readout current at
+each step).
+
+Options for few time steps (off by default; measured in the README):
+
+* ``normalization=channel``: one λ per output channel (local threshold balancing, Bu, Li & Yu,
+  CVPR 2025, by SpikingJelly's rule: :func:`harness.calibration.calibrate_channel_scales`). The
+  layer keeps λ = its largest channel's; channel c's neurons see x/θ_c and their spikes carry θ_c
+  (θ_c = λ_c/λ), SpikingJelly's pair of channel voltage scalers around an IF node.
+* ``maxpool=gate``: a max pool that spikes reach passes, in each window, the spikes of the input
+  with the most spikes so far (Rueckauer et al. 2017); SynOps downstream count what passed.
+* ``calibration=light``: after conversion, each layer's bias is corrected, layer by layer, by its
+  channels' mean excess activity over the ANN at the T of the run (Li et al., ICML 2021; see
+  :func:`light_calibration`).
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import nn
 
 from ..api import Evaluable, Extras, Method, Outputs, Preparation, SingleStep
-from ..calibration import calibrate_scales
+from ..calibration import calibrate_channel_scales, calibrate_scales
 from ..config import ConfigError, Params, param
 from ..errors import NirUnsupported
 from ..graph import Graph, Kind, Op, spike_paths, unsupported_ops, weight_of
@@ -66,10 +79,16 @@ class RateParams(Params):
     lif_tau: float = param(20.0, "LIF membrane time constant in steps", low=1, low_open=True)
     v_init: float = param(0.5, "initial membrane potential, in units of the threshold (0: floor, 0.5: round)",
                           low=0, high=1, high_open=True)
-    normalization: Literal["max", "percentile"] = param("percentile", "how λ_l is calibrated")
+    normalization: Literal["max", "percentile", "channel"] = param(
+        "percentile", "how λ is calibrated: per layer (max, percentile) or per channel (local threshold balancing)")
     percentile: float = param(99.9, "percentile of positive activations for λ_l", low=0, low_open=True,
                               high=100)
     calibration_samples: int = param(1000, "training images used for calibration", low=1)
+    maxpool: Literal["max", "gate"] = param(
+        "max", "spiking max pool: any spike of the window, or the spikes of the busiest input (gate)")
+    calibration: Literal["none", "bias", "light"] = param(
+        "none", "after conversion, match each layer's mean activity to the ANN's: per channel through the bias "
+        "(bias), then per neuron through the initial membrane (light)")
     decode: Literal["membrane", "spikes", "filtered"] = param("membrane", "output decoding")
     eval_samples: int = param(0, "evaluate on the first N test images (0 = all)", low=0)
     time_chunk: int = param(64, "at most this many time steps per chunk", low=1)
@@ -180,10 +199,16 @@ def plan_scales(graph: Graph, amp: dict[str, float], gain: dict[str, float]) -> 
 @dataclass
 class RateModel:
     """The calibrated ANN: conversion per scale vector is cheap, so layer-scaling re-converts for
-    each configuration."""
+    each configuration. ``channel``: per neuron op, per-channel thresholds relative to λ (λ is
+    then the largest channel's); ``shifts``: per synaptic op, a per-channel bias correction in the
+    ANN's units (light calibration); ``gate``: max pools converted as gated pools."""
 
     graph: Graph  # folded
     lams: dict[str, float]
+    channel: dict[str, torch.Tensor] = field(default_factory=dict)
+    shifts: dict[str, torch.Tensor] = field(default_factory=dict)
+    potentials: dict[str, torch.Tensor] = field(default_factory=dict)  # per neuron, added to v_init
+    gate: bool = False
 
     @property
     def neuron_names(self) -> list[str]:
@@ -198,15 +223,156 @@ class RateModel:
         for op in self.graph.synapses:
             lin = copy.deepcopy(op.layer).eval()
             w_factor, b_factor = plan.factors[op.name]
-            bias = getattr(lin, "bias", None)
+            shift = self.shifts.get(op.name)
             with torch.no_grad():
+                if shift is not None:
+                    if getattr(lin, "bias", None) is None:
+                        lin.bias = nn.Parameter(torch.zeros_like(shift))
+                bias = getattr(lin, "bias", None)
+                if shift is not None and isinstance(bias, torch.Tensor):
+                    bias.add_(shift.to(bias))
                 weight_of(lin).mul_(w_factor)
                 if isinstance(bias, torch.Tensor):
                     bias.mul_(b_factor)
             layers[op.name] = lin
         neurons = {n: NeuronPool(None if params.neuron == "if" else params.lif_tau, params.neuron_backend,
-                                 params.v_init) for n in self.lams}
-        return RateNetwork(self.graph, layers, neurons, plan.gains)
+                                 params.v_init + self.potentials[n] if n in self.potentials else params.v_init)
+                   for n in self.lams}
+        channel = {n: _channel_view(t, self.graph[n]) for n, t in self.channel.items()}
+        return RateNetwork(self.graph, layers, neurons, plan.gains, channel,
+                           gated_pools(self.graph) if self.gate else frozenset())
+
+
+def _channel_view(theta: torch.Tensor, op: Op) -> torch.Tensor:
+    """θ per channel shaped to broadcast over the op's ``[N, C, ...]`` output."""
+    n = len(op.shape)
+    return theta.reshape([-1] + [1] * (n - 1)) if n > 1 else theta
+
+
+def gated_pools(graph: Graph) -> frozenset[str]:
+    """The max pools that gate: every 2-d max pool that spikes reach (through concatenations, adds
+    or other pools). A pool of the input image alone or of a layer's currents (conv → pool → ReLU)
+    is exact as it is and stays a max pool."""
+    from ..graph import event_path
+
+    static = graph.static_ops()
+    gated: set[str] = set()
+    for op in graph.of(Kind.MAXPOOL):
+        if op.name in static:
+            continue
+        try:
+            event_path(graph, op.name, stops=frozenset(gated))
+        except ConfigError:
+            continue  # it pools currents, not spikes
+        if op.module is not None and not isinstance(op.module, nn.MaxPool2d):
+            raise ConfigError(f"maxpool=gate: {op.describe()} is not a 2-d max pool; use --set maxpool=max")
+        gated.add(op.name)
+    return frozenset(gated)
+
+
+def calibrated_model(graph: Graph, x: torch.Tensor, params: RateParams, seed: int = 0,
+                     lams: dict[str, float] | None = None) -> RateModel:
+    """The folded ``graph`` calibrated on the images ``x`` as ``params`` say: λ per layer (or the
+    given ``lams``), or per channel (``normalization=channel``), gated max pools, then light
+    calibration."""
+    channel: dict[str, torch.Tensor] = {}
+    if lams is None and params.normalization == "channel":
+        per = calibrate_channel_scales(graph, x)
+        lams = {n: float(t.max()) for n, t in per.items()}
+        channel = {n: t / lams[n] for n, t in per.items()}
+    elif lams is None:
+        lams = calibrate_scales(graph, x, params.normalization, params.percentile, seed=seed)
+    model = RateModel(graph, lams, channel, gate=params.maxpool == "gate")
+    if params.calibration != "none":
+        light_calibration(model, params, x, potentials=params.calibration == "light")
+    return model
+
+
+def light_calibration(model: RateModel, params: RateParams, x: torch.Tensor, scales: dict[str, float] | None = None,
+                      potentials: bool = True) -> None:
+    """Light calibration of Li et al. (ICML 2021, "A free lunch from ANN"), in ``model`` (its
+    ``shifts`` and ``potentials``), layer by layer in order, each layer measured with the
+    corrections of the layers before it: simulate the converted network for T steps on the
+    calibration images and compare each neuron's activity in the ANN's units (spikes/T × its
+    amplitude λ_c/s) with the ANN's activation clipped at the same amplitude, both averaged over the
+    images.
+
+    1. Bias correction: the excess averaged over each channel's positions is subtracted from the
+       bias of the synaptic layer that feeds the neuron op (directly, through pooling, or as the
+       first layer into an add; a neuron op fed otherwise keeps its error).
+    2. Potential correction (``potentials``): then each neuron's remaining excess e (in thresholds
+       per step) is taken out of its initial membrane: v_init − T·e, the charge it would gain too
+       much over the run.
+
+    The spiking network then matches the ANN's mean activity per channel and per neuron at the T it
+    runs with, which removes the systematic part of the error that uneven spike arrival leaves at
+    small T (not the part that varies from image to image)."""
+    from ..meters import Meters
+
+    s = scales if scales is not None else {n: params.scale_firing_rates for n in model.lams}
+    T = params.timesteps
+
+    def top(name: str, like: torch.Tensor) -> torch.Tensor:
+        """Each neuron's amplitude λ_c/s, shaped like one sample of the op's output."""
+        amp = model.lams[name] / s[name]
+        theta = model.channel.get(name)
+        per = amp * (theta if theta is not None else torch.ones(like.shape[0]))
+        return per.to(like).reshape([-1] + [1] * (like.dim() - 1)).expand_as(like)
+
+    ann: dict[str, torch.Tensor] = {}
+
+    def on_op(op, args, out):
+        if op.kind == Kind.NEURON:
+            ann[op.name] = torch.minimum(out.clamp_min(0), top(op.name, out[0]).unsqueeze(0)).double().mean(0)
+
+    with torch.no_grad():
+        model.graph.run(x, on_op)
+
+    def excess(name: str) -> torch.Tensor:
+        """Spikes per step minus the ANN's activity in thresholds per step, per neuron."""
+        meters = Meters(timesteps=T, dt=params.dt, keep_per_neuron=True)
+        Simulator(model.convert(params, scales), synapse=params.synapse, dt=params.dt, time_chunk=params.time_chunk,
+                  batch_chunk=params.batch_chunk, memory_mb=params.memory_mb).run(x, T, meters)
+        counts = meters.neurons[name].per_neuron
+        assert counts is not None
+        amp = top(name, ann[name]).double()
+        return counts.double() / (T * x.shape[0]) - ann[name] / amp
+
+    model.shifts, model.potentials = {}, {}
+    for op in model.graph.neurons:
+        target = _bias_target(model.graph, op)
+        if target is None or weight_of(target.layer).shape[0] != ann[op.name].shape[0]:
+            continue
+        e = excess(op.name)
+        amp = top(op.name, ann[op.name]).double()
+        per_channel = (e * amp).reshape(e.shape[0], -1).mean(1).float()  # in the ANN's units
+        model.shifts[target.name] = model.shifts.get(target.name, torch.zeros_like(per_channel)) - per_channel
+    if potentials:
+        for op in model.graph.neurons:
+            model.potentials[op.name] = (-T * excess(op.name)).float()
+
+
+def _channel_mean(t: torch.Tensor) -> torch.Tensor:
+    return t.transpose(0, 1).reshape(t.shape[1], -1).double().mean(1).float().cpu()
+
+
+def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.reshape([1, -1] + [1] * (like.dim() - 2))
+
+
+def _bias_target(graph: Graph, op: Op) -> Op | None:
+    """The synaptic layer whose bias moves ``op``'s input by a constant per channel: the one feeding
+    it directly (through pooling, flatten-free unary ops), or the first such input of an add."""
+    cur = graph[op.inputs[0]]
+    while cur.kind in (Kind.MAXPOOL, Kind.AVGPOOL, Kind.IDENTITY):
+        cur = graph[cur.inputs[0]]
+    if cur.kind == Kind.SYNAPSE:
+        return cur
+    if cur.kind == Kind.ADD:
+        for i in cur.inputs:
+            if graph[i].kind == Kind.SYNAPSE:
+                return graph[i]
+    return None
 
 
 class RateEvaluable(Evaluable):
@@ -253,6 +419,11 @@ class RateEvaluable(Evaluable):
                                  "synapse unset")
         if self.sim.out_neuron is not None:
             raise NirUnsupported(f"{label}: a spiking readout (decode={p.decode}) is not exported")
+        if self.net.channel:
+            raise NirUnsupported(f"{label}: per-channel thresholds (normalization=channel) are not exported; NIR's "
+                                 "IF has per-neuron thresholds but its spikes carry no amplitude")
+        if self.net.gated:
+            raise NirUnsupported(f"{label}: a gated max pool (maxpool=gate) has no NIR equivalent")
         inner = {k: g for k, g in self.net.gains.items() if k[0] != self.graph.output.name}
         if inner:
             raise NirUnsupported(f"{label}: gains between layers ({sorted(inner)}) have no place in a chain")
@@ -263,13 +434,35 @@ class RateEvaluable(Evaluable):
         form.notes.append("reset by subtraction in the harness; NIR's IF/LIF reset to v_reset = 0")
         if p.v_init:
             form.notes.append(f"membranes start at 0 in NIR (the harness starts them at v_init = {p.v_init})")
+        if self.model.potentials:
+            form.notes.append("the per-neuron initial membranes of light calibration are not exported (its bias "
+                              "corrections are, in the layers)")
         form.notes.append("input: the image as a constant current every step; output: the readout current per step "
                           "(sum over steps, argmax: the harness's membrane decode)")
         return form
 
 
-LAYER_METRICS: tuple[MetricSpec, ...] = (MetricSpec("layer/{layer}/lambda", "activation scale λ of a neuron op (calibrated)",
-                            "activation units", None, 0.0),)
+def model_metrics(model: RateModel) -> dict[str, float]:
+    """λ per neuron op; with per-channel thresholds their spread (smallest/largest channel); with
+    light calibration the mean absolute bias correction per corrected layer."""
+    out = {f"layer/{n}/lambda": lam for n, lam in model.lams.items()}
+    out.update({f"layer/{n}/lambda_channel_min": lam * float(model.channel[n].min())
+                for n, lam in model.lams.items() if n in model.channel})
+    out.update({f"layer/{n}/bias_shift": float(t.abs().mean()) for n, t in model.shifts.items()})
+    out.update({f"layer/{n}/potential_shift": float(t.abs().mean()) for n, t in model.potentials.items()})
+    return out
+
+
+LAYER_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("layer/{layer}/lambda", "activation scale λ of a neuron op (calibrated; per channel: the largest)",
+               "activation units", None, 0.0),
+    MetricSpec("layer/{layer}/lambda_channel_min", "the smallest channel's λ (normalization=channel)",
+               "activation units", None, 0.0),
+    MetricSpec("layer/{layer}/bias_shift", "mean absolute bias correction of a synaptic layer (calibration)",
+               "activation units", None, 0.0),
+    MetricSpec("layer/{layer}/potential_shift", "mean absolute initial-membrane correction of a neuron op "
+               "(calibration=light)", "thresholds", None, 0.0),
+)
 
 
 class Rate(Method):
@@ -306,10 +499,8 @@ class Rate(Method):
 
         graph = trace(ann.to(ctx.device).eval(), ctx.dataset.input_shape).folded()
         x, _ = ctx.dataset.subset("train", params.calibration_samples)
-        lams = calibrate_scales(graph, torch.from_numpy(x).to(ctx.device), params.normalization, params.percentile,
-                                seed=ctx.seed)
-        return Preparation(RateEvaluable(RateModel(graph, lams), params, label=self.name),
-                           metrics={f"layer/{n}/lambda": lam for n, lam in lams.items()})
+        model = calibrated_model(graph, torch.from_numpy(x).to(ctx.device), params, seed=ctx.seed)
+        return Preparation(RateEvaluable(model, params, label=self.name), metrics=model_metrics(model))
 
     def analyse(self, ctx, prep, evaluation, params) -> Extras:
         from ..firing import firing_rate_artifacts
