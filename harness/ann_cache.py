@@ -41,12 +41,16 @@ def ann_cache_key(ctx) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[-60:]
+def cache_file(ctx, kind: str, key: str) -> Path:
+    """``<cache>/<kind>/<data set>__<model>__<key>.pt``, names made safe for any file system."""
+    def safe(name: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[-60:]
+
+    return ctx.cache_dir / kind / f"{safe(ctx.dataset.name)}__{safe(ctx.model_name)}__{key}.pt"
 
 
 def ann_cache_path(ctx) -> Path:
-    return ctx.cache_dir / "ann" / f"{_safe(ctx.dataset.name)}__{_safe(ctx.model_name)}__{ann_cache_key(ctx)}.pt"
+    return cache_file(ctx, "ann", ann_cache_key(ctx))
 
 
 def load_cached(path: Path) -> dict:

@@ -168,3 +168,36 @@ def test_a_tracked_qcfs_run_reports_its_ann_its_thresholds_and_the_replaced_pool
     assert lams and all(v > 0 for v in lams.values())
     run = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(rec["tracking"]["run_id"])
     assert run.info.status == "FINISHED" and "qcfs/ann/test/accuracy" in run.data.metrics
+    assert rec["provenance"]["qcfs_cache"] == "miss" and rec["provenance"]["ann_cache"] == "miss"
+    # a second run takes the fine-tuned QCFS ANN from its own cache entry (not the ReLU ANN's):
+    # the same numbers without fine-tuning again
+    again = tmp_path / "r2.json"
+    assert main(["run", "--method", "qcfs", "--model", "vgg-small", "--dataset", "digits", "--epochs", "2", "--set",
+                 "epochs=1", "--set", "timesteps=4", "--no-progress", "-o", str(again)]) == 0
+    rec2 = json.loads(again.read_text())
+    assert rec2["provenance"]["qcfs_cache"] == "hit" and rec2["provenance"]["ann_cache"] == "hit"
+    assert rec2["provenance"]["qcfs_cache_file"] != rec2["provenance"]["ann_cache_file"]
+    assert rec2["metrics"]["test/accuracy"] == m["test/accuracy"] and rec2["metrics"]["spikes"] == m["spikes"]
+    assert rec2["step_metrics"]["qcfs/train/loss"] == rec["step_metrics"]["qcfs/train/loss"]
+
+
+def test_a_relu_module_called_twice_gets_a_qcfs_and_a_lambda_per_call():
+    """resnet-small's blocks call one ReLU module twice: each call is its own layer with its own λ.
+    Wrong variant: one QCFS shared by both calls (one λ for two layers, trained as one)."""
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.relu, self.fc = nn.Linear(4, 4), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.relu(self.b(self.relu(self.a(x)))))
+
+    graph = trace(Twice(), (4,))
+    names = [op.name for op in graph.neurons]
+    install_qcfs(graph.gm, graph, {names[0]: 1.0, names[1]: 2.0}, 8)
+    again = trace(graph.gm, (4,))
+    mods = [op.module for op in again.neurons]
+    assert len(mods) == 2 and mods[0] is not mods[1]
+    assert [op.name for op in again.neurons] == names
+    assert [m.threshold for m in mods] == [1.0, 2.0]

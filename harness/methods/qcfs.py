@@ -28,18 +28,24 @@ of the same window before fine-tuning, in the QCFS ANN and its SNN alike (the ru
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import nn
 
+from ..ann_cache import cache_file, load_cached
 from ..api import Preparation
 from ..calibration import calibrate_scales
 from ..config import ConfigError, param
+from ..errors import DataError, OutputError
 from ..graph import Kind, register_module_kind
 from ..metrics import MetricSpec, fine_tuning_curves
-from .rate import LAYER_METRICS, Rate, RateEvaluable, RateModel, RateParams
+from .rate import LAYER_METRICS, Rate, RateEvaluable, RateParams, calibrated_model, model_metrics
 
 
 class QCFS(nn.Module):
@@ -74,7 +80,17 @@ class QCFSParams(RateParams):
     epochs: int = param(10, "fine-tuning epochs of the QCFS ANN (from the trained ReLU ANN)", low=0)
     lr: float = param(1e-3, "fine-tuning learning rate (Adam)", low=0, low_open=True)
     lam_lr: float = param(1e-2, "learning rate of the thresholds λ", low=0)
-    maxpool: Literal["avg", "max"] = param("avg", "max pooling trained and converted as average pooling, or kept")
+    maxpool: Literal["avg", "max", "gate"] = param(  # type: ignore[assignment]  # qcfs adds avg
+        "avg", "max pooling trained and converted as average pooling, or kept (converted as rate's max or gate)")
+    calibration: Literal["none", "bias", "light"] = param(
+        "light", "after conversion, match each layer's mean activity to the QCFS ANN's: per channel through the "
+        "bias (bias), then per neuron through the initial membrane (light)")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.normalization == "channel":
+            raise ConfigError("qcfs: normalization=channel is not available (λ is trained per layer); valid "
+                              "values are max, percentile (how λ is initialised)")
 
 
 def replace_maxpools(gm: torch.fx.GraphModule, graph) -> list[str]:
@@ -103,12 +119,19 @@ def replace_maxpools(gm: torch.fx.GraphModule, graph) -> list[str]:
 
 
 def install_qcfs(gm: torch.fx.GraphModule, graph, lams: dict[str, float], levels: int) -> None:
-    """A QCFS module on every neuron op of ``graph`` (in ``gm``), λ from ``lams`` (by op name)."""
+    """A QCFS module of its own on every neuron op of ``graph`` (in ``gm``), λ from ``lams`` (by op
+    name). A ReLU module called at several places (resnet-small's blocks call theirs twice) gets one
+    QCFS per call, installed at the op's name: each layer trains its own λ."""
     from ..graph import set_module
 
+    taken: set[str] = set()
+    names = {n for n, _ in gm.named_modules()}
     for op in graph.neurons:
-        target = op.node.target if op.node.op == "call_module" else f"{op.name}_qcfs"
-        set_module(gm, op.node, str(target), QCFS(lams.get(op.name, 1.0), levels))
+        target = str(op.node.target) if op.node.op == "call_module" else f"{op.name}_qcfs"
+        if target in taken:
+            target = op.name if op.name not in names else f"{op.name}_qcfs"
+        taken.add(target)
+        set_module(gm, op.node, target, QCFS(lams.get(op.name, 1.0), levels))
     gm.recompile()
 
 
@@ -132,7 +155,7 @@ class Qcfs(Rate):
 
     def prepare(self, ctx, ann, params) -> Preparation:
         from ..graph import trace
-        from ..training import fit
+        from ..io import save_torch_atomic
 
         relu = trace(copy.deepcopy(ann).cpu().eval(), ctx.dataset.input_shape)
         gm = relu.gm
@@ -142,18 +165,66 @@ class Qcfs(Rate):
         lams = calibrate_scales(graph.folded(), torch.from_numpy(x), params.normalization, params.percentile,
                                 seed=ctx.seed)
         install_qcfs(gm, graph, lams, params.levels)
-        module = _QCFSClassifier(gm.train(), lr=params.lr, lam_lr=params.lam_lr)
-        if params.epochs:
+        path = qcfs_cache_path(ctx, ann, params) if params.epochs else None
+        if path is None:  # nothing to fine-tune, nothing to keep
+            net, history, hit = gm.eval(), {}, "none (epochs 0)"
+        elif path.is_file():  # the fine-tuned QCFS ANN of this very ReLU ANN and these knobs
+            blob = load_cached(path)
+            try:
+                gm.load_state_dict(blob["state_dict"])
+            except RuntimeError as exc:
+                raise DataError(f"QCFS cache file {path} does not fit this network ({exc}); delete it to "
+                                "fine-tune again") from None
+            net, history, hit = gm.eval(), blob.get("history", {}), "hit"
+        else:
+            from ..training import fit
+
+            module = _QCFSClassifier(gm.train(), lr=params.lr, lam_lr=params.lam_lr)
             fit(ctx, module, params.epochs, stage="qcfs")
-        net = module.model.eval()
+            net, hit = module.model.cpu().eval(), "miss"
+            history = {k: [float(v) for v in vs] for k, vs in module.history.items()
+                       if all(math.isfinite(v) for v in vs)}
+            try:
+                save_torch_atomic({"state_dict": net.state_dict(), "history": history}, path)
+            except OSError as exc:
+                raise OutputError(f"writing the QCFS cache {path} failed ({exc.strerror or exc}); nothing was "
+                                  "logged (no partial file was left)") from None
         alone = ctx.evaluate(net, desc="evaluate QCFS ANN", what="the QCFS ANN")
         converted = trace(net, ctx.dataset.input_shape).folded()
         thresholds = {op.name: qcfs_of(op).threshold for op in converted.neurons}
-        ev = RateEvaluable(RateModel(converted, thresholds), params, label=self.name)
-        metrics = {f"layer/{n}/lambda": lam for n, lam in thresholds.items()}
+        model = calibrated_model(converted, torch.from_numpy(x), params, lams=thresholds)
+        ev = RateEvaluable(model, params, label=self.name)
+        metrics = model_metrics(model)
         metrics.update({"qcfs/ann/test/accuracy": alone.metrics["test/accuracy"],
                         "qcfs/maxpool_replaced": float(len(replaced))})
-        return Preparation(ev, metrics=metrics, step_metrics={f"qcfs/{k}": v for k, v in module.history.items()})
+        return Preparation(ev, metrics=metrics, step_metrics={f"qcfs/{k}": v for k, v in history.items()},
+                           info={"qcfs_cache": hit, **({"qcfs_cache_file": str(path)} if path else {})})
+
+
+def qcfs_cache_path(ctx, ann: nn.Module, params: QCFSParams) -> Path:
+    """Where the fine-tuned QCFS ANN is kept: keyed by the ReLU ANN it starts from (its tensors,
+    so a pruned or user-given ANN has its own entry), the knobs that shape fine-tuning, the
+    training configuration (batch size ...), the seed and this file's code — never the ReLU ANN's
+    own cache entry."""
+    h = hashlib.sha256()
+    for k, v in sorted(ann.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    knobs = {k: getattr(params, k) for k in ("levels", "epochs", "lr", "lam_lr", "maxpool", "normalization",
+                                             "percentile", "calibration_samples")}
+    payload = dict(ann=h.hexdigest(), knobs=knobs, train=ctx.train.as_dict(), seed=ctx.seed,
+                   dataset=[ctx.dataset.name, ctx.dataset.version], code=_code_digest())
+    key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return cache_file(ctx, "qcfs", key)
+
+
+def _code_digest() -> str:
+    from .._version import __version__
+
+    h = hashlib.sha256(__version__.encode())
+    for f in (Path(__file__), Path(__file__).parent.parent / "training.py"):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def qcfs_of(op) -> QCFS:
