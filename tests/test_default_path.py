@@ -33,6 +33,9 @@ FAST = {  # the least work that still runs every stage of each method
     "prune": ("epochs=1",),
     "prune+rate": ("prune.epochs=1", "timesteps=4"),
     "prune+ttfs": ("prune.epochs=1", "t_max=8", "t_max_sweep=", "fig2=false"),
+    # rate with every option for few time steps (label after the colon)
+    "rate:few-steps": ("timesteps=4", "normalization=channel", "maxpool=gate", "calibration=light",
+                       "calibration_samples=100"),
 }
 # (method, model) -> the node the method names when it refuses the network
 REFUSED = {}
@@ -66,19 +69,21 @@ def test_every_method_runs_tracked_on_every_network_or_refuses_it_in_one_line(me
     from harness.cli import main
     from mlflow.tracking import MlflowClient
 
+    label = method
     uri = f"sqlite:///{place / 'mlruns.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     before = len(_runs(uri))
     out = tmp_path / "record.json"
+    method = method.split(":")[0]
     argv = ["run", "--config", str(place / "run.yaml"), "--method", method, "--model", model,
             "--cache-dir", str(place / "cache"), "--no-progress", "--output-json", str(out)]
-    for s in FAST[method]:
+    for s in FAST[label]:
         argv += ["--set", s]
     rc = main(argv)
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    if (method, model) in REFUSED:
-        node = REFUSED[(method, model)]
+    if (label, model) in REFUSED:
+        node = REFUSED[(label, model)]
         refusal = [ln for ln in err.splitlines() if ln.startswith("harness: error:")]
         assert rc == 2 and len(refusal) == 1, err[-2000:]
         assert refusal[0].startswith(f"harness: error: node `{node}` (") and \

@@ -547,3 +547,47 @@ def test_the_synapse_by_scale_heatmap_puts_scales_in_columns_and_synapses_in_row
     (table,) = drawn
     assert list(table.columns) == [1.0, 10.0] and list(table.index) == [0.0, 0.005]
     assert table.loc[0.005, 10.0] == pytest.approx(0.53) and "4 rate runs" in fig.caption
+
+
+def test_latency_figures_draw_one_line_per_method_variant_and_label_energy_points_with_T(tmp_path, drawn_lines,
+                                                                                           monkeypatch):
+    """One panel per model × data set; a variant of rate (gated pools, light calibration) is its own
+    line; at each T the most accurate full-test run; ttfs placed at its t_max; a subset run left
+    out; each energy point annotated with its T. Wrong variants: variants merged into "rate", the
+    last run instead of the best, subset runs drawn, ttfs without a T."""
+    import harness.analysis.figures as figures
+    import pandas as pd
+    from harness.analysis.runs import RunTable
+
+    def row(rid, method, T, acc, model="vgg-small", eval_limit=0, **p):
+        r = {"run_id": rid, "method": method, "model": model, "dataset": "fashion-mnist", "test/accuracy": acc,
+             "eval_limit": eval_limit, "start_time": 0, "energy_nJ/cmos45-fp32": 100.0 * (T or 1),
+             "ann/test/accuracy": 0.9, "ann/energy_nJ/cmos45-fp32": 900.0,
+             "p.timesteps": None if method == "ttfs" else str(T), "p.t_max": str(T) if method == "ttfs" else None}
+        r.update({f"p.{k}": v for k, v in p.items()})
+        return r
+
+    rows = [row("r4", "rate", 4, 0.5, maxpool="max", calibration="none"),
+            row("r8", "rate", 8, 0.7, maxpool="max", calibration="none"),
+            row("r8-worse", "rate", 8, 0.6, maxpool="max", calibration="none"),
+            row("r8-subset", "rate", 8, 0.99, eval_limit=100, maxpool="max", calibration="none"),
+            row("g8", "rate", 8, 0.8, maxpool="gate", calibration="light"),
+            row("q8", "qcfs", 8, 0.88, maxpool="avg", calibration="light", levels="8"),
+            row("t16", "ttfs", 16, 0.85),
+            row("other", "rate", 8, 0.3, model="resnet-small", maxpool="max", calibration="none")]
+    runs = RunTable(pd.DataFrame(rows), "e", "sqlite://")
+    fig = figures.accuracy_vs_timesteps(runs, tmp_path, "cmos45-fp32")
+    assert fig.path.exists() and fig.caption.startswith("6 points")  # r8-worse, r8-subset out
+    drawn = pd.concat(drawn_lines)
+    vgg = drawn[drawn["panel"] == "vgg-small / fashion-mnist"]
+    assert sorted(vgg["series"].unique()) == ["qcfs maxpool=avg calibration=light L=8",
+                                              "rate", "rate maxpool=gate calibration=light", "ttfs"]
+    plain = vgg[vgg["series"] == "rate"].sort_values("T")
+    assert plain["T"].tolist() == [4, 8] and plain["acc"].tolist() == [0.5, 0.7]
+    assert vgg[vgg["series"] == "ttfs"]["T"].tolist() == [16]
+    notes = []
+    real = figures.plt.Axes.annotate
+    monkeypatch.setattr(figures.plt.Axes, "annotate", lambda self, text, *a, **k: notes.append(text) or real(
+        self, text, *a, **k))
+    fig = figures.energy_by_timesteps(runs, tmp_path, "cmos45-fp32")
+    assert fig.path.exists() and sorted(notes) == sorted(["T=4", "T=8", "T=8", "T=8", "T=16", "T=8"])

@@ -142,6 +142,91 @@ def accuracy_vs_time(runs: RunTable, out: Path, energy_model: str) -> Figure:
                   "rate and surrogate runs decode at every step; ttfs runs sweep t_max.")
 
 
+# conversion options that name a variant of a method in the latency figures (value shown when present)
+VARIANT_PARAMS = {"p.normalization": ("channel",), "p.maxpool": ("gate", "avg"), "p.calibration": ("bias", "light")}
+
+
+def _latency_points(runs: RunTable, energy_model: str) -> pd.DataFrame:
+    """One point per method variant × model × data set × T (the run's ``timesteps``, ``t_max`` for
+    ttfs): the most accurate full-test run there, with its energy and its ANN's."""
+    df = runs.of("rate", "qcfs", "ttfs", "surrogate")
+    if "eval_limit" in df:
+        df = df[df["eval_limit"].fillna(0) == 0]
+    last = df["method"].str.split("+").str[-1]
+    col = lambda c: pd.to_numeric(df[c], errors="coerce") if c in df else pd.Series(np.nan, df.index)
+    T = col("p.timesteps").where(last != "ttfs", col("p.t_max"))
+    series = df["method"].astype(str)
+    for key, shown in VARIANT_PARAMS.items():
+        if key in df:
+            v = df[key].astype(str)
+            series = series + np.where(v.isin(shown), " " + key[2:] + "=" + v, "")
+    if "p.levels" in df:
+        series = series + np.where(last == "qcfs", " L=" + df["p.levels"].astype(str), "")
+    energy, ann_energy = f"energy_nJ/{energy_model}", f"ann/energy_nJ/{energy_model}"
+    pts = pd.DataFrame({"T": T, "series": series, "panel": df["model"].fillna("?") + " / " + df["dataset"].fillna("?"),
+                        "acc": df["test/accuracy"], "energy": col(energy), "ann_acc": col("ann/test/accuracy"),
+                        "ann_energy": col(ann_energy), "start_time": col("start_time")})
+    pts = pts[pts["T"].notna()]
+    if pts.empty:
+        raise Missing("no full-test rate, qcfs, ttfs or surrogate run with a number of time steps")
+    return (pts.sort_values(["acc", "start_time"], ascending=False)
+            .drop_duplicates(["panel", "series", "T"]).sort_values(["panel", "series", "T"]))
+
+
+def accuracy_vs_timesteps(runs: RunTable, out: Path, energy_model: str) -> Figure:
+    """Accuracy against the number of time steps T, one line per method variant, one panel per
+    model × data set, the ANN's accuracy as a dashed line."""
+    pts = _latency_points(runs, energy_model)
+    panels = sorted(pts["panel"].unique())
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels) + 2, 4.5), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        sub = pts[pts["panel"] == panel]
+        sns.lineplot(data=sub, x="T", y="acc", hue="series", style="series", marker="o", ax=ax)
+        if sub["ann_acc"].notna().any():
+            ax.axhline(float(sub["ann_acc"].max()), color="k", ls="--", lw=1, label="ANN")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("time steps T (t_max for ttfs; log₂)")
+        ax.set_ylabel("test accuracy (fraction)")
+        ax.set_title(panel, fontsize=10)
+        ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    return Figure("accuracy_vs_timesteps", "Accuracy vs time steps", _save(fig, out, "accuracy_vs_timesteps"),
+                  f"{len(pts)} points: the most accurate full-test run of each method variant at each T, one "
+                  "panel per model / data set; dashed: the ANN.")
+
+
+def energy_by_timesteps(runs: RunTable, out: Path, energy_model: str) -> Figure:
+    """Accuracy against energy with each point labelled by its T, the ANN as a star and a dotted
+    line: where a spiking network first costs less than the ANN at (nearly) its accuracy."""
+    pts = _latency_points(runs, energy_model)
+    pts = pts[pts["energy"] > 0]
+    if pts.empty:
+        raise Missing(f"no rate, qcfs, ttfs or surrogate run has energy_nJ/{energy_model}")
+    panels = sorted(pts["panel"].unique())
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels) + 2, 4.5), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        sub = pts[pts["panel"] == panel]
+        sns.scatterplot(data=sub, x="energy", y="acc", hue="series", style="series", s=50, ax=ax)
+        for _, r in sub.iterrows():
+            ax.annotate(f"T={int(r['T'])}", (r["energy"], r["acc"]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+        front = sub[pareto_mask(sub[["energy", "acc"]].to_numpy(float), (False, True))].sort_values("energy")
+        ax.plot(front["energy"], front["acc"], "k--", lw=1, label="Pareto front")
+        ann = sub.dropna(subset=["ann_energy", "ann_acc"])
+        if not ann.empty:
+            e, a = float(ann["ann_energy"].iloc[0]), float(ann["ann_acc"].max())
+            ax.scatter([e], [a], marker="*", s=160, color="k", label="ANN", zorder=5)
+            ax.axvline(e, color="k", ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"energy per inference on {energy_model} (nJ, log scale)")
+        ax.set_ylabel("test accuracy (fraction)")
+        ax.set_title(panel, fontsize=10)
+        ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    return Figure("energy_by_timesteps", f"Accuracy vs energy by time steps ({energy_model})",
+                  _save(fig, out, "energy_by_timesteps"),
+                  f"{len(pts)} points labelled with their T, one panel per model / data set; star and dotted line: "
+                  "the ANN. A point left of the dotted line costs less than the ANN; dashed: the Pareto front.")
+
+
 @dataclass(frozen=True)
 class Panel:
     """One heatmap of a figure: the value per cell and how it is coloured."""
@@ -391,6 +476,8 @@ FIGURES = (
     ("accuracy_vs_energy", lambda r, o, e: accuracy_vs_cost(r, o, e, "energy")),
     ("accuracy_vs_synops", lambda r, o, e: accuracy_vs_cost(r, o, e, "synops")),
     ("accuracy_vs_time", accuracy_vs_time),
+    ("accuracy_vs_timesteps", accuracy_vs_timesteps),
+    ("energy_by_timesteps", energy_by_timesteps),
     ("synapse_scale_heatmap", synapse_scale_heatmap),
     ("layer_scaling_gains", layer_scaling_gains),
     ("firing_rates", firing_rate_distributions),
