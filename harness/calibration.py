@@ -50,19 +50,38 @@ def calibrate_scales(graph, x: torch.Tensor, mode: str, percentile: float, max_v
     return lams
 
 
-LTB_BATCH = 100  # calibration images per step of the channel-threshold rule (as a data loader's batch)
+def calibrate_channel_percentiles(graph, x: torch.Tensor, percentile: float, max_values: int = MAX_VALUES,
+                                  seed: int = 0) -> dict[str, torch.Tensor]:
+    """λ per output channel (dimension 1) of every neuron op of ``graph``: the ``percentile`` of
+    that channel's positive activations on ``x`` (as :func:`calibrate_scales` per layer); a channel
+    that never fires gets its layer's λ (any scale gives the same, empty, output)."""
+    from .graph import Kind
+
+    gen = torch.Generator().manual_seed(seed)
+    lams: dict[str, torch.Tensor] = {}
+
+    def on_op(op, args, out):
+        if op.kind != Kind.NEURON:
+            return
+        layer = positive_quantile(out, percentile, max_values=max_values, generator=gen)
+        per = out.detach().transpose(0, 1).reshape(out.shape[1], -1)
+        lams[op.name] = torch.tensor([positive_quantile(c, percentile, max_values=max_values, generator=gen,
+                                                        empty=layer) for c in per])
+
+    with torch.no_grad():
+        graph.run(x, on_op)
+    return lams
 
 
-def calibrate_channel_scales(graph, x: torch.Tensor, batch: int = LTB_BATCH,
-                             eps: float = 1e-6) -> dict[str, torch.Tensor]:
+def calibrate_channel_ltb(graph, x: torch.Tensor, batch: int, eps: float = 1e-6) -> dict[str, torch.Tensor]:
     """λ per output channel (dimension 1) of every neuron op of ``graph``, by local threshold
     balancing (Bu, Li & Yu, CVPR 2025; the rule of SpikingJelly's ``LocalThresholdBalancingRecipe``):
     from θ = 0, for each batch of ``batch`` calibration images in order,
     θ_c ← max(θ_c + 2 · mean over the batch and positions of max(a − θ_c, 0), eps), where a is the
-    ReLU's output. It is an online estimate of a high quantile of each channel's activity: the
-    threshold grows while activations overflow it. As in SpikingJelly, each layer's output is clipped
-    at its threshold so far before the layers after it see it (the thresholds are calibrated on the
-    clipped network that the spiking one approximates)."""
+    ReLU's output. The threshold grows while activations overflow it, so it depends on how many
+    batches it sees: measured on mnist-5k vgg-small (1 000 images, T = 8), batches of 100 left it
+    far too low (accuracy 0.37), batches of 10 and 1 gave 0.968 and 0.973. As in SpikingJelly,
+    each layer's output is clipped at its thresholds so far before the layers after it see it."""
     from .graph import Kind
 
     lams: dict[str, torch.Tensor] = {}

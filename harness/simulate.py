@@ -211,6 +211,15 @@ class Simulator:
             preds.append(self._run_batch(x[b0:b0 + self.batch_chunk], T, meters))
         return torch.cat(preds, dim=1)
 
+    @torch.no_grad()
+    def spike_counts(self, x: torch.Tensor, T: int, name: str) -> torch.Tensor:
+        """Spikes of neuron op ``name``, per neuron, summed over the images ``x`` and ``T`` steps —
+        simulating only the ops up to it (light calibration measures one layer at a time)."""
+        total = torch.zeros(self.g[name].shape, dtype=torch.float64, device=x.device)
+        for b0 in range(0, x.shape[0], self.batch_chunk):
+            total += self._run_batch(x[b0:b0 + self.batch_chunk], T, None, until=name)
+        return total
+
     def _inputs(self, op: Op, env: dict[str, torch.Tensor], tc: int, B: int, expand: bool) -> list[torch.Tensor]:
         """The op's input values (gains applied); static values are broadcast over the chunk's
         steps when ``expand`` (the op mixes them with time-varying ones)."""
@@ -223,8 +232,11 @@ class Simulator:
             out.append(v if gain is None else v * gain)
         return out
 
-    def _run_batch(self, x: torch.Tensor, T: int, meters: Meters | None) -> torch.Tensor:
+    def _run_batch(self, x: torch.Tensor, T: int, meters: Meters | None, until: str | None = None) -> torch.Tensor:
+        """Predictions ``[T, B]``; with ``until``, that neuron op's spike counts per neuron (summed
+        over the batch and the steps) from a simulation that stops there."""
         self.reset()
+        until_counts = None
         B = x.shape[0]
         env: dict[str, torch.Tensor] = {self.g.input.name: x}
         for op in self.static_plan:  # the input is constant: these run once
@@ -249,7 +261,10 @@ class Simulator:
             tc = min(chunk, T - t0)
             env = dict(static_env)
             raw: dict[str, torch.Tensor] = {}  # this chunk's spikes, [tc·B, ...]
+            reached = False
             for op in self.dynamic_plan:
+                if reached:
+                    break  # nothing after ``until`` is needed
                 if op.kind == Kind.NEURON:
                     (inp,) = self._inputs(op, env, tc, B, expand=False)
                     pool = self.net.neurons[op.name]
@@ -262,6 +277,9 @@ class Simulator:
                         s = pool(inp.reshape(tc, B, *inp.shape[1:]))
                     if meters is not None:
                         _accumulate(spike_counts, op.name, s[0] if tc == 1 else s.sum(0))
+                    if op.name == until:
+                        until_counts = (until_counts or []) + [s.sum((0, 1), dtype=torch.float64)]
+                        reached = True
                     raw[op.name] = s.reshape(tc * B, *s.shape[2:])
                     signal = self.filter(op.name, s)
                     if theta is not None:
@@ -287,6 +305,8 @@ class Simulator:
                     env[op.name] = self.net.layers[op.name](args[0])
                 else:
                     env[op.name] = apply_op(op, args)
+            if until is not None:
+                continue
             h = env[self.readout]
             if self.readout in self.static:  # a readout-only network: a constant current
                 h = h.unsqueeze(0).expand(tc, *h.shape)
@@ -300,6 +320,10 @@ class Simulator:
                 steps += acc
             acc = steps[-1]
             out_preds.append(steps.argmax(-1))
+        if until is not None:
+            if until_counts is None:
+                raise ValueError(f"{until} is not a simulated neuron op")
+            return torch.stack(until_counts).sum(0)
         if meters is not None:
             self._record(meters, spike_counts, step_events, T, B)
         return torch.cat(out_preds, dim=0)

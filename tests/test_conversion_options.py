@@ -159,18 +159,16 @@ def _sj_predict(snn, x, T):
 
 @pytest.mark.parametrize("model", ["cnn7", "resnet-small"])
 def test_channel_thresholds_and_predictions_match_spikingjellys_local_threshold_balancing(model, digits):
-    """Same stored network, same 300 calibration images in batches of 100: every channel's λ equals
+    """Same stored network, same 300 calibration images in batches of 10: every channel's λ equals
     SpikingJelly's threshold, and the two spiking networks (IF, membrane from half the threshold,
     reset by subtraction, input as a current, summed logits) predict alike at T = 16. Wrong
     variants: λ per layer, another update rule or batch size, the membrane from 0."""
-    from harness.calibration import LTB_BATCH
-
     net = _stored(model, digits)
     x_cal = torch.from_numpy(digits.x["train"][:300])
     x_test = torch.from_numpy(digits.x["test"])
-    snn, sj = _spikingjelly_ltb(net, x_cal, LTB_BATCH)
+    snn, sj = _spikingjelly_ltb(net, x_cal, 10)
     graph = trace(net, digits.input_shape).folded()
-    params = RateParams(timesteps=16, normalization="channel")
+    params = RateParams(timesteps=16, normalization="ltb", ltb_batch=10)
     m = calibrated_model(graph, x_cal, params)
     ours = [m.lams[op.name] * m.channel[op.name] for op in graph.neurons]
     assert len(ours) == len(sj) == len(graph.neurons)
@@ -182,6 +180,26 @@ def test_channel_thresholds_and_predictions_match_spikingjellys_local_threshold_
     assert not all(torch.allclose(t, t.max().expand_as(t)) for t in m.channel.values())  # channels differ
     preds = Simulator(m.convert(params)).run(x_test, 16)[-1]
     assert (preds == _sj_predict(snn, x_test, 16)).float().mean() >= 0.99
+
+
+def test_channel_thresholds_are_each_channels_percentile_of_its_positive_activations():
+    """normalization=channel: λ_c = NumPy's percentile of channel c's positive activations; a silent
+    channel takes the layer's λ. Wrong variants: the layer's percentile for every channel, zeros
+    counted, the channel dimension mixed up with positions."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 1), nn.ReLU(), nn.Flatten(), nn.Linear(12, 2))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([1.0, 2.0, -1.0]).reshape(3, 1, 1, 1))
+        net[0].bias.copy_(torch.tensor([0.0, -0.5, -10.0]))  # channel 2 never fires
+    x = torch.rand(50, 1, 2, 2)
+    graph = trace(net, (1, 2, 2)).folded()
+    m = calibrated_model(graph, x, RateParams(normalization="channel", percentile=90.0))
+    pre = np.stack([x.numpy()[:, 0] * w + b for w, b in ((1.0, 0.0), (2.0, -0.5))])  # [channel, N, 2, 2]
+    want = [np.percentile(c[c > 0], 90.0) for c in pre]
+    layer = np.percentile(np.concatenate([c[c > 0] for c in pre]), 90.0)
+    got = (m.lams["1"] * m.channel["1"]).numpy()
+    assert np.allclose(got, [*want, layer], rtol=1e-5)
+    assert m.lams["1"] == pytest.approx(max(*want, layer), rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,3 +300,19 @@ def test_bias_calibration_brings_a_stored_networks_rates_to_the_anns(digits):
     acc = {k: float((Simulator(m.convert(params)).run(x_test, 8)[-1] == y).float().mean())
            for k, m in (("light", plain), ("none", calibrated_model(graph, x, params)))}
     assert acc["light"] >= acc["none"], acc
+
+
+@pytest.mark.parametrize("time_chunk", [1, 3, 64])
+def test_counting_one_layers_spikes_stops_there_and_counts_what_the_full_simulation_counts(digits, time_chunk):
+    """Light calibration simulates each layer only up to itself: its counts equal the metered full
+    run's, whatever the time chunks (a stop that forgot later chunks, or counted one step twice, fails)."""
+    net = _stored("resnet-small", digits)
+    x = torch.from_numpy(digits.x["test"][:40])
+    graph = trace(net, digits.input_shape).folded()
+    params = RateParams(timesteps=7)
+    rn = calibrated_model(graph, torch.from_numpy(digits.x["train"][:100]), params).convert(params)
+    meters = Meters(timesteps=7, keep_per_neuron=True)
+    Simulator(rn, time_chunk=time_chunk).run(x, 7, meters)
+    for op in graph.neurons:
+        part = Simulator(rn, time_chunk=time_chunk, batch_chunk=16).spike_counts(x, 7, op.name)
+        assert torch.equal(part.float(), meters.neurons[op.name].per_neuron.float()), op.name

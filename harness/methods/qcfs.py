@@ -88,9 +88,9 @@ class QCFSParams(RateParams):
 
     def validate(self) -> None:
         super().validate()
-        if self.normalization == "channel":
-            raise ConfigError("qcfs: normalization=channel is not available (λ is trained per layer); valid "
-                              "values are max, percentile (how λ is initialised)")
+        if self.normalization in ("channel", "ltb"):
+            raise ConfigError(f"qcfs: normalization={self.normalization} is not available (λ is trained per layer); "
+                              "valid values are max, percentile (how λ is initialised)")
 
 
 def replace_maxpools(gm: torch.fx.GraphModule, graph) -> list[str]:

@@ -35,10 +35,12 @@ each step).
 
 Options for few time steps (off by default; measured in the README):
 
-* ``normalization=channel``: one λ per output channel (local threshold balancing, Bu, Li & Yu,
-  CVPR 2025, by SpikingJelly's rule: :func:`harness.calibration.calibrate_channel_scales`). The
-  layer keeps λ = its largest channel's; channel c's neurons see x/θ_c and their spikes carry θ_c
-  (θ_c = λ_c/λ), SpikingJelly's pair of channel voltage scalers around an IF node.
+* ``normalization=channel``: one λ per output channel, the ``percentile`` of that channel's
+  positive activations; ``normalization=ltb``: one λ per output channel by local threshold
+  balancing (Bu, Li & Yu, CVPR 2025, SpikingJelly's rule, in batches of ``ltb_batch`` images:
+  :func:`harness.calibration.calibrate_channel_ltb`). The layer keeps λ = its largest channel's;
+  channel c's neurons see x/θ_c and their spikes carry θ_c (θ_c = λ_c/λ), SpikingJelly's pair of
+  channel voltage scalers around an IF node.
 * ``maxpool=gate``: a max pool that spikes reach passes, in each window, the spikes of the input
   with the most spikes so far (Rueckauer et al. 2017); SynOps downstream count what passed.
 * ``calibration=light``: after conversion, each layer's bias is corrected, layer by layer, by its
@@ -56,7 +58,7 @@ import torch
 from torch import nn
 
 from ..api import Evaluable, Extras, Method, Outputs, Preparation, SingleStep
-from ..calibration import calibrate_channel_scales, calibrate_scales
+from ..calibration import calibrate_channel_ltb, calibrate_channel_percentiles, calibrate_scales
 from ..config import ConfigError, Params, param
 from ..errors import NirUnsupported
 from ..graph import Graph, Kind, Op, spike_paths, unsupported_ops, weight_of
@@ -79,8 +81,10 @@ class RateParams(Params):
     lif_tau: float = param(20.0, "LIF membrane time constant in steps", low=1, low_open=True)
     v_init: float = param(0.5, "initial membrane potential, in units of the threshold (0: floor, 0.5: round)",
                           low=0, high=1, high_open=True)
-    normalization: Literal["max", "percentile", "channel"] = param(
-        "percentile", "how λ is calibrated: per layer (max, percentile) or per channel (local threshold balancing)")
+    normalization: Literal["max", "percentile", "channel", "ltb"] = param(
+        "percentile", "how λ is calibrated: per layer (max, percentile), per channel (channel: the percentile of "
+        "each channel; ltb: local threshold balancing)")
+    ltb_batch: int = param(10, "normalization=ltb: calibration images per update of the thresholds", low=1)
     percentile: float = param(99.9, "percentile of positive activations for λ_l", low=0, low_open=True,
                               high=100)
     calibration_samples: int = param(1000, "training images used for calibration", low=1)
@@ -273,11 +277,12 @@ def gated_pools(graph: Graph) -> frozenset[str]:
 def calibrated_model(graph: Graph, x: torch.Tensor, params: RateParams, seed: int = 0,
                      lams: dict[str, float] | None = None) -> RateModel:
     """The folded ``graph`` calibrated on the images ``x`` as ``params`` say: λ per layer (or the
-    given ``lams``), or per channel (``normalization=channel``), gated max pools, then light
-    calibration."""
+    given ``lams``), or per channel (``normalization=channel`` or ``ltb``), gated max pools, then
+    light calibration."""
     channel: dict[str, torch.Tensor] = {}
-    if lams is None and params.normalization == "channel":
-        per = calibrate_channel_scales(graph, x)
+    if lams is None and params.normalization in ("channel", "ltb"):
+        per = (calibrate_channel_percentiles(graph, x, params.percentile, seed=seed) if params.normalization == "channel"
+               else calibrate_channel_ltb(graph, x, params.ltb_batch))
         lams = {n: float(t.max()) for n, t in per.items()}
         channel = {n: t / lams[n] for n, t in per.items()}
     elif lams is None:
@@ -307,7 +312,6 @@ def light_calibration(model: RateModel, params: RateParams, x: torch.Tensor, sca
     The spiking network then matches the ANN's mean activity per channel and per neuron at the T it
     runs with, which removes the systematic part of the error that uneven spike arrival leaves at
     small T (not the part that varies from image to image)."""
-    from ..meters import Meters
 
     s = scales if scales is not None else {n: params.scale_firing_rates for n in model.lams}
     T = params.timesteps
@@ -330,13 +334,10 @@ def light_calibration(model: RateModel, params: RateParams, x: torch.Tensor, sca
 
     def excess(name: str) -> torch.Tensor:
         """Spikes per step minus the ANN's activity in thresholds per step, per neuron."""
-        meters = Meters(timesteps=T, dt=params.dt, keep_per_neuron=True)
-        Simulator(model.convert(params, scales), synapse=params.synapse, dt=params.dt, time_chunk=params.time_chunk,
-                  batch_chunk=params.batch_chunk, memory_mb=params.memory_mb).run(x, T, meters)
-        counts = meters.neurons[name].per_neuron
-        assert counts is not None
-        amp = top(name, ann[name]).double()
-        return counts.double() / (T * x.shape[0]) - ann[name] / amp
+        sim = Simulator(model.convert(params, scales), synapse=params.synapse, dt=params.dt,
+                        time_chunk=params.time_chunk, batch_chunk=params.batch_chunk, memory_mb=params.memory_mb)
+        counts = sim.spike_counts(x, T, name).cpu()
+        return counts / (T * x.shape[0]) - ann[name] / top(name, ann[name]).double()
 
     model.shifts, model.potentials = {}, {}
     for op in model.graph.neurons:
@@ -420,7 +421,7 @@ class RateEvaluable(Evaluable):
         if self.sim.out_neuron is not None:
             raise NirUnsupported(f"{label}: a spiking readout (decode={p.decode}) is not exported")
         if self.net.channel:
-            raise NirUnsupported(f"{label}: per-channel thresholds (normalization=channel) are not exported; NIR's "
+            raise NirUnsupported(f"{label}: per-channel thresholds (normalization={p.normalization}) are not exported; NIR's "
                                  "IF has per-neuron thresholds but its spikes carry no amplitude")
         if self.net.gated:
             raise NirUnsupported(f"{label}: a gated max pool (maxpool=gate) has no NIR equivalent")
@@ -456,7 +457,7 @@ def model_metrics(model: RateModel) -> dict[str, float]:
 LAYER_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("layer/{layer}/lambda", "activation scale λ of a neuron op (calibrated; per channel: the largest)",
                "activation units", None, 0.0),
-    MetricSpec("layer/{layer}/lambda_channel_min", "the smallest channel's λ (normalization=channel)",
+    MetricSpec("layer/{layer}/lambda_channel_min", "the smallest channel's λ (normalization=channel or ltb)",
                "activation units", None, 0.0),
     MetricSpec("layer/{layer}/bias_shift", "mean absolute bias correction of a synaptic layer (calibration)",
                "activation units", None, 0.0),
