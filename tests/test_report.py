@@ -571,17 +571,19 @@ def test_latency_figures_draw_one_line_per_method_variant_and_label_energy_point
             row("r8", "rate", 8, 0.7, maxpool="max", calibration="none"),
             row("r8-worse", "rate", 8, 0.6, maxpool="max", calibration="none"),
             row("r8-subset", "rate", 8, 0.99, eval_limit=100, maxpool="max", calibration="none"),
+            row("r8-samples", "rate", 8, 0.98, maxpool="max", calibration="none", eval_samples="500"),
+            row("ltb8", "rate", 8, 0.75, maxpool="max", calibration="none", normalization="ltb"),
             row("g8", "rate", 8, 0.8, maxpool="gate", calibration="light"),
             row("q8", "qcfs", 8, 0.88, maxpool="avg", calibration="light", levels="8"),
             row("t16", "ttfs", 16, 0.85),
             row("other", "rate", 8, 0.3, model="resnet-small", maxpool="max", calibration="none")]
     runs = RunTable(pd.DataFrame(rows), "e", "sqlite://")
     fig = figures.accuracy_vs_timesteps(runs, tmp_path, "cmos45-fp32")
-    assert fig.path.exists() and fig.caption.startswith("6 points")  # r8-worse, r8-subset out
+    assert fig.path.exists() and fig.caption.startswith("7 points")  # r8-worse and both subsets out
     drawn = pd.concat(drawn_lines)
     vgg = drawn[drawn["panel"] == "vgg-small / fashion-mnist"]
-    assert sorted(vgg["series"].unique()) == ["qcfs maxpool=avg calibration=light L=8",
-                                              "rate", "rate maxpool=gate calibration=light", "ttfs"]
+    assert sorted(vgg["series"].unique()) == ["qcfs maxpool=avg calibration=light L=8", "rate",
+                                              "rate maxpool=gate calibration=light", "rate normalization=ltb", "ttfs"]
     plain = vgg[vgg["series"] == "rate"].sort_values("T")
     assert plain["T"].tolist() == [4, 8] and plain["acc"].tolist() == [0.5, 0.7]
     assert vgg[vgg["series"] == "ttfs"]["T"].tolist() == [16]
@@ -590,4 +592,4 @@ def test_latency_figures_draw_one_line_per_method_variant_and_label_energy_point
     monkeypatch.setattr(figures.plt.Axes, "annotate", lambda self, text, *a, **k: notes.append(text) or real(
         self, text, *a, **k))
     fig = figures.energy_by_timesteps(runs, tmp_path, "cmos45-fp32")
-    assert fig.path.exists() and sorted(notes) == sorted(["T=4", "T=8", "T=8", "T=8", "T=16", "T=8"])
+    assert fig.path.exists() and sorted(notes) == sorted(["T=4", "T=8", "T=8", "T=8", "T=8", "T=16", "T=8"])

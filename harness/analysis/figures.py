@@ -143,15 +143,17 @@ def accuracy_vs_time(runs: RunTable, out: Path, energy_model: str) -> Figure:
 
 
 # conversion options that name a variant of a method in the latency figures (value shown when present)
-VARIANT_PARAMS = {"p.normalization": ("channel",), "p.maxpool": ("gate", "avg"), "p.calibration": ("bias", "light")}
+VARIANT_PARAMS = {"p.normalization": ("max", "channel", "ltb"), "p.maxpool": ("gate", "avg"),
+                  "p.calibration": ("bias", "light")}
 
 
 def _latency_points(runs: RunTable, energy_model: str) -> pd.DataFrame:
     """One point per method variant × model × data set × T (the run's ``timesteps``, ``t_max`` for
     ttfs): the most accurate full-test run there, with its energy and its ANN's."""
     df = runs.of("rate", "qcfs", "ttfs", "surrogate")
-    if "eval_limit" in df:
-        df = df[df["eval_limit"].fillna(0) == 0]
+    for subset in ("eval_limit", "p.eval_samples"):  # full test sets only
+        if subset in df:
+            df = df[pd.to_numeric(df[subset], errors="coerce").fillna(0) == 0]
     last = df["method"].str.split("+").str[-1]
     col = lambda c: pd.to_numeric(df[c], errors="coerce") if c in df else pd.Series(np.nan, df.index)
     T = col("p.timesteps").where(last != "ttfs", col("p.t_max"))
