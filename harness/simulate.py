@@ -266,25 +266,12 @@ class Simulator:
                 if reached:
                     break  # nothing after ``until`` is needed
                 if op.kind == Kind.NEURON:
-                    (inp,) = self._inputs(op, env, tc, B, expand=False)
-                    pool = self.net.neurons[op.name]
-                    theta = self.net.channel.get(op.name)
-                    if theta is not None:
-                        inp = inp / theta.to(inp.device)
-                    if op.inputs[0] in self.static:
-                        s = pool(inp, steps=tc)
-                    else:
-                        s = pool(inp.reshape(tc, B, *inp.shape[1:]))
+                    s = self._neuron_step(op, env, raw, tc, B)
                     if meters is not None:
                         _accumulate(spike_counts, op.name, s[0] if tc == 1 else s.sum(0))
                     if op.name == until:
                         until_counts = (until_counts or []) + [s.sum((0, 1), dtype=torch.float64)]
                         reached = True
-                    raw[op.name] = s.reshape(tc * B, *s.shape[2:])
-                    signal = self.filter(op.name, s)
-                    if theta is not None:
-                        signal = signal * theta.to(signal.device)
-                    env[op.name] = signal.reshape(tc * B, *s.shape[2:])
                     continue
                 if op.name in self.gated:
                     (inp,) = self._inputs(op, env, tc, B, expand=False)
@@ -307,15 +294,7 @@ class Simulator:
                     env[op.name] = apply_op(op, args)
             if until is not None:
                 continue
-            h = env[self.readout]
-            if self.readout in self.static:  # a readout-only network: a constant current
-                h = h.unsqueeze(0).expand(tc, *h.shape)
-            else:
-                h = h.reshape(tc, B, *h.shape[1:])
-            gain = self.net.gains.get((self.g.output.name, 0))
-            if gain is not None:
-                h = h * gain
-            steps = self._decode(h).cumsum(0)
+            steps = self._decode(self._readout(env, tc, B)).cumsum(0)
             if acc is not None:
                 steps += acc
             acc = steps[-1]
@@ -344,6 +323,33 @@ class Simulator:
                 entries = float(T * counts.numel())
                 meters.record_neuron_counts(op.name, spikes=total, entries=entries, zeros=entries - total,
                                             kind=self.net.neurons[op.name].kind, per_neuron=per_neuron)
+
+    def _neuron_step(self, op: Op, env: dict[str, torch.Tensor], raw: dict[str, torch.Tensor], tc: int,
+                     B: int) -> torch.Tensor:
+        """Step neuron op ``op`` through the chunk: its binary spikes ``[tc, B, ...]``; ``raw`` gets
+        them and ``env`` the signal it passes on (filtered, times θ_c with per-channel thresholds)."""
+        (inp,) = self._inputs(op, env, tc, B, expand=False)
+        pool = self.net.neurons[op.name]
+        theta = self.net.channel.get(op.name)
+        if theta is not None:
+            inp = inp / theta.to(inp.device)
+        s = pool(inp, steps=tc) if op.inputs[0] in self.static else pool(inp.reshape(tc, B, *inp.shape[1:]))
+        raw[op.name] = s.reshape(tc * B, *s.shape[2:])
+        signal = self.filter(op.name, s)
+        if theta is not None:
+            signal = signal * theta.to(signal.device)
+        env[op.name] = signal.reshape(tc * B, *s.shape[2:])
+        return s
+
+    def _readout(self, env: dict[str, torch.Tensor], tc: int, B: int) -> torch.Tensor:
+        """The readout current of the chunk, ``[tc, B, classes]`` (its gain applied)."""
+        h = env[self.readout]
+        if self.readout in self.static:  # a readout-only network: a constant current
+            h = h.unsqueeze(0).expand(tc, *h.shape)
+        else:
+            h = h.reshape(tc, B, *h.shape[1:])
+        gain = self.net.gains.get((self.g.output.name, 0))
+        return h if gain is None else h * gain
 
     def _gate(self, name: str, spikes: torch.Tensor, signal: torch.Tensor, tc: int, B: int):
         """A gated max pool (Rueckauer et al. 2017): in each window, the input with the most spikes
