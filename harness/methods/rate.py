@@ -353,14 +353,6 @@ def light_calibration(model: RateModel, params: RateParams, x: torch.Tensor, sca
             model.potentials[op.name] = (-T * excess(op.name)).float()
 
 
-def _channel_mean(t: torch.Tensor) -> torch.Tensor:
-    return t.transpose(0, 1).reshape(t.shape[1], -1).double().mean(1).float().cpu()
-
-
-def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.reshape([1, -1] + [1] * (like.dim() - 2))
-
-
 def _bias_target(graph: Graph, op: Op) -> Op | None:
     """The synaptic layer whose bias moves ``op``'s input by a constant per channel: the one feeding
     it directly (through pooling, flatten-free unary ops), or the first such input of an add."""
