@@ -26,10 +26,12 @@ from .inputs import check_state_dict
 from .io import save_torch_atomic
 
 
-def _code_version() -> str:
+def code_digest(*files: Path) -> str:
+    """The package version and the source of ``files`` (default: ``training.py`` and this file),
+    hashed: a cache entry made by other code is another entry."""
     h = hashlib.sha256(__version__.encode())
-    for name in ("training.py", "ann_cache.py"):
-        h.update((Path(__file__).parent / name).read_bytes())
+    for f in files or (Path(__file__).parent / "training.py", Path(__file__)):
+        h.update(f.read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -37,7 +39,7 @@ def ann_cache_key(ctx) -> str:
     ds = ctx.dataset
     payload = dict(dataset=ds.name, version=ds.version, shape=list(ds.input_shape), classes=ds.num_classes,
                    model=ctx.model_name, architecture=ctx.graph.fingerprint(), train=ctx.train.as_dict(),
-                   seed=ctx.seed, code=_code_version())
+                   seed=ctx.seed, code=code_digest())
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 

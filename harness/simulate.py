@@ -176,9 +176,9 @@ class Simulator:
         work = [op for op in g if op.kind not in (Kind.INPUT, Kind.OUTPUT, Kind.SHAPE)]
         self.static_plan = [op for op in work if op.name in self.static]
         self.dynamic_plan = [op for op in work if op.name not in self.static]
-        self.gated = {op.name: (pool_geometry(op), event_path(g, op.name, stops=frozenset(net.gated)))
+        self.gated = {op.name: (pool_geometry(op), event_path(g, op.name, stops=net.gated))
                       for op in self.dynamic_plan if op.name in net.gated}
-        self.paths = {op.name: event_path(g, op.name, stops=frozenset(self.gated))
+        self.paths = {op.name: event_path(g, op.name, stops=net.gated)
                       for op in self.dynamic_plan if op.kind == Kind.SYNAPSE}
         self.gate_counts: dict[str, torch.Tensor] = {}
         self.readout = g.output.inputs[0]
@@ -381,11 +381,14 @@ class Simulator:
 
 
 def pool_geometry(op: Op) -> tuple:
-    """(kernel, stride, padding, dilation, ceil_mode) of a 2-d max pool op, module or functional."""
+    """(kernel, stride, padding, dilation, ceil_mode) of a 2-d max pool op, module or functional
+    (``F.max_pool2d``'s defaults filled in); refuses any other max pool."""
     m = op.module
     if m is not None:
         if not isinstance(m, nn.MaxPool2d):
-            raise ValueError(f"{op.describe()} is not a 2-d max pool")
+            from .errors import ConfigError
+
+            raise ConfigError(f"{op.describe()} is not a 2-d max pool; use --set maxpool=max")
         return m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode
     names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
     a, kw = op.node.args, op.node.kwargs

@@ -9,7 +9,7 @@ import torch
 from harness.graph import Kind, trace
 from harness.meters import Meters
 from harness.methods.rate import RateEvaluable, RateModel, RateParams, calibrated_model
-from harness.simulate import Simulator
+from harness.simulate import NeuronPool, Simulator
 from torch import nn
 
 from regression_cases import load_nets
@@ -80,6 +80,28 @@ def test_a_gated_max_pool_passes_the_busiest_inputs_spikes_and_synops_count_what
     assert st.input_spikes == sum(want)
     assert st.effective_ops == 3 * sum(want)  # each passed spike reaches 3 readout units
     assert meters.neurons[graph.neurons[0].name].spikes == sum(sum(row) for row in TRAIN)
+
+
+@pytest.mark.parametrize("tau", [None, 4.0])
+def test_a_per_neuron_initial_membrane_is_the_same_in_both_kernels(tau):
+    """Light calibration's per-neuron v_init: the in-place loop and SpikingJelly's node start each
+    neuron from its own value, in every image of the batch, and carry the state across chunks
+    (membranes land exactly on the threshold: multiples of 1/8). Wrong variants: the tensor
+    dropped for SpikingJelly (every membrane from 0), one image's membranes only."""
+    torch.manual_seed(0)
+    v0 = torch.randint(-4, 8, (3, 2, 2)).float() / 8
+    x = torch.randint(-2, 9, (6, 5, 3, 2, 2)).float() / 8
+    fast, ref = NeuronPool(tau, "inplace", v0), NeuronPool(tau, "spikingjelly", v0)
+    got = torch.cat([fast(x[:2]), fast(x[2:])])
+    assert torch.equal(got, ref(x))
+    flat = NeuronPool(tau, "inplace", 0.0)
+    assert not torch.equal(got, flat(x))  # the initial membranes matter here
+    v = v0.clone().expand(5, 3, 2, 2).clone()  # by hand, IF or LIF, threshold 1, reset by subtraction
+    for t in range(6):
+        v = (v * (1 - 1 / tau) if tau else v) + x[t]
+        s = (v >= 1).float()
+        assert torch.equal(got[t], s)
+        v = v - s
 
 
 def test_pools_that_spikes_reach_gate_and_pools_of_currents_stay_max_pools():

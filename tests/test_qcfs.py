@@ -181,6 +181,29 @@ def test_a_tracked_qcfs_run_reports_its_ann_its_thresholds_and_the_replaced_pool
     assert rec2["step_metrics"]["qcfs/train/loss"] == rec["step_metrics"]["qcfs/train/loss"]
 
 
+def test_a_functional_pool_keeps_its_ceil_mode_and_a_dilated_one_is_refused():
+    """``F.max_pool2d``'s window is read like a module's: ceil_mode kept (a 5×5 map pooled 2×2 is
+    3×3 with it, 2×2 without), dilation refused. Wrong variants: ceil_mode dropped for function
+    calls, a dilated pool averaged over a dense window."""
+    from harness.config import ConfigError
+
+    class Net(nn.Module):
+        def __init__(self, **kw):
+            super().__init__()
+            self.conv, self.kw = nn.Conv2d(1, 1, 1), kw
+
+        def forward(self, x):
+            return torch.flatten(nn.functional.max_pool2d(torch.relu(self.conv(x)), 2, **self.kw), 1)
+
+    graph = trace(Net(ceil_mode=True).eval(), (1, 5, 5))
+    replace_maxpools(graph.gm, graph)
+    (pool,) = [op.module for op in trace(graph.gm, (1, 5, 5)).of(Kind.AVGPOOL)]
+    assert pool.ceil_mode is True and graph.gm(torch.rand(1, 1, 5, 5)).shape == (1, 9)
+    graph = trace(Net(dilation=2).eval(), (1, 5, 5))
+    with pytest.raises(ConfigError, match="dilated, or returning indices"):
+        replace_maxpools(graph.gm, graph)
+
+
 def test_a_relu_module_called_twice_gets_a_qcfs_and_a_lambda_per_call():
     """resnet-small's blocks call one ReLU module twice: each call is its own layer with its own λ.
     Wrong variant: one QCFS shared by both calls (one λ for two layers, trained as one)."""

@@ -45,13 +45,14 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..ann_cache import cache_file, load_cached
+from ..ann_cache import cache_file, code_digest, load_cached
 from ..api import Preparation
 from ..calibration import calibrate_scales
 from ..config import ConfigError, param
 from ..errors import DataError, OutputError
 from ..graph import Kind, register_module_kind
 from ..metrics import MetricSpec, fine_tuning_curves
+from ..simulate import pool_geometry
 from .rate import LAYER_METRICS, Rate, RateEvaluable, RateParams, calibrated_model, model_metrics
 
 
@@ -110,19 +111,13 @@ def replace_maxpools(gm: torch.fx.GraphModule, graph) -> list[str]:
 
     done = []
     for op in graph.of(Kind.MAXPOOL):
-        if op.module is not None:
-            m = op.module
-            if getattr(m, "dilation", 1) not in (1, (1, 1)) or getattr(m, "return_indices", False):
-                raise ConfigError(f"qcfs: {op.describe()} (dilated, or returning indices) has no average pool "
-                                  "equivalent; use --set maxpool=max")
-            pool = nn.AvgPool2d(m.kernel_size, m.stride, m.padding, ceil_mode=m.ceil_mode, count_include_pad=False)
-            set_module(gm, op.node, str(op.node.target), pool)  # a module call: replaced where it is
-        else:
-            a, kw = op.node.args, op.node.kwargs
-            kernel = a[1] if len(a) > 1 else kw["kernel_size"]
-            stride = (a[2] if len(a) > 2 else kw.get("stride")) or kernel
-            padding = (a[3] if len(a) > 3 else kw.get("padding")) or 0
-            set_module(gm, op.node, f"{op.name}_avg", nn.AvgPool2d(kernel, stride, padding, count_include_pad=False))
+        kernel, stride, padding, dilation, ceil_mode = pool_geometry(op)
+        if dilation not in (1, (1, 1)) or getattr(op.module, "return_indices", op.node.kwargs.get("return_indices")):
+            raise ConfigError(f"qcfs: {op.describe()} (dilated, or returning indices) has no average pool "
+                              "equivalent; use --set maxpool=max")
+        pool = nn.AvgPool2d(kernel, stride, padding, ceil_mode=ceil_mode, count_include_pad=False)
+        # a module call is replaced where it is; a function call becomes a module of its own
+        set_module(gm, op.node, str(op.node.target) if op.module is not None else f"{op.name}_avg", pool)
         done.append(op.name)
     gm.recompile()
     return done
@@ -223,18 +218,10 @@ def qcfs_cache_path(ctx, ann: nn.Module, params: QCFSParams) -> Path:
     knobs = {k: getattr(params, k) for k in ("levels", "epochs", "lr", "lam_lr", "maxpool", "normalization",
                                              "percentile", "calibration_samples")}
     payload = dict(ann=h.hexdigest(), knobs=knobs, train=ctx.train.as_dict(), seed=ctx.seed,
-                   dataset=[ctx.dataset.name, ctx.dataset.version], code=_code_digest())
+                   dataset=[ctx.dataset.name, ctx.dataset.version],
+                   code=code_digest(Path(__file__), Path(__file__).parent.parent / "training.py"))
     key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
     return cache_file(ctx, "qcfs", key)
-
-
-def _code_digest() -> str:
-    from .._version import __version__
-
-    h = hashlib.sha256(__version__.encode())
-    for f in (Path(__file__), Path(__file__).parent.parent / "training.py"):
-        h.update(f.read_bytes())
-    return h.hexdigest()[:12]
 
 
 def qcfs_of(op) -> QCFS:

@@ -43,9 +43,9 @@ Options for few time steps (off by default; measured in the README):
   channel voltage scalers around an IF node.
 * ``maxpool=gate``: a max pool that spikes reach passes, in each window, the spikes of the input
   with the most spikes so far (Rueckauer et al. 2017); SynOps downstream count what passed.
-* ``calibration=light``: after conversion, each layer's bias is corrected, layer by layer, by its
-  channels' mean excess activity over the ANN at the T of the run (Li et al., ICML 2021; see
-  :func:`light_calibration`).
+* ``calibration=bias``: after conversion, each layer's bias is corrected, layer by layer, by its
+  channels' mean excess activity over the ANN at the T of the run; ``calibration=light`` then also
+  each neuron's initial membrane by what remains (Li et al., ICML 2021; see :func:`light_calibration`).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ from ..config import ConfigError, Params, param
 from ..errors import NirUnsupported
 from ..graph import Graph, Kind, Op, spike_paths, unsupported_ops, weight_of
 from ..metrics import MetricSpec
-from ..simulate import NeuronPool, RateNetwork, Simulator
+from ..simulate import NeuronPool, RateNetwork, Simulator, pool_geometry
 
 UNARY = (Kind.MAXPOOL, Kind.AVGPOOL, Kind.ADAPTIVE_AVGPOOL, Kind.FLATTEN, Kind.IDENTITY)
 JOINS = (Kind.ADD, Kind.CAT)
@@ -229,9 +229,8 @@ class RateModel:
             w_factor, b_factor = plan.factors[op.name]
             shift = self.shifts.get(op.name)
             with torch.no_grad():
-                if shift is not None:
-                    if getattr(lin, "bias", None) is None:
-                        lin.bias = nn.Parameter(torch.zeros_like(shift))
+                if shift is not None and getattr(lin, "bias", None) is None:
+                    lin.bias = nn.Parameter(torch.zeros_like(shift))  # a bias-free layer gets one to correct
                 bias = getattr(lin, "bias", None)
                 if shift is not None and isinstance(bias, torch.Tensor):
                     bias.add_(shift.to(bias))
@@ -268,8 +267,7 @@ def gated_pools(graph: Graph) -> frozenset[str]:
             event_path(graph, op.name, stops=frozenset(gated))
         except ConfigError:
             continue  # it pools currents, not spikes
-        if op.module is not None and not isinstance(op.module, nn.MaxPool2d):
-            raise ConfigError(f"maxpool=gate: {op.describe()} is not a 2-d max pool; use --set maxpool=max")
+        pool_geometry(op)  # a 2-d max pool, or refused here
         gated.add(op.name)
     return frozenset(gated)
 
