@@ -69,6 +69,9 @@ class Outputs:
     logits: "torch.Tensor | None" = None
     predictions: "torch.Tensor | None" = None
     step_predictions: "torch.Tensor | None" = None
+    # predictions under other decision rules, by rule: the loop counts their hits into the meters'
+    # counters as ``correct/<rule>`` (sharpen: Whetstone's lowest-index tie-break)
+    alternatives: dict[str, "torch.Tensor"] = field(default_factory=dict)
 
     def final(self) -> "torch.Tensor":
         if self.predictions is not None:
@@ -176,6 +179,12 @@ class RunContext:
     progress: bool = True
     fit_callbacks: tuple = ()  # extra Lightning callbacks of methods that train (a study's pruning)
     live_run: LiveRun | None = None
+    world: Any = None  # harness.distributed.World: this process's rank when evaluations are sharded
+
+    @property
+    def main(self) -> bool:
+        """This process writes the run's files and tracking (rank 0, or the only process)."""
+        return self.world is None or self.world.main
 
     @property
     def seed(self) -> int:

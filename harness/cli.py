@@ -51,6 +51,14 @@ def _add_run_flags(r: argparse.ArgumentParser) -> None:
     r.add_argument("--cache-dir", dest="cache_dir", help="ANN cache directory")
     r.add_argument("--experiment", help="MLflow experiment (default from mlflow.yaml)")
     r.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="hide progress bars")
+    r.add_argument("--eval-batch-size", type=int, dest="eval_batch_size", metavar="N",
+                   help="evaluation batch size (default: 500)")
+    r.add_argument("--nproc", type=int, metavar="N",
+                   help="processes sharing every evaluation, each on its slice of the test set (with --device cuda: "
+                        "one GPU each); torchrun/SLURM set RANK and WORLD_SIZE instead (default: 1)")
+    r.add_argument("--dist-timeout", type=float, dest="dist_timeout", metavar="S",
+                   help="seconds a process waits for the others (start, collectives) before the run fails "
+                        "(default: 1800)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,7 +170,8 @@ def cmd_ls(args) -> int:
 
 
 RUN_FIELDS = ("method", "dataset", "model", "weights", "baseline", "seed", "epochs", "batch_size", "lr", "act_l1",
-              "device", "data_dir", "cache_dir", "experiment", "progress")
+              "device", "data_dir", "cache_dir", "experiment", "progress", "eval_batch_size", "nproc",
+              "dist_timeout")
 
 
 def _run_config(args, **extra):
@@ -270,19 +279,36 @@ def _interrupt(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return guarded(lambda: {"run": cmd_run, "ls": cmd_ls, "study": cmd_study, "report": cmd_report}[args.verb](args))
+
+
+def run_guarded(cfg, prefix: str) -> int:
+    """One run without output, as a rank that ``--nproc`` started runs it (``harness.distributed``);
+    its errors are printed under ``prefix``."""
+    from .runner import run
+
+    def work() -> int:
+        run(cfg)
+        return 0
+
+    return guarded(work, prefix)
+
+
+def guarded(work, prefix: str = "harness") -> int:
+    """Run ``work()`` as the CLI does: its exit code, the user's errors printed without a traceback."""
     import signal
 
     from .errors import PHASE, Interrupted
 
-    args = build_parser().parse_args(argv)
     # SIGINT and SIGTERM stop the work where it is, whatever library is running: Lightning would
     # otherwise turn Ctrl-C into exit 1 and SIGTERM into a silent exit 0
     previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return {"run": cmd_run, "ls": cmd_ls, "study": cmd_study, "report": cmd_report}[args.verb](args)
+        return work()
     except Interrupted as exc:
         note = exc.note or "nothing half-written was kept (the ANN cache and the JSON are written whole or not at all)"
-        print(printable(f"harness: interrupted by {exc} while {PHASE[0]}; {note}"), file=sys.stderr)
+        print(printable(f"{prefix}: interrupted by {exc} while {PHASE[0]}; {note}"), file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:  # output piped into `head`: stop quietly
         import os
@@ -290,10 +316,10 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except HarnessError as exc:
-        print(f"harness: error: {printable(str(exc))}", file=sys.stderr)
+        print(f"{prefix}: error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("harness: interrupted; nothing half-written was kept", file=sys.stderr)
+        print(f"{prefix}: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130
     finally:
         for s, handler in previous.items():

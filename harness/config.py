@@ -287,6 +287,10 @@ class RunConfig(Params):
     experiment: str | None = param(None, "MLflow experiment (default from mlflow.yaml)")
     track: bool = param(True, "log the run to MLflow")
     progress: bool = param(True, "show progress bars")
+    nproc: int = param(1, "processes sharing every evaluation, each on its slice of the test set (one GPU each "
+                          "on CUDA); under torchrun/SLURM the environment's WORLD_SIZE decides", low=1, high=4096)
+    dist_timeout: float = param(1800.0, "seconds a process waits for the others (start, collectives) before "
+                                        "the run fails", low=1)
     sets: tuple[str, ...] = param((), "method parameters as key=value strings")
 
     @property

@@ -49,30 +49,44 @@ def as_evaluable(model: "Evaluable | nn.Module", input_shape: tuple[int, ...]) -
 
 def evaluate_in(ctx: RunContext, model: "Evaluable | nn.Module", split: str = "test", *, batch_size: int | None = None,
                 limit: int | None = None, desc: str = "evaluate", what: str = "evaluation") -> Evaluation:
-    """The harness's evaluation of ``model`` on one split of the run's data: the run's evaluator."""
+    """The harness's evaluation of ``model`` on one split of the run's data: the run's evaluator
+    (sharded over the run's ranks when it has several: :mod:`harness.distributed`)."""
     ev = as_evaluable(model, ctx.dataset.input_shape)
     loader = ctx.loader(split, batch_size=batch_size or ev.batch_size, limit=limit or ev.limit)
-    return evaluate(ev, loader, device=ctx.device, progress=ctx.progress, desc=desc, schema=ctx.schema, what=what)
+    return evaluate(ev, loader, device=ctx.device, progress=ctx.progress and ctx.main, desc=desc, schema=ctx.schema,
+                    what=what, world=ctx.world)
 
 
 def evaluate(ev: Evaluable, loader, *, device: str = "cpu", progress: bool = False, desc: str = "evaluate",
-             schema: Schema = SCHEMA, what: str = "evaluation") -> Evaluation:
-    """Run ``loader`` through ``ev``, meter it and check the invariants."""
+             schema: Schema = SCHEMA, what: str = "evaluation", world=None) -> Evaluation:
+    """Run ``loader`` through ``ev``, meter it and check the invariants. With a ``world`` of several
+    ranks, this rank runs its slice of ``loader`` and the meters of every rank are summed before
+    any ratio is taken."""
     from tqdm.auto import tqdm
 
     from .io import tqdm_disable
+    from .meters import merge_meters
 
     ev = ev.to(device)
     meters = Meters(timesteps=ev.timesteps, dt=ev.dt, keep_per_neuron=ev.keep_per_neuron)
     correct_at_t: torch.Tensor | None = None
+    if world is not None:
+        loader = world.shard(loader)
     with torch.no_grad():
         for x, y in tqdm(loader, desc=desc, disable=tqdm_disable(progress), leave=False):
             out = ev.run_batch(x.to(device), meters)
             y = y.to("cpu")
             meters.record_predictions(out.final().to("cpu"), y)
+            for rule, predictions in out.alternatives.items():
+                meters.count(f"correct/{rule}", float((predictions.to("cpu") == y).sum()))
             if out.step_predictions is not None:
                 hits = (out.step_predictions.to("cpu") == y.unsqueeze(0)).sum(1)
                 correct_at_t = hits if correct_at_t is None else correct_at_t + hits
+    if world is not None and world.distributed:
+        parts = world.gather((meters.portable(), correct_at_t), f"summing the meters of {what}")
+        meters = merge_meters([m for m, _ in parts])
+        curves = [c for _, c in parts if c is not None]
+        correct_at_t = torch.stack(curves).sum(0) if curves else None
     if meters.samples == 0:
         raise DataError(f"{what}: no test samples were evaluated (the test split or its limit is empty)")
     metrics, layers = meters.summary()

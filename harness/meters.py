@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -167,7 +167,17 @@ class Meters:
     correct: int = 0
     synapses: "OrderedDict[str, SynapseStats]" = field(default_factory=OrderedDict)
     neurons: "OrderedDict[str, NeuronStats]" = field(default_factory=OrderedDict)
+    counters: dict[str, float] = field(default_factory=dict)  # an evaluable's own sums (see ``count``)
     _fanouts: dict = field(default_factory=dict, repr=False)
+
+    def count(self, key: str, value: float) -> None:
+        """Add to one of the evaluable's own counters (e.g. ``sharpen/ties``): a sum over samples,
+        kept with the meters so that a sharded evaluation sums it over the ranks as well."""
+        self.counters[key] = self.counters.get(key, 0.0) + float(value)
+
+    def portable(self) -> "Meters":
+        """These meters without the fan-out cache (what one rank sends the others)."""
+        return replace(self, _fanouts={})
 
     # ---- recording ---------------------------------------------------------------------------
     def record_batch(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
@@ -331,3 +341,37 @@ class Meters:
         n = max(self.samples, 1)
         return {name: st.per_neuron.flatten() / (n * self.timesteps * self.dt)
                 for name, st in self.neurons.items() if st.per_neuron is not None}
+
+
+SUMMED_SYNAPSE = ("rows", "dense_ops", "effective_ops", "input_spikes", "dense_nopad_ops")
+SUMMED_NEURON = ("entries", "zeros", "spikes")
+
+
+def merge_meters(parts: list[Meters]) -> Meters:
+    """The meters of several slices of one split as one (a sharded evaluation, in rank order):
+    every count summed; what describes a layer (weights, fan-outs, geometry) taken from the first
+    slice that saw it. Every ratio is then computed from the sums (``summary``)."""
+    first = parts[0]
+    out = Meters(timesteps=first.timesteps, dt=first.dt, keep_per_neuron=first.keep_per_neuron)
+    for part in parts:
+        out.samples += part.samples
+        out.correct += part.correct
+        for key, value in part.counters.items():
+            out.count(key, value)
+        for name, st in part.synapses.items():
+            have = out.synapses.get(name)
+            if have is None:
+                out.synapses[name] = replace(st, geometry=dict(st.geometry))
+                continue
+            for f in SUMMED_SYNAPSE:
+                setattr(have, f, getattr(have, f) + getattr(st, f))
+        for name, nst in part.neurons.items():
+            mine = out.neurons.get(name)
+            if mine is None:
+                out.neurons[name] = replace(nst, per_neuron=None if nst.per_neuron is None else nst.per_neuron.clone())
+                continue
+            for f in SUMMED_NEURON:
+                setattr(mine, f, getattr(mine, f) + getattr(nst, f))
+            if nst.per_neuron is not None:
+                mine.per_neuron = nst.per_neuron.clone() if mine.per_neuron is None else mine.per_neuron + nst.per_neuron
+    return out

@@ -236,15 +236,24 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None, fit_c
     (a study's trial), and ``fit_callbacks`` join the Lightning callbacks of methods that train (not
     the ANN's training).
     """
+    from .distributed import world_for
     from .evaluation import evaluate_in
 
+    world = world_for(cfg.nproc, cfg.dist_timeout)
+    if world.launcher and (model is not None or dataset is not None):
+        raise ConfigError(f"--nproc {cfg.nproc}: the processes it starts rebuild the run from its settings, so the "
+                          "model and the data set must be given by name (a registry key or module:factory), not "
+                          "as Python objects; or start every process yourself (torchrun)")
+    if not world.main:  # rank 0 alone tracks, writes and shows progress
+        cfg, tracker = cfg.replace(track=False, output_json=None, progress=False), None
     p = plan(cfg, tracker=tracker, model=model, dataset=dataset)
+    p.device = rank_device(p.device, world)
     inputs = load_inputs(p, dataset)
     methods = [cls() for cls in p.classes]
     config = {**cfg.as_dict(), "model": p.model_name, "train": inputs.train.as_dict()}
     ctx = RunContext(cfg, inputs.dataset, p.model_name, p.device, inputs.train, default_cache_dir(cfg),
                      architecture=inputs.architecture, graph=inputs.graph, schema=p.schema, evaluator=evaluate_in,
-                     progress=cfg.progress, fit_callbacks=tuple(fit_callbacks or ()))
+                     progress=cfg.progress, fit_callbacks=tuple(fit_callbacks or ()), world=world)
     check_methods(ctx, methods, p.params)
     live_id, owned, finished = run_id, False, False
     if p.tracker is not None and run_id is None:
@@ -263,9 +272,30 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None, fit_c
             _write_json(p, result)
         return result
     except BaseException as exc:
+        _leave(world, exc)
         if owned and not finished:  # once logged, the run stays FINISHED (e.g. an unwritable --output-json)
             _close_failed(p.tracker, live_id, exc)
         raise
+
+
+def _leave(world, exc: BaseException) -> None:
+    """A failed run stops the ranks it started; the failure itself is what the user sees."""
+    try:
+        world.close(ok=False)
+    except Exception as other:  # noqa: BLE001 - the first failure is the one to report
+        log.warning("stopping the other ranks after %s: %s", type(exc).__name__, other)
+
+
+def rank_device(device: str, world) -> str:
+    """With several ranks on CUDA, rank ``LOCAL_RANK`` of a machine takes GPU ``LOCAL_RANK``."""
+    if not (world.distributed and device == "cuda"):
+        return device
+    import torch
+
+    if world.local_rank >= torch.cuda.device_count():
+        raise ConfigError(f"rank {world.rank} (LOCAL_RANK {world.local_rank}) has no GPU: this machine has "
+                          f"{torch.cuda.device_count()}; start at most one process per GPU")
+    return f"cuda:{world.local_rank}"
 
 
 def _close_failed(tracker, run_id: str | None, exc: BaseException) -> None:
@@ -285,12 +315,18 @@ def _run(p: Plan, ctx: RunContext, methods: list[Method], inputs: Inputs, config
     from .ann_cache import train_ann
     from .energy import energy_metrics
 
-    cfg, info = p.cfg, dict(inputs.info)
+    cfg, info, world = p.cfg, dict(inputs.info), ctx.world
     ann, history = inputs.weights, dict[str, list[float]]()
-    if ann is None and (cfg.baseline or any(c.needs_trained_ann or c.is_transform for c in p.classes)):
+    needs_ann = ann is None and (cfg.baseline or any(c.needs_trained_ann or c.is_transform for c in p.classes))
+    if needs_ann and world.main:  # with every core, before --nproc starts the other ranks
         set_phase(f"training the ANN ({p.model_name} on {ctx.dataset.name})")
         ann, history, cache_info = train_ann(ctx)
         info.update(cache_info)
+    if world.distributed:
+        set_phase(f"joining the run's {world.size} processes (rank {world.rank})")
+        world.start(cfg.as_dict())
+        if needs_ann:
+            ann, history = _shared_ann(ctx, ann, history, info)
     # the baseline is evaluated after the method has built its network, on the same test samples
     # (a method evaluating the first N only is compared with the ANN on those N); a copy keeps it
     # safe from a method that changes the network it was given
@@ -301,6 +337,7 @@ def _run(p: Plan, ctx: RunContext, methods: list[Method], inputs: Inputs, config
     from .evaluation import as_evaluable
 
     current = as_evaluable(work.model, ctx.dataset.input_shape)
+    world.check_same_network(current.tensors(), cfg.method)
     evaluation = ctx.evaluate(current, desc=f"evaluate {cfg.method}", what=f"the {cfg.method} network")
     ann_eval = None
     if reference is not None:
@@ -313,6 +350,11 @@ def _run(p: Plan, ctx: RunContext, methods: list[Method], inputs: Inputs, config
     problems = p.schema.problems(metrics) + p.schema.problems(steps, curves=True)
     if problems:
         raise InvariantError(f"the {cfg.method} run", problems)
+    world.close(ok=True)  # the last collective is behind; a rank that did not end cleanly fails the run
+    if not world.main:  # the record, the files and the tracking are rank 0's
+        return RunResult(method=cfg.method, dataset=ctx.dataset.describe(), model=p.model_name, seed=cfg.seed,
+                         params=p.param_dict, config=config, metrics=metrics, layers=evaluation.layers,
+                         step_metrics=steps, provenance={}), []
     info.update(work.info)
     info["architecture"] = ctx.graph.fingerprint()
     artifacts = [Artifact("layers.csv", lambda path: write_csv(evaluation.layers, path)),
@@ -331,6 +373,21 @@ def _run(p: Plan, ctx: RunContext, methods: list[Method], inputs: Inputs, config
                        step_metrics=steps, provenance=provenance(p.device, p.started, info),
                        artifacts=[f.name for f in files])
     return result, files
+
+
+def _shared_ann(ctx: RunContext, ann: Any, history: dict, info: dict) -> tuple[Any, dict]:
+    """Rank 0's ANN on every rank (trained or read from the cache there), so every rank converts
+    the same network."""
+    world = ctx.world
+    sent = world.broadcast((ann.state_dict() if world.main else None, history,
+                            {k: v for k, v in info.items() if k.startswith("ann_cache")}), "sending rank 0's ANN")
+    if world.main:
+        return ann, history
+    state, history, cache_info = sent
+    ann = ctx.architecture()
+    ann.load_state_dict(state)
+    info.update(cache_info)
+    return ann.eval(), history
 
 
 def _checked(p: Plan, energy: dict[str, float], metrics: dict[str, float]) -> dict[str, float]:

@@ -153,8 +153,9 @@ def _evaluate_trained(case: str, nets: dict) -> dict[str, float]:
     metrics = {**evaluation.metrics, **energy_metrics(evaluation.metrics, None, spiking=True,
                                                       parts=evaluation.breakdowns)}
     if method == "sharpen":
-        metrics["sharpen/ties"] = ev.ties / ev.total
-        metrics["sharpen/snn_agreement"] = ev.agree / ev.total
+        counted, n = evaluation.meters.counters, evaluation.meters.samples
+        metrics["sharpen/ties"] = counted["sharpen/ties"] / n
+        metrics["sharpen/snn_agreement"] = counted["sharpen/agree"] / n
     return {k: float(v) for k, v in metrics.items()}
 
 

@@ -1067,6 +1067,6 @@ def test_an_evaluation_that_breaks_an_invariant_is_named_evaluation_by_default()
 
     data = [(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long))]
     ctx = SimpleNamespace(dataset=SimpleNamespace(input_shape=(2,)), loader=lambda split, batch_size, limit: data,
-                          device="cpu", progress=False, schema=SCHEMA)
+                          device="cpu", progress=False, schema=SCHEMA, world=None, main=True)
     with pytest.raises(InvariantError, match=r"^evaluation broke 1 invariant "):
         evaluate_in(ctx, Silent())

@@ -109,6 +109,10 @@ class StudyConfig:
             raise ConfigError(f"--n-jobs {self.n_jobs}: valid range is [1, inf)")
         if self.workers < 1:
             raise ConfigError(f"--workers {self.workers}: valid range is [1, inf)")
+        if self.run.nproc > 1 and self.n_jobs > 1:
+            raise ConfigError(f"--nproc {self.run.nproc} with --n-jobs {self.n_jobs}: the trials of --n-jobs share one "
+                              "process, and a process takes part in one sharded evaluation at a time; use "
+                              "--workers for parallel trials (trials x processes <= cores or GPUs)")
         if self.workers > 1 and self.worker_command is None:
             raise ConfigError("--workers starts processes of the command line: use `harness study --workers N`, "
                               "or start the processes yourself")

@@ -235,11 +235,9 @@ class Sharpen(Method):
                            step_metrics=steps, info=info)
 
     def analyse(self, ctx, prep, evaluation, params) -> Extras:
-        ev = prep.model
-        metrics = {"sharpen/snn_agreement": ev.agree / max(ev.total, 1),  # 1: the IF network is the step network
-                   "sharpen/ties": ev.ties / max(ev.total, 1)}
-        if ev.first_predictions:
-            first = torch.cat(ev.first_predictions)
-            labels = torch.cat([y for _, y in ctx.loader("test")])[:len(first)]
-            metrics["sharpen/test/accuracy_lowest_index"] = float((first == labels).double().mean())
+        meters = evaluation.meters
+        n, counted = max(meters.samples, 1), meters.counters
+        metrics = {"sharpen/snn_agreement": counted.get("sharpen/agree", 0.0) / n,  # 1: IF network = step network
+                   "sharpen/ties": counted.get("sharpen/ties", 0.0) / n,
+                   "sharpen/test/accuracy_lowest_index": counted.get("correct/lowest_index", 0.0) / n}
         return Extras(metrics=metrics)

@@ -130,7 +130,6 @@ class SharpenedSNN(GraphSNN):
     def __init__(self, net: Sharpenable, tie_break: str):
         snn = to_spiking(net)
         decode, potential = _decoder(snn), _Potential(snn.get_submodule("spike_out"))
-        self.first_predictions: list[torch.Tensor] = []  # under Whetstone's rule, in test order
 
         def readout(out, T, B):
             assert potential.value is not None
@@ -142,21 +141,22 @@ class SharpenedSNN(GraphSNN):
         self.sharpened, self.tie_break = net.gm, tie_break
         self._sharpened_potential = _Potential(net.gm.get_submodule("spike_out"))
         self._sharpened_decode = _decoder(net.gm)
-        self.agree = self.total = self.ties = 0
 
     def to(self, device):
         self.sharpened.to(device)
         return super().to(device)
 
     def run_batch(self, x, meters):
+        """Also counts, into the meters (so a sharded evaluation sums them): ``sharpen/ties``,
+        ``sharpen/agree`` (samples decided as the sharpened network decides them) and the
+        predictions under Whetstone's lowest-index rule (``correct/lowest_index``)."""
         out = super().run_batch(x, meters)
         first, ties = self._batch
-        self.ties += int(ties.sum())
+        meters.count("sharpen/ties", int(ties.sum()))
         votes = self.sharpened(x)
         assert self._sharpened_potential.value is not None
         ref, _ = self._sharpened_decode.decide(votes, self._sharpened_potential.value, self.tie_break)
-        self.agree += int((out.final() == ref).sum())
-        self.total += x.shape[0]
-        self.first_predictions.append(first.cpu())
+        meters.count("sharpen/agree", int((out.final() == ref).sum()))
+        out.alternatives["lowest_index"] = first
         return out
 
