@@ -1,8 +1,9 @@
 """Side-by-side timing. A suite times its contenders *interleaved* (A, B, C, A, B, C, ...) so that
 drift in machine speed hits all of them alike, records each one's median, and declares the ratios
 it reports in a module-level ``RATIOS`` list of (label, numerator, denominator, target); the
-session prints them and writes them, with the machine and the date, to ``benchmarks/RESULTS.md``.
-pytest-benchmark times the whole interleaved session as one round.
+session prints them and writes them, with the machine and the date, to ``benchmarks/RESULTS.md``,
+one section per suite: a session that runs some suites replaces their sections and keeps the
+others'. pytest-benchmark times the whole interleaved session as one round.
 
 The networks are trained and converted as a run would (``trained_ann``): benchmarks time what the
 harness really simulates, not randomly initialised weights.
@@ -20,8 +21,8 @@ from pathlib import Path
 import pytest
 
 _MEDIANS: dict[str, float] = {}
-_RATIOS: list[tuple[str, str, str, str]] = []
-_NOTES: list[str] = []
+_RATIOS: list[tuple[str, str, str, str, str]] = []  # (suite, label, numerator, denominator, target)
+_NOTES: list[tuple[str, str]] = []  # (suite, text)
 RESULTS = Path(__file__).parent / "RESULTS.md"
 
 
@@ -50,10 +51,16 @@ def side_by_side(benchmark):
     return run
 
 
-@pytest.fixture(scope="session")
-def note():
-    """``note("text")`` adds a line to RESULTS.md (e.g. accuracies of the networks timed)."""
-    return _NOTES.append
+@pytest.fixture
+def note(request):
+    """``note("text")`` adds a line to the suite's section of RESULTS.md (e.g. accuracies of the
+    networks timed)."""
+    suite = _suite(request.module)
+    return lambda text: _NOTES.append((suite, text))
+
+
+def _suite(module) -> str:
+    return Path(module.__file__).name
 
 
 def trained_ann(model: str, dataset: str = "mnist-5k", epochs: int = 15):
@@ -76,8 +83,9 @@ def trained_ann(model: str, dataset: str = "mnist-5k", epochs: int = 15):
 def pytest_collection_modifyitems(items):
     for module in {item.module for item in items if getattr(item, "module", None)}:
         for ratio in getattr(module, "RATIOS", []):
-            if ratio not in _RATIOS:
-                _RATIOS.append(ratio)
+            entry = (_suite(module), *ratio)
+            if entry not in _RATIOS:
+                _RATIOS.append(entry)
 
 
 def _machine() -> str:
@@ -100,33 +108,47 @@ def pytest_terminal_summary(terminalreporter):
         return
     tr = terminalreporter
     tr.section("side-by-side ratios (interleaved, same run)")
-    lines = []
-    for label, num, den, target in _RATIOS:
+    rows: dict[str, list[str]] = {}
+    for suite, label, num, den, target in _RATIOS:
         if num in _MEDIANS and den in _MEDIANS:
             ratio = _MEDIANS[num] / _MEDIANS[den]
-            text = (f"{label}: {ratio:.2f}x   ({num} {_MEDIANS[num] * 1e3:.1f} ms / {den} "
-                    f"{_MEDIANS[den] * 1e3:.1f} ms median; target {target})")
-            tr.write_line(text)
-            lines.append(f"| {label} | {ratio:.2f}× | {target} | {_MEDIANS[num] * 1e3:.1f} ms | "
-                         f"{_MEDIANS[den] * 1e3:.1f} ms |")
-    if not lines:
+            tr.write_line(f"{label}: {ratio:.2f}x   ({num} {_MEDIANS[num] * 1e3:.1f} ms / {den} "
+                          f"{_MEDIANS[den] * 1e3:.1f} ms median; target {target})")
+            rows.setdefault(suite, []).append(f"| {label} | {ratio:.2f}× | {target} | {_MEDIANS[num] * 1e3:.1f} ms | "
+                                              f"{_MEDIANS[den] * 1e3:.1f} ms |")
+    if not rows:
         return
-    body = [
-        "# Benchmark results",
-        "",
-        "Written by `make bench` (`benchmarks/conftest.py`) at the end of its latest run; contenders are",
-        "timed interleaved in one run, medians of the rounds. Ratios compare the contenders of one",
-        "suite only (machines here are noisy).",
-        "",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M')}",
-        f"- machine: {_machine()}",
-        "",
-        "| ratio | measured | target | numerator median | denominator median |",
-        "|---|---|---|---|---|",
-        *lines,
-        "",
-    ]
-    if _NOTES:
-        body += ["Notes:", "", *[f"- {n}" for n in _NOTES], ""]
-    RESULTS.write_text("\n".join(body))
+    sections = _read_sections()
+    stamp = f"{time.strftime('%Y-%m-%d %H:%M')}; {_machine()}"
+    for suite, lines in rows.items():
+        body = [f"- measured: {stamp}", "", "| ratio | measured | target | numerator median | denominator median |",
+                "|---|---|---|---|---|", *lines, ""]
+        notes = [text for s, text in _NOTES if s == suite]
+        if notes:
+            body += ["Notes:", "", *[f"- {n}" for n in notes], ""]
+        sections[suite] = "\n".join(body)
+    RESULTS.write_text("\n".join([HEADER, *(f"## `{k}`\n\n{v.strip()}\n" for k, v in sorted(sections.items()))]))
     tr.write_line(f"written to {RESULTS}")
+
+
+HEADER = """# Benchmark results
+
+Written by `make bench` (`benchmarks/conftest.py`), one section per suite, each from the latest run
+of that suite; contenders are timed interleaved in one run, medians of the rounds. Ratios compare
+the contenders of one suite only (machines here are noisy).
+"""
+
+
+def _read_sections() -> dict[str, str]:
+    """The suites' sections of RESULTS.md as it is (``## `bench_x.py` `` headings)."""
+    if not RESULTS.is_file():
+        return {}
+    out: dict[str, str] = {}
+    current = None
+    for line in RESULTS.read_text().splitlines():
+        if line.startswith("## `") and line.endswith("`"):
+            current = line[4:-1]
+            out[current] = ""
+        elif current is not None:
+            out[current] += line + "\n"
+    return out

@@ -96,7 +96,7 @@ class Evaluable(ABC):
     latency: int | None = None  # the ``timesteps`` metric if it differs from T (ttfs: t_max x layers)
     keep_per_neuron: bool = False  # keep per-neuron spike counts (firing-rate distributions)
     input_spikes: bool = False  # the evaluator encodes the input as spikes (its first layers count SynOps)
-    batch_size: int | None = None  # evaluation batch size it asks for (None: the run's)
+    batch_size: int | None = None  # evaluation batch size it asks for (None: the run's; the smaller of the two)
     limit: int | None = None  # evaluate on the first N test samples only
 
     @abstractmethod

@@ -105,6 +105,7 @@ class World:
     _stopping: threading.Event = field(default_factory=threading.Event, repr=False)
     _restore: list[Callable[[], Any]] = field(default_factory=list, repr=False)
     started: bool = False
+    _warned: set = field(default_factory=set, repr=False)
 
     @property
     def main(self) -> bool:
@@ -281,8 +282,18 @@ class World:
             return loader
         from torch.utils.data import DataLoader, Subset
 
-        start, stop = shard_bounds(len(loader.dataset), loader.batch_size, self.rank, self.size)
-        return DataLoader(Subset(loader.dataset, range(start, stop)), batch_size=loader.batch_size)
+        n, batch = len(loader.dataset), loader.batch_size
+        batches = -(-n // batch)
+        if batches < self.size and self.main and (n, batch) not in self._warned:
+            self._warned.add((n, batch))
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "%d test images make %d batch%s of %d for %d processes: %d of them have nothing to simulate "
+                "(lower --eval-batch-size)", n, batches, "" if batches == 1 else "es", batch, self.size,
+                self.size - batches)
+        start, stop = shard_bounds(n, batch, self.rank, self.size)
+        return DataLoader(Subset(loader.dataset, range(start, stop)), batch_size=batch)
 
 
 def tensor_digest(tensors: dict[str, Any]) -> str:

@@ -52,7 +52,9 @@ def evaluate_in(ctx: RunContext, model: "Evaluable | nn.Module", split: str = "t
     """The harness's evaluation of ``model`` on one split of the run's data: the run's evaluator
     (sharded over the run's ranks when it has several: :mod:`harness.distributed`)."""
     ev = as_evaluable(model, ctx.dataset.input_shape)
-    loader = ctx.loader(split, batch_size=batch_size or ev.batch_size, limit=limit or ev.limit)
+    if batch_size is None and ev.batch_size is not None:  # the smaller of the evaluable's and --eval-batch-size
+        batch_size = min(ev.batch_size, ctx.config.eval_batch_size)
+    loader = ctx.loader(split, batch_size=batch_size, limit=limit or ev.limit)
     return evaluate(ev, loader, device=ctx.device, progress=ctx.progress and ctx.main, desc=desc, schema=ctx.schema,
                     what=what, world=ctx.world)
 

@@ -322,6 +322,7 @@ def _run(p: Plan, ctx: RunContext, methods: list[Method], inputs: Inputs, config
         set_phase(f"training the ANN ({p.model_name} on {ctx.dataset.name})")
         ann, history, cache_info = train_ann(ctx)
         info.update(cache_info)
+    info["processes"] = world.size  # ranks sharing each evaluation (not a parameter: results do not change)
     if world.distributed:
         set_phase(f"joining the run's {world.size} processes (rank {world.rank})")
         world.start(cfg.as_dict())
@@ -338,7 +339,9 @@ def _run(p: Plan, ctx: RunContext, methods: list[Method], inputs: Inputs, config
 
     current = as_evaluable(work.model, ctx.dataset.input_shape)
     world.check_same_network(current.tensors(), cfg.method)
+    began = time.perf_counter()
     evaluation = ctx.evaluate(current, desc=f"evaluate {cfg.method}", what=f"the {cfg.method} network")
+    info["evaluation_s"] = round(time.perf_counter() - began, 3)  # the method's network on the test split
     ann_eval = None
     if reference is not None:
         ann_eval = ctx.evaluate(reference, limit=current.limit, desc="evaluate ANN", what="the ANN baseline")

@@ -100,6 +100,35 @@ def test_nproc_with_python_objects_or_thread_trials_is_refused_before_any_work(q
         quick(nproc=0)
 
 
+def test_an_evaluables_batch_is_capped_by_the_runs_evaluation_batch():
+    from types import SimpleNamespace
+
+    from harness.api import Evaluable, Outputs
+    from harness.evaluation import evaluate_in
+    from harness.graph import trace
+    from harness.metrics import SCHEMA
+
+    asked = []
+
+    class Fixed(Evaluable):
+        def __init__(self, batch):
+            self.graph, self.batch_size = trace(nn.Sequential(nn.Linear(2, 2)), (2,)), batch
+
+        def run_batch(self, x, meters):
+            return Outputs(predictions=torch.zeros(len(x), dtype=torch.long))
+
+    def loader(split, batch_size, limit):
+        asked.append(batch_size)
+        raise StopIteration  # the batch size is all this test reads
+
+    ctx = SimpleNamespace(dataset=SimpleNamespace(input_shape=(2,)), loader=loader, device="cpu", progress=False,
+                          schema=SCHEMA, world=None, main=True, config=SimpleNamespace(eval_batch_size=64))
+    for batch in (500, 64, 16):
+        with pytest.raises(StopIteration):
+            evaluate_in(ctx, Fixed(batch))
+    assert asked == [64, 64, 16]
+
+
 # ---------------------------------------------------------------------------------------------
 # whole runs
 
@@ -146,7 +175,7 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 @pytest.mark.parametrize("how", ["nproc", "torchrun"])
 def test_two_processes_give_the_single_process_metrics_tracked(how, tmp_path):
     """rate on a nested user network through ``--nproc 2`` (6 batches of 64: 192 and 167 images);
-    ttfs through ``torchrun`` (one batch of 500: rank 1 gets none)."""
+    ttfs through ``torchrun`` (one batch of 500: rank 0 gets none, rank 1 all 359)."""
     if how == "nproc":
         args = ["--method", "rate", "--model", f"{NETS}:vgg_nested", "--set", "timesteps=8", "--eval-batch-size", "64"]
         extra, launcher = ["--nproc", "2"], None
@@ -165,7 +194,11 @@ def test_two_processes_give_the_single_process_metrics_tracked(how, tmp_path):
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}, [r.info.status for r in runs]
     mine = next(r for r in runs if r.info.run_id == sharded["tracking"]["run_id"])
     assert mine.data.metrics["test/accuracy"] == pytest.approx(sharded["metrics"]["test/accuracy"], rel=1e-12)
+    assert mine.data.tags["processes"] == "2" and sharded["provenance"]["processes"] == 2
+    assert single["provenance"]["processes"] == 1
     assert "error" not in proc.stderr
+    # both ranks simulate with --eval-batch-size 64; ttfs's one batch of 500 leaves a rank idle, said so
+    assert ("1 of them have nothing to simulate" in proc.stderr) == (how == "torchrun"), proc.stderr[-2000:]
 
 
 def _children(pid: int) -> list[int]:
@@ -219,3 +252,15 @@ def test_ctrl_c_on_the_launcher_stops_every_rank(tmp_path):
     assert not Path(f"/proc/{rank1}").exists()  # stopped and reaped by the launcher, not orphaned
     assert [r.info.status for r in _mlflow_runs()] == ["KILLED"]
     assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.slow
+def test_a_studys_trials_take_nproc_processes_each():
+    cmd = [sys.executable, "-m", "harness.cli", "study", "--method", "rate", "--dataset", "digits", "--epochs", "2",
+           "--trials", "2", "--grid", "timesteps=4,8", "--nproc", "2", "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = [r for r in _mlflow_runs() if "mlflow.parentRunId" in r.data.tags]
+    assert len(trials) == 2
+    assert all(r.info.status == "FINISHED" and r.data.tags["processes"] == "2" for r in trials)
+    assert all(r.data.metrics["samples"] == 359.0 for r in trials)

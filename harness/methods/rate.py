@@ -96,7 +96,7 @@ class RateParams(Params):
     decode: Literal["membrane", "spikes", "filtered"] = param("membrane", "output decoding")
     eval_samples: int = param(0, "evaluate on the first N test images (0 = all)", low=0)
     time_chunk: int = param(64, "at most this many time steps per chunk", low=1)
-    batch_chunk: int = param(500, "images simulated together", low=1)
+    batch_chunk: int = param(500, "images simulated together (at most --eval-batch-size)", low=1)
     memory_mb: float = param(0.0, "memory for one chunk's spikes, bounds the chunk length (0 = by device)",
                              low=0)
     neuron_backend: Literal["auto", "inplace", "spikingjelly"] = param(

@@ -381,7 +381,8 @@ def provenance_tags(result) -> dict[str, Any]:
     prov = result.provenance
     tags = {"git_commit": prov.get("git_commit", "unknown"), "seed": result.seed,
             "device": prov.get("device"), "harness_version": prov.get("harness_version"),
-            "dataset_version": result.dataset["version"], "method": result.method}
+            "dataset_version": result.dataset["version"], "method": result.method,
+            "processes": prov.get("processes", 1)}
     for pkg, ver in prov.get("versions", {}).items():
         tags[f"version.{pkg}"] = ver
     return tags
