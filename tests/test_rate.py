@@ -295,6 +295,35 @@ def test_layer_scaling_table_is_each_layer_boosted_alone(quick):
     assert m["layer_scaling/best_gain"] == pytest.approx(max(m[f"layer_scaling/{n}/accuracy_gain"] for n in names))
     assert not any(":" in k for k in m)  # no pairs unless asked
     assert "layer_scaling.csv" in res.artifacts
+    # the seed's explanation, tested: each layer's base firing rate against its gain per extra spike,
+    # ranked here by hand (Spearman's ρ = Pearson's r of the ranks; no ties in these floats)
+    rates = [base[f"layer/{n}/firing_rate_hz"] for n in names]
+    gains = [m[f"layer_scaling/{n}/gain_per_extra_spike"] for n in names]
+    if len(set(rates)) == len(rates) and len(set(gains)) == len(gains):
+        def ranks(v):
+            return [sorted(v).index(x) for x in v]
+
+        d2 = sum((a - b) ** 2 for a, b in zip(ranks(rates), ranks(gains)))
+        assert m["layer_scaling/rate_gain_spearman"] == pytest.approx(1 - 6 * d2 / (5 * (25 - 1)))
+        assert 0 <= m["layer_scaling/rate_gain_pvalue"] <= 1
+
+
+def test_the_rate_gain_correlation_is_spearmans_rho_and_undefined_on_ties_or_few_layers():
+    """By hand: ranks (1, 2, 3) against (1, 3, 2) give 1 − 6·2/(3·8) = 0.5; reversed order gives −1
+    (Pearson's r on the raw values would not: 0.87 and −0.87 here); a constant column or fewer than
+    3 layers report nothing (ρ is undefined, not 0)."""
+    from harness.methods.layer_scaling import rate_gain_correlation
+
+    def rows(rates, gains):
+        return [dict(base_firing_rate_hz=r, gain_per_extra_spike=g) for r, g in zip(rates, gains)]
+
+    assert rate_gain_correlation(rows([10, 20, 30], [1e-4, 9e-4, 2e-4]))["layer_scaling/rate_gain_spearman"] == \
+        pytest.approx(0.5)
+    out = rate_gain_correlation(rows([1, 2, 4, 100], [5e-3, 1e-3, 8e-4, -3e-2]))
+    assert out["layer_scaling/rate_gain_spearman"] == pytest.approx(-1.0)
+    assert out["layer_scaling/rate_gain_pvalue"] == pytest.approx(0.0, abs=1e-9)
+    assert rate_gain_correlation(rows([1, 2, 3], [0.1, 0.1, 0.1])) == {}
+    assert rate_gain_correlation(rows([1, 2], [0.1, 0.2])) == {}
 
 
 @pytest.mark.slow

@@ -320,14 +320,15 @@ def layer_scaling_gains(runs: RunTable, out: Path, energy_model: str) -> Figure:
         t = pd.read_csv(path)
         t = t[t["layers"] != "base"]
         t["network"] = f"{r.model} (T={r.get('p.timesteps')}, s={r.get('p.scale_firing_rates')}, boost {r.get('p.boost')})"
+        t["rho"] = r.get("layer_scaling/rate_gain_spearman")
         rows.append(t)
     if not rows:
         raise Missing("no layer-scaling run with a layer_scaling.csv artifact")
     df = pd.concat(rows, ignore_index=True)
     df = df[~df["layers"].str.contains(":")]  # single layers; pairs are in the CSV
     nets = list(df["network"].unique())
-    fig, axes = plt.subplots(len(nets), 2, figsize=(11, 3.2 * len(nets)), squeeze=False)
-    for (ax1, ax2), net in zip(axes, nets):
+    fig, axes = plt.subplots(len(nets), 3, figsize=(15, 3.2 * len(nets)), squeeze=False)
+    for (ax1, ax2, ax3), net in zip(axes, nets):
         sub = df[df["network"] == net]
         sns.barplot(data=sub, x="layers", y="accuracy_gain", ax=ax1, color="tab:blue")
         ax1.set_ylabel("accuracy gain (fraction)")
@@ -336,8 +337,27 @@ def layer_scaling_gains(runs: RunTable, out: Path, energy_model: str) -> Figure:
         sns.barplot(data=sub, x="layers", y="gain_per_extra_spike", ax=ax2, color="tab:orange")
         ax2.set_ylabel("gain per extra spike (1/spike)")
         ax2.set_xlabel("boosted layer")
+        _rate_vs_gain(sub, ax3)
     return Figure("layer_scaling_gains", "Per-layer scaling gains (deutsch-*)", _save(fig, out, "layer_scaling_gains"),
-                  "Boosting one layer's firing-rate scale at a time: accuracy gained, and gained per extra spike.")
+                  "Boosting one layer's firing-rate scale at a time: accuracy gained, gained per extra spike, and "
+                  "the layer's base firing rate against its gain per extra spike with Spearman's ρ (the seed's "
+                  "explanation — boosts pay in layers that fire less — predicts ρ < 0).")
+
+
+def _rate_vs_gain(sub: pd.DataFrame, ax) -> None:
+    """Each layer's base firing rate against its gain per extra spike, labelled, with the run's ρ."""
+    if "base_firing_rate_hz" not in sub or sub["base_firing_rate_hz"].isna().all():
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no firing rates in this run's table", ha="center", va="center", fontsize=8)
+        return
+    sns.scatterplot(data=sub, x="base_firing_rate_hz", y="gain_per_extra_spike", ax=ax, color="tab:green")
+    for _, row in sub.iterrows():
+        ax.annotate(str(row["layers"]), (row["base_firing_rate_hz"], row["gain_per_extra_spike"]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    rho = sub["rho"].iloc[0] if "rho" in sub and pd.notna(sub["rho"].iloc[0]) else None
+    ax.set_title("Spearman ρ = " + (f"{rho:+.2f}" if rho is not None else "undefined (< 3 layers or ties)"), fontsize=9)
+    ax.set_xlabel("base firing rate of the layer (Hz)")
+    ax.set_ylabel("gain per extra spike (1/spike)")
 
 
 def firing_rate_distributions(runs: RunTable, out: Path, energy_model: str) -> Figure:

@@ -199,6 +199,13 @@ def reproduction(runs: RunTable) -> pd.DataFrame:
         rows.append(dict(seed="deutsch (layer-scaling)", quantity=f"layer whose boost buys most accuracy per spike ({r.model})",
                          paper=paper, paper_data=p["data"], harness=top,
                          harness_data=f"{r.dataset} / {r.model}, T={r.get('p.timesteps')}"))
+        rho = r.get("layer_scaling/rate_gain_spearman")
+        if rho is not None and pd.notna(rho):
+            rows.append(dict(seed="deutsch (layer-scaling)",
+                             quantity=f"rank correlation of a layer's firing rate and its gain per extra spike ({r.model})",
+                             paper="negative (boosts pay in layers firing at lower rates)", paper_data=p["data"],
+                             harness=f"{rho:+.2f} (p = {r.get('layer_scaling/rate_gain_pvalue', float('nan')):.2f})",
+                             harness_data=f"{r.dataset} / {r.model}, T={r.get('p.timesteps')}"))
     return pd.DataFrame(rows)
 
 

@@ -4,7 +4,13 @@ boost on one layer at a time (and, optionally, on pairs).
 One run simulates the base configuration (the run's headline metrics and firing-rate statistics,
 as for ``rate``) and then every boosted one through the harness's evaluation loop, and reports a
 table — layer(s), boost, accuracy, extra spikes per inference over the base, accuracy gained per
-extra spike — as the artifact ``layer_scaling.csv`` and as metrics ``layer_scaling/<layers>/...``.
+extra spike, and the boosted layer's own firing rate in the base configuration — as the artifact
+``layer_scaling.csv`` and as metrics ``layer_scaling/<layers>/...``.
+
+The seed explains where a boost pays by firing rates: "scaling is more beneficial in layers which
+are statistically firing at lower rates". So the run also reports Spearman's rank correlation
+between each single layer's base firing rate and its accuracy gained per extra spike
+(``layer_scaling/rate_gain_spearman``): the explanation predicts a negative ρ, on any network.
 """
 
 from __future__ import annotations
@@ -39,6 +45,11 @@ class LayerScaling(Rate):
         MetricSpec("layer_scaling/{layer}/gain_per_extra_spike", "accuracy gained per extra spike", "1/spike",
                    "max"),
         MetricSpec("layer_scaling/best_gain", "the largest accuracy gain of any boost", "fraction", "max", -1, 1),
+        MetricSpec("layer_scaling/rate_gain_spearman", "Spearman's rank correlation, over the single layers, of a "
+                   "layer's base firing rate and the accuracy its boost gains per extra spike (the seed's "
+                   "explanation predicts < 0)", "rho", None, -1, 1),
+        MetricSpec("layer_scaling/rate_gain_pvalue", "two-sided p-value of that correlation (scipy.stats.spearmanr)",
+                   "probability", None, 0, 1),
     )
 
     @classmethod
@@ -54,8 +65,9 @@ class LayerScaling(Rate):
         combos: list[tuple[int, ...]] = [(i,) for i in range(len(names))]
         if params.pairs:
             combos += list(itertools.combinations(range(len(names)), 2))
+        rate = {n: evaluation.metrics[f"layer/{n}/firing_rate_hz"] for n in names}
         rows = [dict(layers="base", boost=1.0, accuracy=base_acc, spikes=base_spikes, extra_spikes=0.0,
-                     accuracy_gain=0.0, gain_per_extra_spike=0.0)]
+                     accuracy_gain=0.0, gain_per_extra_spike=0.0, base_firing_rate_hz=float("nan"))]
         for combo in combos:
             scales = {n: params.scale_firing_rates * (params.boost if i in combo else 1.0)
                       for i, n in enumerate(names)}
@@ -67,7 +79,8 @@ class LayerScaling(Rate):
             extra = spikes - base_spikes
             rows.append(dict(layers=label, boost=params.boost, accuracy=acc, spikes=spikes, extra_spikes=extra,
                              accuracy_gain=acc - base_acc,
-                             gain_per_extra_spike=(acc - base_acc) / extra if extra > 0 else 0.0))
+                             gain_per_extra_spike=(acc - base_acc) / extra if extra > 0 else 0.0,
+                             base_firing_rate_hz=rate[names[combo[0]]] if len(combo) == 1 else float("nan")))
         for r in rows[1:]:
             p = f"layer_scaling/{r['layers']}/"
             extras.metrics.update({p + k: float(r[k]) for k in ("accuracy", "extra_spikes", "accuracy_gain",
@@ -75,5 +88,19 @@ class LayerScaling(Rate):
         best = max(rows[1:], key=lambda r: r["accuracy_gain"], default=None)
         if best is not None:
             extras.metrics["layer_scaling/best_gain"] = best["accuracy_gain"]
+        extras.metrics.update(rate_gain_correlation([r for r in rows[1:] if ":" not in r["layers"]]))
         extras.artifacts.append(Artifact("layer_scaling.csv", lambda path: write_csv(rows, path)))
         return extras
+
+
+def rate_gain_correlation(singles: list[dict]) -> dict[str, float]:
+    """Spearman's ρ (and its p-value) of base firing rate against gain per extra spike over the
+    single-layer boosts; nothing when fewer than 3 layers or either column is constant (ρ undefined)."""
+    from scipy.stats import spearmanr
+
+    rates = [r["base_firing_rate_hz"] for r in singles]
+    gains = [r["gain_per_extra_spike"] for r in singles]
+    if len(singles) < 3 or len(set(rates)) < 2 or len(set(gains)) < 2:
+        return {}
+    res = spearmanr(rates, gains)
+    return {"layer_scaling/rate_gain_spearman": float(res.statistic), "layer_scaling/rate_gain_pvalue": float(res.pvalue)}
