@@ -318,3 +318,48 @@ def test_fig2_rmse_grid_equals_the_papers_formula_computed_here():
         code = np.where(tau < T, T - tau, 0)
         rmse = float(np.sqrt(np.mean((code * u_th / T ** 2 - ann) ** 2)))
         assert r["u_max"] == pytest.approx(u_max) and r["rmse"] == pytest.approx(rmse, rel=1e-12)
+
+
+def test_the_activity_penalty_is_the_neuron_weighted_smooth_fraction_of_positive_activations():
+    """By hand on two ReLU layers of 3 and 1 neurons (N = 4): layer 1 outputs (2, 0, 1) → ε₁ = 0.5·1.5,
+    mean of a/(a+ε₁) = (2/2.75 + 0 + 1/1.75)/3; layer 2 outputs 0 → its term is 0 (no positive
+    activation: nothing to silence). Wrong variants: an unweighted mean over layers, ε from all
+    activations (zeros included), a/(a+ε) on the pre-activations."""
+    from harness.methods.ttfs.sparsity import ActivityPenalty
+
+    lin1, lin2 = nn.Linear(2, 3), nn.Linear(3, 1)
+    with torch.no_grad():
+        lin1.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]]))
+        lin1.bias.zero_()
+        lin2.weight.copy_(torch.tensor([[-1.0, -1.0, -1.0]]))
+        lin2.bias.zero_()
+    model = nn.Sequential(lin1, nn.ReLU(), lin2, nn.ReLU())
+    pen = ActivityPenalty(model, eps=0.5)
+    model(torch.tensor([[2.0, 1.0]]))
+    eps1 = 0.5 * 1.5
+    want = 3 / 4 * (2 / (2 + eps1) + 0 + 1 / (1 + eps1)) / 3 + 1 / 4 * 0.0
+    assert float(pen()) == pytest.approx(want, rel=1e-6)
+    assert pen.outputs == []  # consumed: the next batch starts afresh
+    pen.remove()
+    model(torch.tensor([[2.0, 1.0]]))
+    assert pen.outputs == []  # hooks removed
+
+
+@pytest.mark.slow
+def test_sparsity_fine_tuning_lowers_the_firing_fraction_keeps_the_baseline_and_is_cached(quick):
+    """The sparsified ANN fires on fewer neurons than the ANN it starts from (a bound, not a pinned
+    number: it is trained), the run's baseline is still the unmodified ANN (same ann/* as a run
+    without sparsity), and a second run reads the fine-tuned ANN from its own cache entry."""
+    from harness.runner import run
+
+    sets = ("t_max=16", "t_max_sweep=", "fig2=false")
+    plain = run(quick(method="ttfs", sets=sets)).metrics
+    first = run(quick(method="ttfs", sets=(*sets, "sparsity=3", "sparsity_epochs=2")))
+    m = first.metrics
+    assert m["ann/test/accuracy"] == plain["ann/test/accuracy"]
+    assert m["ann/spikes_per_neuron"] == plain["ann/spikes_per_neuron"]
+    assert m["ttfs/sparse_ann/spikes_per_neuron"] < m["ann/spikes_per_neuron"]
+    assert m["spikes_per_neuron"] < plain["spikes_per_neuron"]
+    assert first.provenance["ttfs_sparse_cache"] == "miss" and len(first.step_metrics["ttfs_sparse/train/loss"]) == 2
+    again = run(quick(method="ttfs", sets=(*sets, "sparsity=3", "sparsity_epochs=2")))
+    assert again.provenance["ttfs_sparse_cache"] == "hit" and again.metrics == m

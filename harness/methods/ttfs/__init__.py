@@ -53,7 +53,7 @@ from ...config import Params, param
 from ...errors import ConfigError
 from ...graph import Graph
 from ...io import write_csv
-from ...metrics import MetricSpec
+from ...metrics import MetricSpec, fine_tuning_curves
 from .coding import encode, fire_codes, ref_scale
 from .fig2 import fig2_rmse, layer_rmse_grid
 from .network import TTFSEvaluable, TTFSNetwork, ttfs_problems
@@ -84,6 +84,12 @@ class TTFSParams(Params):
                                               "Fig. 2 grid: u_th as a fraction of u_max", low=0,
                                               low_open=True, high=1)
     fig2_samples: int = param(256, "validation images for Fig. 2", low=1)
+    sparsity: float = param(0.0, "weight of the spike-count penalty in a fine-tuning of the ANN before conversion "
+                                 "(0: off; see harness/methods/ttfs/sparsity.py)", low=0)
+    sparsity_epochs: int = param(3, "epochs of that fine-tuning", low=1, high=10_000)
+    sparsity_lr: float = param(3e-4, "learning rate of that fine-tuning", low=0, low_open=True)
+    sparsity_eps: float = param(0.1, "the penalty's ε as a fraction of a layer's mean positive activation", low=0,
+                                low_open=True)
 
 
 class TTFS(Method):
@@ -98,6 +104,11 @@ class TTFS(Method):
         MetricSpec("ttfs/test/accuracy_vs_t_max", "test accuracy at each t_max of the sweep", "fraction", "max",
                    0, 1, curve=True),
         MetricSpec("ttfs/t_max_sweep", "the t_max values of the sweep", "steps", None, 1, curve=True),
+        MetricSpec("ttfs/sparse_ann/test/accuracy", "test accuracy of the ANN fine-tuned with the spike-count penalty "
+                   "(sparsity > 0), before conversion", "fraction", "max", 0, 1),
+        MetricSpec("ttfs/sparse_ann/spikes_per_neuron", "its fraction of positive hidden activations (the converted "
+                   "network's floor of spikes per neuron)", "spikes/neuron", "min", 0, 1),
+        *fine_tuning_curves("ttfs_sparse"),
     )
 
     @classmethod
@@ -146,14 +157,25 @@ class TTFS(Method):
     def prepare(self, ctx, ann, params):
         from ...graph import trace
 
+        metrics: dict[str, float] = {}
+        steps: dict[str, list[float]] = {}
+        info: dict[str, str] = {}
+        if params.sparsity > 0:
+            from .sparsity import sparsified
+
+            ann, history, info["ttfs_sparse_cache"] = sparsified(ctx, ann, params)
+            steps.update({f"ttfs_sparse/{k}": v for k, v in history.items()})
+            alone = ctx.evaluate(ann, desc="evaluate sparse ANN", what="the sparsified ANN").metrics
+            metrics["ttfs/sparse_ann/test/accuracy"] = alone["test/accuracy"]
+            metrics["ttfs/sparse_ann/spikes_per_neuron"] = alone["spikes_per_neuron"]
         graph = trace(ann.to(ctx.device).eval(), ctx.dataset.input_shape).folded()
         net = self._calibrated(ctx, graph, params, params.t_max)
         scales = net.scales()
-        metrics = {"t_max": float(net.t_max)}
+        metrics["t_max"] = float(net.t_max)
         for name in net.neuron_names:
             metrics[f"layer/{name}/u_th"] = net.u_th[name]
             metrics[f"layer/{name}/lambda"] = ref_scale(scales[name])
-        return Preparation(TTFSEvaluable(net), metrics=metrics)
+        return Preparation(TTFSEvaluable(net), metrics=metrics, step_metrics=steps, info=info)
 
     def analyse(self, ctx, prep, evaluation, params) -> Extras:
         extras = Extras()
