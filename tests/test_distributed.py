@@ -42,6 +42,16 @@ def test_shards_are_the_single_loops_batches_dealt_out_contiguously():
                 assert max(per_rank) - min(per_rank) <= 1, (n, batch, size, per_rank)
 
 
+def test_a_ranks_end_is_described_by_its_signal_or_exit_code():
+    from harness.distributed import describe_exit
+
+    assert describe_exit(1, 2, -signal.SIGKILL) == "rank 1 of 2 was killed by SIGKILL"
+    assert describe_exit(3, 4, 128 + signal.SIGTERM) == "rank 3 of 4 was stopped by SIGTERM"  # its own handler's exit
+    assert describe_exit(1, 2, 128 + signal.SIGINT) == "rank 1 of 2 was stopped by SIGINT"
+    assert describe_exit(1, 2, 3) == "rank 1 of 2 exited with code 3 (its error is printed above)"
+    assert describe_exit(1, 2, 128 + signal.SIGKILL).startswith("rank 1 of 2 exited with code 137")
+
+
 def _record(meters: Meters, layer: nn.Linear, spikes: torch.Tensor) -> None:
     meters.record_synapse("fc", layer, spikes, spikes=True)
     meters.record_neurons("lif", spikes, shape=(spikes.shape[-1],))
