@@ -86,7 +86,7 @@ class TTFSParams(Params):
     fig2_samples: int = param(256, "validation images for Fig. 2", low=1)
     sparsity: float = param(0.0, "weight of the spike-count penalty in a fine-tuning of the ANN before conversion "
                                  "(0: off; see harness/methods/ttfs/sparsity.py)", low=0)
-    sparsity_epochs: int = param(3, "epochs of that fine-tuning", low=1, high=10_000)
+    sparsity_epochs: int = param(8, "epochs of that fine-tuning", low=1, high=10_000)
     sparsity_lr: float = param(3e-4, "learning rate of that fine-tuning", low=0, low_open=True)
     sparsity_eps: float = param(0.1, "the penalty's ε as a fraction of a layer's mean positive activation", low=0,
                                 low_open=True)
