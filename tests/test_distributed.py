@@ -173,7 +173,7 @@ def _assert_same(single: dict, sharded: dict) -> None:
 def _mlflow_runs():
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])  # this test's store, whatever set before
     exp = client.get_experiment_by_name("snn-harness")
     return client.search_runs([exp.experiment_id]) if exp else []
 

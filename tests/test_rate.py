@@ -310,8 +310,9 @@ def test_layer_scaling_table_is_each_layer_boosted_alone(quick):
 
 def test_the_rate_gain_correlation_is_spearmans_rho_and_undefined_on_ties_or_few_layers():
     """By hand: ranks (1, 2, 3) against (1, 3, 2) give 1 − 6·2/(3·8) = 0.5; reversed order gives −1
-    (Pearson's r on the raw values would not: 0.87 and −0.87 here); a constant column or fewer than
-    3 layers report nothing (ρ is undefined, not 0)."""
+    (Pearson's r on the raw values would not); the p-value counts the pairings of the ranks at
+    least as extreme (scipy's asymptotic value would be 0 for a perfect ρ); a constant column or
+    fewer than 3 layers report nothing (ρ is undefined, not 0)."""
     from harness.methods.layer_scaling import rate_gain_correlation
 
     def rows(rates, gains):
@@ -321,7 +322,11 @@ def test_the_rate_gain_correlation_is_spearmans_rho_and_undefined_on_ties_or_few
         pytest.approx(0.5)
     out = rate_gain_correlation(rows([1, 2, 4, 100], [5e-3, 1e-3, 8e-4, -3e-2]))
     assert out["layer_scaling/rate_gain_spearman"] == pytest.approx(-1.0)
-    assert out["layer_scaling/rate_gain_pvalue"] == pytest.approx(0.0, abs=1e-9)
+    # exact: of the 4! = 24 pairings of the ranks, the identity and the reversal reach |ρ| = 1
+    assert out["layer_scaling/rate_gain_pvalue"] == pytest.approx(2 / 24)
+    # 3 layers: pairings of (1, 2, 3) have ρ = 1, 0.5, 0.5, −0.5, −0.5, −1: |ρ| ≥ 0.5 for all six
+    assert rate_gain_correlation(rows([10, 20, 30], [1e-4, 9e-4, 2e-4]))["layer_scaling/rate_gain_pvalue"] == \
+        pytest.approx(1.0)
     assert rate_gain_correlation(rows([1, 2, 3], [0.1, 0.1, 0.1])) == {}
     assert rate_gain_correlation(rows([1, 2], [0.1, 0.2])) == {}
 
