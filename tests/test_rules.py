@@ -577,7 +577,8 @@ def test_provenance_tags_carry_the_commit_and_every_package_version():
                                       "versions": {"torch": "2.13.0"}}, seed=4,
                           dataset={"version": "v1"}, method="rate")
     assert provenance_tags(res) == {"git_commit": "abc123", "seed": 4, "device": "cpu", "harness_version": "1.0",
-                                    "dataset_version": "v1", "method": "rate", "version.torch": "2.13.0"}
+                                    "dataset_version": "v1", "method": "rate", "version.torch": "2.13.0",
+                                    "processes": 1}  # a record without it ran in one process
 
 
 def test_a_tracking_server_is_probed_at_its_health_endpoint(monkeypatch):
@@ -796,7 +797,8 @@ def test_layer_scaling_tabulates_each_boost_against_the_base_by_hand(tmp_path):
 
     ctx = SimpleNamespace(evaluate=evaluate)
     prep = SimpleNamespace(model=RateEvaluable(model, params))
-    evaluation = SimpleNamespace(metrics={"test/accuracy": 0.5, "spikes": 100.0},
+    evaluation = SimpleNamespace(metrics={"test/accuracy": 0.5, "spikes": 100.0,
+                                          "layer/1/firing_rate_hz": 40.0, "layer/3/firing_rate_hz": 25.0},
                                  meters=SimpleNamespace(firing_rates=lambda: {}))
     extras = LayerScaling().analyse(ctx, prep, evaluation, params)
     m = extras.metrics
@@ -809,8 +811,11 @@ def test_layer_scaling_tabulates_each_boost_against_the_base_by_hand(tmp_path):
     art.write(tmp_path / "t.csv")
     rows = list(csv.DictReader(open(tmp_path / "t.csv")))
     assert rows[0] == {"layers": "base", "boost": "1.0", "accuracy": "0.5", "spikes": "100.0", "extra_spikes": "0.0",
-                       "accuracy_gain": "0.0", "gain_per_extra_spike": "0.0"}
+                       "accuracy_gain": "0.0", "gain_per_extra_spike": "0.0", "base_firing_rate_hz": "nan"}
     assert [r["layers"] for r in rows] == ["base", "1", "3", "1:3"] and rows[1]["boost"] == "2.0"
+    # each single layer carries its own base rate (not its neighbour's); a pair has none
+    assert [r["base_firing_rate_hz"] for r in rows[1:]] == ["40.0", "25.0", "nan"]
+    assert "layer_scaling/rate_gain_spearman" not in m  # two layers: ρ is not reported
 
 
 def test_a_layer_without_weights_is_named_by_its_type():
