@@ -151,12 +151,12 @@ class World:
                        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS=str(threads),
                        **{LAUNCHED: str(os.getpid())})
             self.procs.append(subprocess.Popen([sys.executable, "-m", "harness.rank", payload], env=env))
-        watchdog = threading.Thread(target=self._watch, args=(threading.main_thread().ident,), daemon=True,
-                                    name="harness-rank-watchdog")
-        if threading.current_thread() is threading.main_thread():
+        main = threading.current_thread() is threading.main_thread()
+        if main:  # off the main thread no handler can be set: the failed collective tells rank 0 instead
             previous = signal.signal(signal.SIGUSR1, self._on_rank_failed)
             self._restore.append(lambda: signal.signal(signal.SIGUSR1, previous))
-        watchdog.start()
+        threading.Thread(target=self._watch, args=(threading.main_thread().ident if main else None,), daemon=True,
+                         name="harness-rank-watchdog").start()
 
     def _wait_ready(self, store) -> None:
         """Rank 0 waits for the others here, in Python (a blocked ``init_process_group`` would not
