@@ -35,9 +35,6 @@ as gated pools).
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -45,11 +42,10 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..ann_cache import cache_file, code_digest, load_cached
 from ..api import Preparation
 from ..calibration import calibrate_scales
 from ..config import ConfigError, param
-from ..errors import DataError, OutputError
+from ..finetune import cached_fine_tune, fine_tune_path
 from ..graph import Kind, register_module_kind
 from ..metrics import MetricSpec, fine_tuning_curves
 from ..simulate import pool_geometry
@@ -160,7 +156,6 @@ class Qcfs(Rate):
 
     def prepare(self, ctx, ann, params) -> Preparation:
         from ..graph import trace
-        from ..io import save_torch_atomic
 
         relu = trace(copy.deepcopy(ann).cpu().eval(), ctx.dataset.input_shape)
         gm = relu.gm
@@ -171,29 +166,18 @@ class Qcfs(Rate):
                                 seed=ctx.seed)
         install_qcfs(gm, graph, lams, params.levels)
         path = qcfs_cache_path(ctx, ann, params) if params.epochs else None
+        net: nn.Module
+        history: dict[str, list[float]]
         if path is None:  # nothing to fine-tune, nothing to keep
             net, history, hit = gm.eval(), {}, "none (epochs 0)"
-        elif path.is_file():  # the fine-tuned QCFS ANN of this very ReLU ANN and these knobs
-            blob = load_cached(path)
-            try:
-                gm.load_state_dict(blob["state_dict"])
-            except RuntimeError as exc:
-                raise DataError(f"QCFS cache file {path} does not fit this network ({exc}); delete it to "
-                                "fine-tune again") from None
-            net, history, hit = gm.eval(), blob.get("history", {}), "hit"
-        else:
-            from ..training import fit
+        else:  # the fine-tuned QCFS ANN of this very ReLU ANN and these knobs, or a fine-tuning
+            def train(model: nn.Module):
+                from ..training import fit
 
-            module = _QCFSClassifier(gm.train(), lr=params.lr, lam_lr=params.lam_lr)
-            fit(ctx, module, params.epochs, stage="qcfs")
-            net, hit = module.model.cpu().eval(), "miss"
-            history = {k: [float(v) for v in vs] for k, vs in module.history.items()
-                       if all(math.isfinite(v) for v in vs)}
-            try:
-                save_torch_atomic({"state_dict": net.state_dict(), "history": history}, path)
-            except OSError as exc:
-                raise OutputError(f"writing the QCFS cache {path} failed ({exc.strerror or exc}); nothing was "
-                                  "logged (no partial file was left)") from None
+                return fit(ctx, _QCFSClassifier(model.train(), lr=params.lr, lam_lr=params.lam_lr), params.epochs,
+                           stage="qcfs")
+
+            net, history, hit = cached_fine_tune(path, gm, train, "QCFS")
         alone = ctx.evaluate(net, desc="evaluate QCFS ANN", what="the QCFS ANN")
         converted = trace(net, ctx.dataset.input_shape).folded()
         thresholds = {op.name: qcfs_of(op).threshold for op in converted.neurons}
@@ -210,18 +194,10 @@ def qcfs_cache_path(ctx, ann: nn.Module, params: QCFSParams) -> Path:
     """Where the fine-tuned QCFS ANN is kept: keyed by the ReLU ANN it starts from (its tensors,
     so a pruned or user-given ANN has its own entry), the knobs that shape fine-tuning, the
     training configuration (batch size ...), the seed and this file's code — never the ReLU ANN's
-    own cache entry."""
-    h = hashlib.sha256()
-    for k, v in sorted(ann.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    own cache entry (:func:`harness.finetune.fine_tune_path`)."""
     knobs = {k: getattr(params, k) for k in ("levels", "epochs", "lr", "lam_lr", "maxpool", "normalization",
                                              "percentile", "calibration_samples")}
-    payload = dict(ann=h.hexdigest(), knobs=knobs, train=ctx.train.as_dict(), seed=ctx.seed,
-                   dataset=[ctx.dataset.name, ctx.dataset.version],
-                   code=code_digest(Path(__file__), Path(__file__).parent.parent / "training.py"))
-    key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
-    return cache_file(ctx, "qcfs", key)
+    return fine_tune_path(ctx, "qcfs", ann, knobs, (Path(__file__), Path(__file__).parent.parent / "training.py"))
 
 
 def qcfs_of(op) -> QCFS:

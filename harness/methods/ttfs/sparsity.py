@@ -21,7 +21,6 @@ loop itself is the harness's Lightning ``Classifier``.
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 
 import torch
@@ -56,28 +55,27 @@ class ActivityPenalty:
 
 def sparsified(ctx, ann: nn.Module, params) -> tuple[nn.Module, dict, str]:
     """The ANN fine-tuned with the activity penalty (cached: ``<cache>/ttfs-sparse/``)."""
-    from ...finetune import cached_fine_tune
+    from ...finetune import cached_fine_tune, fine_tune_path
     from ...training import Classifier, fit
 
     start = copy.deepcopy(ann).cpu()
     if not any(isinstance(m, nn.ReLU) for m in start.modules()):
         raise ConfigError(f"ttfs: sparsity needs the network's ReLUs as nn.ReLU modules; {ctx.model_name} has none")
 
-    def train(model: nn.Module) -> tuple[nn.Module, dict]:
+    def train(model: nn.Module):
         penalty = ActivityPenalty(model, params.sparsity_eps)
 
         def loss(logits, y):
             ce = nn.functional.cross_entropy(logits, y)
             return ce + params.sparsity * penalty() if penalty.outputs else ce
 
-        module = Classifier(model.train(), lr=params.sparsity_lr, loss_fn=loss)
         try:
-            fit(ctx, module, params.sparsity_epochs, stage="ttfs_sparse")
+            return fit(ctx, Classifier(model.train(), lr=params.sparsity_lr, loss_fn=loss), params.sparsity_epochs,
+                       stage="ttfs_sparse")
         finally:
             penalty.remove()
-        history = {k: [float(v) for v in vs] for k, vs in module.history.items() if all(map(math.isfinite, vs))}
-        return module.model, history
 
     knobs = {k: getattr(params, k) for k in ("sparsity", "sparsity_eps", "sparsity_epochs", "sparsity_lr")}
-    return cached_fine_tune(ctx, "ttfs-sparse", start, knobs, (Path(__file__), Path(__file__).parent.parent.parent /
-                                                               "training.py"), train, "sparse TTFS ANN")
+    path = fine_tune_path(ctx, "ttfs-sparse", start, knobs, (Path(__file__), Path(__file__).parent.parent.parent /
+                                                              "training.py"))
+    return cached_fine_tune(path, start, train, "sparse TTFS ANN")
