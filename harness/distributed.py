@@ -262,11 +262,11 @@ class World:
         self._collective(what, lambda: dist.broadcast_object_list(box, src=0))
         return box[0]
 
-    def check_same_network(self, tensors: dict[str, Any], label: str) -> None:
-        """Every rank prepared the network rank 0 prepared (same tensor names and values)."""
+    def check_same_network(self, ev: Any, label: str) -> None:
+        """Every rank prepared the network rank 0 prepared (the same ``ev.tensors()``: names and values)."""
         if not self.distributed:
             return
-        digests = self.gather(tensor_digest(tensors), f"comparing the {label} networks of the ranks")
+        digests = self.gather(tensor_digest(ev.tensors()), f"comparing the {label} networks of the ranks")
         odd = [r for r, d in enumerate(digests) if d != digests[0]]
         if odd:
             from .errors import InvariantError

@@ -338,7 +338,7 @@ def _run(p: Plan, ctx: RunContext, methods: list[Method], inputs: Inputs, config
     from .evaluation import as_evaluable
 
     current = as_evaluable(work.model, ctx.dataset.input_shape)
-    world.check_same_network(current.tensors(), cfg.method)
+    world.check_same_network(current, cfg.method)
     began = time.perf_counter()
     evaluation = ctx.evaluate(current, desc=f"evaluate {cfg.method}", what=f"the {cfg.method} network")
     info["evaluation_s"] = round(time.perf_counter() - began, 3)  # the method's network on the test split
