@@ -96,6 +96,7 @@ class Evaluable(ABC):
     latency: int | None = None  # the ``timesteps`` metric if it differs from T (ttfs: t_max x layers)
     keep_per_neuron: bool = False  # keep per-neuron spike counts (firing-rate distributions)
     input_spikes: bool = False  # the evaluator encodes the input as spikes (its first layers count SynOps)
+    takes_frames: bool = False  # it is fed event data's frames [B, T, ...] (one per step), not images
     batch_size: int | None = None  # evaluation batch size it asks for (None: the run's; the smaller of the two)
     limit: int | None = None  # evaluate on the first N test samples only
 
@@ -191,11 +192,12 @@ class RunContext:
         return self.config.seed
 
     def loader(self, split: str, *, batch_size: int | None = None, shuffle: bool = False,
-               limit: int | None = None):
+               limit: int | None = None, frames: bool = False):
+        """A split's loader: images, or with ``frames`` event data's frames ``[B, T, ...]``."""
         bs = batch_size or (self.train.batch_size if shuffle else self.config.eval_batch_size)
         if split == "test" and self.config.eval_limit:
             limit = min(limit or self.config.eval_limit, self.config.eval_limit)
-        return self.dataset.loader(split, bs, shuffle=shuffle, seed=self.seed, limit=limit)
+        return self.dataset.loader(split, bs, shuffle=shuffle, seed=self.seed, limit=limit, frames=frames)
 
     def evaluate(self, model: "Evaluable | nn.Module", split: str = "test", *, batch_size: int | None = None,
                  limit: int | None = None, desc: str = "evaluate", what: str = "evaluation") -> Evaluation:
@@ -258,6 +260,7 @@ class Method(ABC):
     smoke_sets: ClassVar[dict[str, str]] = {}  # fast --set values for smoke and contract tests
     Params: ClassVar[type[ParamsBase]] = NoParams
     metrics: ClassVar[tuple["MetricSpec", ...]] = ()  # the method's own metric keys
+    events_refusal: ClassVar[str] = ""  # why it cannot take event data (refused before any work), if it cannot
 
     def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -275,6 +278,20 @@ class Method(ABC):
     def search_space(cls, trial: "optuna.Trial") -> ParamsBase:
         """Sample hyper-parameters for an Optuna trial (declared beside the method)."""
         return cls.Params()
+
+    @classmethod
+    def for_data(cls, params: Any, given: "set[str]", dataset: Any) -> Any:
+        """The parameters for the run's data (``given``: the keys the user set): e.g. on event data
+        (``dataset.is_events``) a method that steps once per frame takes T from the data. Raise
+        ``ConfigError`` before any work where the method cannot take such data (say why). By
+        default a method runs on event data as on images: on the frames' mean (what an ANN takes),
+        unless it gives ``events_refusal``."""
+        if dataset.is_events and cls.events_refusal:
+            from .errors import ConfigError
+
+            raise ConfigError(f"{cls.name} cannot take event data ({dataset.name}): {cls.events_refusal}; use rate, "
+                              "layer-scaling, qcfs or surrogate on event data")
+        return params
 
     @classmethod
     def graph_problems(cls, graph: "Graph") -> list[tuple["Op", str]]:

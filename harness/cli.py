@@ -49,6 +49,14 @@ def _add_run_flags(r: argparse.ArgumentParser) -> None:
     r.add_argument("--config", metavar="FILE.yaml", help="YAML file of run settings (flags override it)")
     r.add_argument("--data-dir", dest="data_dir", help="where data files are found / downloaded")
     r.add_argument("--cache-dir", dest="cache_dir", help="ANN cache directory")
+    r.add_argument("--time-bins", type=int, dest="time_bins", metavar="T",
+                   help="event data: frames per sample, one simulation step each (default: the data set's)")
+    r.add_argument("--time-window", type=float, dest="time_window", metavar="MS",
+                   help="event data: frames of MS milliseconds instead of a fixed count")
+    r.add_argument("--denoise", type=float, metavar="MS",
+                   help="event data: drop events with no neighbour within MS milliseconds (tonic Denoise)")
+    r.add_argument("--downsample", type=float, metavar="F",
+                   help="event data: scale the sensor's x and y by F, e.g. 0.25 (tonic Downsample)")
     r.add_argument("--experiment", help="MLflow experiment (default from mlflow.yaml)")
     r.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="hide progress bars")
     r.add_argument("--eval-batch-size", type=int, dest="eval_batch_size", metavar="N",
@@ -171,7 +179,7 @@ def cmd_ls(args) -> int:
 
 RUN_FIELDS = ("method", "dataset", "model", "weights", "baseline", "seed", "epochs", "batch_size", "lr", "act_l1",
               "device", "data_dir", "cache_dir", "experiment", "progress", "eval_batch_size", "nproc",
-              "dist_timeout")
+              "dist_timeout", "time_bins", "time_window", "denoise", "downsample")
 
 
 def _run_config(args, **extra):

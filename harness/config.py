@@ -282,6 +282,14 @@ class RunConfig(Params):
     eval_limit: int = param(0, "evaluate on the first N test images (0 = all); studies use it for speed",
                             low=0)
     data_dir: str | None = param(None, "where to look for / download data files")
+    time_bins: int | None = param(None, "event data: frames per sample (tonic ToFrame n_time_bins); one simulation "
+                                        "step per frame", low=1, high=10_000)
+    time_window: float | None = param(None, "event data: frames of this many milliseconds instead of a fixed count",
+                                      low=0, low_open=True)
+    denoise: float | None = param(None, "event data: drop events without a neighbour within this many ms "
+                                        "(tonic Denoise)", low=0, low_open=True)
+    downsample: float | None = param(None, "event data: scale the sensor's x and y by this factor (tonic "
+                                           "Downsample), e.g. 0.25", low=0, high=1, low_open=True)
     cache_dir: str | None = param(None, "ANN cache (default $HARNESS_CACHE_DIR or ~/.cache/snn-harness)")
     output_json: str | None = param(None, "write the result record here")
     experiment: str | None = param(None, "MLflow experiment (default from mlflow.yaml)")

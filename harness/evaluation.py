@@ -54,7 +54,7 @@ def evaluate_in(ctx: RunContext, model: "Evaluable | nn.Module", split: str = "t
     ev = as_evaluable(model, ctx.dataset.input_shape)
     if batch_size is None and ev.batch_size is not None:  # the smaller of the evaluable's and --eval-batch-size
         batch_size = min(ev.batch_size, ctx.config.eval_batch_size)
-    loader = ctx.loader(split, batch_size=batch_size, limit=limit or ev.limit)
+    loader = ctx.loader(split, batch_size=batch_size, limit=limit or ev.limit, frames=ev.takes_frames)
     return evaluate(ev, loader, device=ctx.device, progress=ctx.progress and ctx.main, desc=desc, schema=ctx.schema,
                     what=what, world=ctx.world)
 
@@ -179,12 +179,19 @@ def check_invariants(ev: Evaluable, meters: Meters, metrics: dict[str, float], s
             if op.inputs[0] in static and not ev.input_spikes:
                 problems.append(f"`{op.name}` reads the analog input but was metered as fed by spikes")
                 continue  # no spikes reach it: there is no capacity to compare with
+            path = event_path(g, op.name, ev.input_spikes)
+            if ev.takes_frames and all(g[s].kind in (Kind.INPUT, Kind.ENCODER) for s in path.sources):
+                # event input: a pixel may send several events per step, so the bound is the events sent
+                sent = meters.counters.get("input_events", 0.0) / n
+                if per_inf > st.max_fanout * sent * (1 + 1e-9) + 1e-9:
+                    problems.append(f"`{op.name}`: {per_inf:g} SynOps per inference, more than its largest fan-out "
+                                    f"{st.max_fanout:g} x the {sent:g} input events")
+                continue
             fan = meters.fanouts(op.name, op.layer, tuple(g[op.inputs[0]].shape))[0]
             cap = capacity(g, op.name, fan, ev.input_spikes) * bound
             if per_inf > cap * (1 + 1e-9) + 1e-9:
                 problems.append(f"`{op.name}`: {per_inf:g} SynOps per inference exceed its capacity {cap:g} "
                                 f"(every source neuron firing {bound:g} times)")
-            path = event_path(g, op.name, ev.input_spikes)
             src_spikes = sum(spikes_of.get(s, 0.0) * path.paths.get(s, 1) for s in path.sources
                              if g[s].kind == Kind.NEURON)
             if all(g[s].kind == Kind.NEURON for s in path.sources):
@@ -296,6 +303,8 @@ class _MeteringInterpreter(fx.Interpreter):
         out = super().run_node(n)
         if op is not None and op.kind in (Kind.NEURON, Kind.ENCODER):
             self.values[op.name] = out
+            if getattr(op.module, "input_events", False):  # event data's frames entering the network
+                self.meters.count("input_events", float(out.sum(dtype=torch.float64)))
             if op.kind == Kind.NEURON:
                 self.meters.record_neurons(op.name, out, shape=op.shape, kind=op.what, spiking=True)
         return out

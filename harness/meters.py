@@ -268,7 +268,7 @@ class Meters:
         metrics: dict[str, float] = {}
         rows: list[dict] = []
         macs = macs_dense_all = macs_eff = synops = macs_nopad = 0.0
-        capacity_spiking = hidden_ops = input_layer_macs = 0.0
+        capacity_spiking = hidden_ops = input_layer_macs = input_synops = 0.0
         for i, st in enumerate(self.synapses.values()):
             dense, eff = st.dense_ops / n, st.effective_ops / n
             row: dict[str, Any] = dict(layer=st.name, type=st.kind, weights=st.weights,
@@ -283,6 +283,7 @@ class Meters:
             reads_input = st.reads_input if st.reads_input is not None else i == 0
             if reads_input:  # the layer(s) reading the network's input
                 input_layer_macs += dense
+                input_synops += eff if st.spike_input else 0.0
             else:
                 hidden_ops += eff
             if st.spike_input:
@@ -334,6 +335,9 @@ class Meters:
             "synops_if_spiking": hidden_ops,
             "input_layer_macs": input_layer_macs,
         })
+        if "input_events" in self.counters:  # event data: what the sensor sent, and the SynOps it drove
+            metrics["input_events"] = self.counters["input_events"] / n
+            metrics["input_synops"] = input_synops
         return metrics, rows
 
     def firing_rates(self) -> dict[str, torch.Tensor]:

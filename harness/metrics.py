@@ -101,6 +101,10 @@ CORE: tuple[MetricSpec, ...] = (
     _s("synops_if_spiking", "effective operations of every layer but the input layer (for the ANN: what it "
        "would cost as a one-step SNN)", "count", **COUNT),
     _s("input_layer_macs", "dense MACs of the layer that reads the input", "count", **COUNT),
+    _s("input_events", "event data: input events (binned event counts) per sample fed to the network", "count",
+       **COUNT),
+    _s("input_synops", "event data: SynOps of the layers the input events drive (ACs per event x fan-out)",
+       "count", "min", **COUNT),
     _s("neuron_updates", "membrane updates: neurons x time steps (time-stepped) or neurons (event-driven)",
        "count", "min", **COUNT),
     _s("ann/macs", "dense MACs of the ANN", "count", "min", **COUNT),

@@ -114,6 +114,7 @@ class Plan:
     tracker: Any
     schema: Any
     started: float = field(default_factory=time.time)
+    given: list[set[str]] = field(default_factory=list)  # per method, the parameters the user set
 
     @property
     def param_dict(self) -> dict[str, Any]:
@@ -151,7 +152,7 @@ def plan(cfg: RunConfig, *, tracker=None, model: Any = None, dataset: Any = None
     if tracker is not None:
         tracker.check()
     return Plan(cfg, classes, params, model_name, factory, train_cfg, device, out_json, tracker,
-                method_schema(classes))
+                method_schema(classes), given=[set(s) for s in per_sets])
 
 
 def _architecture(factory, input_shape, num_classes, name: str):
@@ -194,7 +195,11 @@ def load_inputs(p: Plan, dataset: Any) -> Inputs:
 
     cfg = p.cfg
     set_phase(f"loading the data ({cfg.dataset if dataset is None else 'given splits'})")
-    ds = load_dataset(dataset if dataset is not None else cfg.dataset, cfg.data_dir)  # checked (harness.inputs)
+    from .datasets.events import Binning
+
+    binning = Binning(cfg.time_bins, cfg.time_window, cfg.denoise, cfg.downsample)
+    ds = load_dataset(dataset if dataset is not None else cfg.dataset, cfg.data_dir,  # checked (harness.inputs)
+                      binning=binning)
     train_cfg = p.train
     if cfg.epochs is None:  # the default depends on the training split's size
         from .config import default_epochs
@@ -249,6 +254,7 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, tracker=None, fit_c
     p = plan(cfg, tracker=tracker, model=model, dataset=dataset)
     p.device = rank_device(p.device, world)
     inputs = load_inputs(p, dataset)
+    p.params = [cls.for_data(par, given, inputs.dataset) for cls, par, given in zip(p.classes, p.params, p.given)]
     methods = [cls() for cls in p.classes]
     config = {**cfg.as_dict(), "model": p.model_name, "train": inputs.train.as_dict()}
     ctx = RunContext(cfg, inputs.dataset, p.model_name, p.device, inputs.train, default_cache_dir(cfg),

@@ -160,7 +160,9 @@ class RateNetwork:
 
 
 class Simulator:
-    """Run a :class:`RateNetwork` for ``T`` steps on static inputs (direct current)."""
+    """Run a :class:`RateNetwork` for ``T`` steps on static inputs (direct current), or on event
+    frames ``[B, T, ...]``, one frame per step: the input is then a spike source whose event counts
+    drive the first layers (SynOps, not MACs)."""
 
     def __init__(self, net: RateNetwork, *, synapse: float | None = None, dt: float = 1e-3,
                  decode: str = "membrane", time_chunk: int = 64, batch_chunk: int = 1000,
@@ -171,18 +173,27 @@ class Simulator:
         self.time_chunk, self.batch_chunk, self.memory_mb = time_chunk, batch_chunk, memory_mb
         backend = next((n.backend for n in net.neurons.values()), "inplace")
         self.out_neuron = NeuronPool(None, backend) if decode == "spikes" else None
-        g = self.g
-        self.static = g.static_ops()
-        work = [op for op in g if op.kind not in (Kind.INPUT, Kind.OUTPUT, Kind.SHAPE)]
-        self.static_plan = [op for op in work if op.name in self.static]
-        self.dynamic_plan = [op for op in work if op.name not in self.static]
-        self.gated = {op.name: (pool_geometry(op), event_path(g, op.name, stops=net.gated))
-                      for op in self.dynamic_plan if op.name in net.gated}
-        self.paths = {op.name: event_path(g, op.name, stops=net.gated)
-                      for op in self.dynamic_plan if op.kind == Kind.SYNAPSE}
+        self._modes = {events: self._plan(events) for events in (False, True)}
+        self._mode(False)
         self.gate_counts: dict[str, torch.Tensor] = {}
-        self.readout = g.output.inputs[0]
-        self.widest = max((op.size for op in g.synapses), default=1)
+        self.readout = self.g.output.inputs[0]
+        self.widest = max((op.size for op in self.g.synapses), default=1)
+
+    def _plan(self, events: bool) -> tuple:
+        """What runs once and what steps: with ``events`` the input is a frame per step (event counts,
+        a spike source), so nothing is static."""
+        g, gated = self.g, self.net.gated
+        static = set() if events else g.static_ops()
+        work = [op for op in g if op.kind not in (Kind.INPUT, Kind.OUTPUT, Kind.SHAPE)]
+        dynamic = [op for op in work if op.name not in static]
+        return (static, [op for op in work if op.name in static], dynamic,
+                {op.name: (pool_geometry(op), event_path(g, op.name, events, stops=gated))
+                 for op in dynamic if op.name in gated},
+                {op.name: event_path(g, op.name, events, stops=gated) for op in dynamic if op.kind == Kind.SYNAPSE})
+
+    def _mode(self, events: bool) -> None:
+        self.events = events
+        self.static, self.static_plan, self.dynamic_plan, self.gated, self.paths = self._modes[events]
 
     def reset(self) -> None:
         for n in self.net.neurons.values():
@@ -238,20 +249,10 @@ class Simulator:
         self.reset()
         until_counts = None
         B = x.shape[0]
-        env: dict[str, torch.Tensor] = {self.g.input.name: x}
-        for op in self.static_plan:  # the input is constant: these run once
-            args = self._inputs(op, env, 1, B, expand=False)
-            if op.kind == Kind.SYNAPSE:
-                layer = self.net.layers[op.name]
-                if meters is not None:
-                    meters.record_synapse(op.name, layer, args[0], spikes=False, reads_input=True)
-                env[op.name] = layer(args[0])
-            else:
-                env[op.name] = apply_op(op, args)
+        frames, static_env = self._once(x, T, meters)
         chunk = self._chunk(x, T)
         acc = None  # decoded output accumulated over time
         out_preds = []
-        static_env = dict(env)
         # metering: spike counts per neuron and sample, summed over the batch's steps; events
         # through max pooling (step by step) summed likewise. Recorded once per batch, so metering
         # adds one accumulation per neuron op and step to the simulation.
@@ -261,6 +262,12 @@ class Simulator:
             tc = min(chunk, T - t0)
             env = dict(static_env)
             raw: dict[str, torch.Tensor] = {}  # this chunk's spikes, [tc·B, ...]
+            if frames is not None:
+                name = self.g.input.name
+                env[name] = raw[name] = frames[t0:t0 + tc].reshape(tc * B, *x.shape[2:])
+                if meters is not None:
+                    per = frames[t0:t0 + tc]
+                    _accumulate(spike_counts, name, per[0] if tc == 1 else per.sum(0))
             reached = False
             for op in self.dynamic_plan:
                 if reached:
@@ -307,6 +314,30 @@ class Simulator:
             self._record(meters, spike_counts, step_events, T, B)
         return torch.cat(out_preds, dim=0)
 
+    def _once(self, x: torch.Tensor, T: int, meters: Meters | None) -> tuple[torch.Tensor | None, dict]:
+        """The values computed once per inference (from a static input), and event frames as
+        ``[T, B, ...]`` when ``x`` holds them (``[B, T, ...]``: a frame per step, nothing static)."""
+        B = x.shape[0]
+        self._mode(x.dim() == len(self.g.input.shape) + 2)
+        frames = None
+        if self.events:
+            if x.shape[1] != T:
+                raise ValueError(f"{x.shape[1]} frames per sample for a simulation of {T} steps")
+            frames = x.transpose(0, 1)
+            if meters is not None:
+                meters.count("input_events", float(x.sum(dtype=torch.float64)))
+        env: dict[str, torch.Tensor] = {} if self.events else {self.g.input.name: x}
+        for op in self.static_plan:  # the input is constant: these run once
+            args = self._inputs(op, env, 1, B, expand=False)
+            if op.kind == Kind.SYNAPSE:
+                layer = self.net.layers[op.name]
+                if meters is not None:
+                    meters.record_synapse(op.name, layer, args[0], spikes=False, reads_input=True)
+                env[op.name] = layer(args[0])
+            else:
+                env[op.name] = apply_op(op, args)
+        return frames, env
+
     def _record(self, meters: Meters, spike_counts: dict, step_events: dict, T: int, B: int) -> None:
         """Record one batch: neurons in op order, each synaptic layer before the neurons it feeds."""
         for op in self.dynamic_plan:
@@ -315,7 +346,7 @@ class Simulator:
                 counts = (step_events[op.name] if path.per_step else
                           event_counts(self.g, path, {s: spike_counts[s] for s in path.sources}))
                 meters.record_synapse(op.name, self.net.layers[op.name], counts, spikes=True, rows=T * B,
-                                      reads_input=False)
+                                      reads_input=all(self.g[s].kind == Kind.INPUT for s in path.sources))
             elif op.kind == Kind.NEURON:
                 counts = spike_counts[op.name]
                 per_neuron = counts.sum(0)

@@ -152,16 +152,17 @@ def make_trainer(ctx, max_epochs: int, callbacks: list | None = None, stage: str
 
 
 def fit(ctx, module: Classifier, max_epochs: int, callbacks: list | None = None, stage: str | None = None,
-        **kwargs: Any) -> Classifier:
+        frames: bool = False, **kwargs: Any) -> Classifier:
     """Train ``module`` on the train split, validating on val each epoch; with ``stage`` (the prefix
-    of its step metrics: ``ann``, ``surrogate`` …) the curves stream to the run's MLflow run."""
+    of its step metrics: ``ann``, ``surrogate`` …) the curves stream to the run's MLflow run; with
+    ``frames``, on event data's frames instead of images."""
     pl.seed_everything(ctx.seed, workers=True, verbose=False)
     trainer = make_trainer(ctx, max_epochs, [*(callbacks or []), *ctx.fit_callbacks], stage=stage,
                            **kwargs)
     try:
         # Lightning's bar writes to stdout, which carries the run's result alone: send it to stderr
         with contextlib.redirect_stdout(sys.stderr):
-            trainer.fit(module, ctx.loader("train", shuffle=True), ctx.loader("val"))
+            trainer.fit(module, ctx.loader("train", shuffle=True, frames=frames), ctx.loader("val", frames=frames))
     except SystemExit:  # Lightning turns Ctrl-C into exit(1): it is an interruption
         if trainer.interrupted:
             raise KeyboardInterrupt from None

@@ -110,3 +110,55 @@ def test_converted_network_metrics_equal_neurobench():
     assert ours["activation_sparsity"] == nb["ActivationSparsity"]
     assert ours["synops"] == pytest.approx(ops["Effective_ACs"], rel=1e-12)
     assert ours["macs_effective"] == pytest.approx(ops["Effective_MACs"], rel=1e-12)
+
+
+class _EventStepNet(_StepNet):
+    """``_StepNet`` fed event frames ``[B, T, 2, H, W]``, one per step: the first layer reads each
+    frame's events (binary here, so NeuroBench books them as ACs)."""
+
+    def __init__(self, rate_net, v_init):
+        super().__init__(rate_net, None, v_init)
+
+    def forward(self, frames):
+        self.if1.reset(), self.if2.reset()
+        out = 0
+        for t in range(frames.shape[1]):
+            s1 = self.if1(self.conv1(frames[:, t]).unsqueeze(0))[0]
+            self.conv2_pooled(s1)
+            s2 = self.if2(self.dyn["3"](F.avg_pool2d(s1, 2)).unsqueeze(0))[0]
+            out = out + self.fc(torch.flatten(s2, 1))
+        return out
+
+
+def test_a_network_driven_by_event_frames_meters_as_neurobench_counts_it():
+    """Event frames from the simulated sensor (mnist-5k digits, 12 bins, counts clipped to one event
+    per pixel and bin so that NeuroBench sees spikes), centre-cropped to 8 × 8."""
+    import numpy as np
+    from harness.datasets import load_dataset
+    from harness.datasets.events import Binning, bin_recordings
+    from harness.datasets.sensor import SENSOR, recordings
+
+    ds = load_dataset("mnist-5k")
+    imgs = np.round(ds.x["test"][:48, 0] * 255).astype(np.uint8)
+    rec = recordings(imgs, ds.y["test"][:48])
+    frames = bin_recordings(rec, SENSOR, Binning(time_bins=12))[:, :, :, 13:21, 13:21]
+    x = torch.from_numpy(np.minimum(frames, 1).astype(np.float32))
+    y = torch.from_numpy(ds.y["test"][:48])
+    assert 0 < float(x.mean()) < 0.5
+    torch.manual_seed(0)
+    ann = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 10),
+    ).eval()
+    graph = trace(ann, (2, 8, 8)).folded()
+    model = RateModel(graph, calibrate_scales(graph, x.mean(1), "percentile", 99.0))
+    params = RateParams(timesteps=12, time_chunk=1)
+    ev = RateEvaluable(model, params, events=True)
+    ours = evaluate(ev, [(x, y)]).metrics
+    nb = _neurobench(_EventStepNet(model.convert(params), params.v_init), x, y, activation_types=(NeuronPool,))
+    ops = nb["SynapticOperations"]
+    assert ours["input_events"] == pytest.approx(float(x.sum()) / 48, rel=1e-12)
+    assert ours["input_synops"] > 0 and ours["synops"] > ours["input_synops"] and ours["macs"] == 0
+    assert ours["activation_sparsity"] == nb["ActivationSparsity"]
+    assert ours["synops"] == pytest.approx(ops["Effective_ACs"], rel=1e-12)
+    assert ops["Effective_MACs"] == 0

@@ -76,9 +76,11 @@ def leaderboard(runs: RunTable, energy_models: list[str], energy_model: str) -> 
     df["_cost"] = df[ekey] if ekey in df else 0.0
     df = df.sort_values(["test/accuracy", "_cost"], ascending=[False, True])
     rows = []
+    if "data_kind" not in df:
+        df["data_kind"] = "static"
     for (method, model, dataset), g in df.groupby(["method", "model", "dataset"], sort=False):
         best = g.iloc[0]
-        row = dict(method=method, model=model, dataset=dataset, runs=len(g),
+        row = dict(method=method, model=model, dataset=dataset, data=best["data_kind"], runs=len(g),
                    accuracy=best["test/accuracy"], ann_accuracy=best.get("ann/test/accuracy"),
                    drop=best.get("test/accuracy_drop"), spikes_per_neuron=best.get("spikes_per_neuron"),
                    synops=best.get("synops"), macs=best.get("macs"), latency_steps=best.get("timesteps"))
@@ -96,7 +98,10 @@ def leaderboard(runs: RunTable, energy_models: list[str], energy_model: str) -> 
         m = pareto_mask(g[cols].to_numpy(float), (True, False)[:len(cols)])
         mark[g.index[m]] = "★"
     lb.insert(0, "pareto", mark)
-    return lb.sort_values("accuracy", ascending=False).reset_index(drop=True)
+    # images first, then event data: the two never share a Pareto front, and their rows stay apart
+    lb["_events"] = lb["data"] == "events"
+    return lb.sort_values(["_events", "accuracy"], ascending=[True, False]).drop(columns="_events").reset_index(
+        drop=True)
 
 
 def energy_models_table(runs: RunTable, arithmetic: str = "cmos45-fp32") -> pd.DataFrame:

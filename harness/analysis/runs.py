@@ -114,6 +114,10 @@ def load_runs(tracking_uri: str | None = None, experiment: str | None = None) ->
     df["kind"] = tag("harness.kind")
     df["method"] = par("method").fillna(tag("method"))
     df["model"], df["dataset"], df["seed"] = par("model"), par("dataset"), par("seed")
+    # event data: a data set at one binning (runs at another do not compare); kept apart from images
+    df["data_kind"] = par("data_kind").fillna("static")
+    events = df["data_kind"] == "events"
+    df.loc[events, "dataset"] = df.loc[events, "dataset"] + " [" + par("data_binning")[events].fillna("") + "]"
     df["study"], df["trial"] = tag("harness.study"), tag("optuna.trial_number")
     df["trial_state"], df["reevaluated_trial"] = tag("optuna.trial_state"), tag("harness.reevaluated_trial")
     df["eval_limit"] = pd.to_numeric(par("run.eval_limit"), errors="coerce").fillna(0)

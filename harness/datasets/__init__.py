@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import ConfigError
 from ..registry import Registry
 from .base import Dataset
+
+EVENT_SETS = ("mnist-5k-dvs", "nmnist", "dvs-gesture", "shd")
 
 DATASETS: Registry = Registry("dataset")
 DATASETS.lazy("mnist-5k", "harness.datasets.embedded:load_mnist5k",
@@ -25,6 +28,16 @@ DATASETS.lazy("mnist", "harness.datasets.idx:load_mnist",
               "MNIST 60k/10k IDX files from --data-dir or a checksummed download")
 DATASETS.lazy("cifar10", "harness.datasets.cifar:load_cifar10",
               "CIFAR-10 python batches from --data-dir or a checksummed download")
+DATASETS.lazy("mnist-5k-dvs", "harness.datasets.sensor:load_mnist5k_dvs",
+              "events: mnist-5k through a simulated event sensor along N-MNIST's saccades, 34x34x2 "
+              "(offline; 8 time bins by default)")
+DATASETS.lazy("nmnist", "harness.datasets.neuromorphic:load_nmnist",
+              "events: N-MNIST 60k/10k (tonic's files), 34x34x2; --data-dir or tonic's checksummed download; 16 bins")
+DATASETS.lazy("dvs-gesture", "harness.datasets.neuromorphic:load_dvs_gesture",
+              "events: IBM DVS Gesture, tonic's 1077/264 recordings, 11 classes, 128x128x2 (denoised 10 ms, "
+              "downsampled to 32x32, 16 bins by default)")
+DATASETS.lazy("shd", "harness.datasets.neuromorphic:load_shd",
+              "events: Spiking Heidelberg Digits 8156/2264, 20 classes, 700 channels (tonic's HDF5); 50 bins")
 DATASETS.entry_points("snn_harness.datasets")
 
 
@@ -35,10 +48,11 @@ def check_dataset(spec: str) -> str:
     return DATASETS.check(spec)
 
 
-def load_dataset(spec: Any, data_dir: str | None = None, download: bool = True) -> Dataset:
+def load_dataset(spec: Any, data_dir: str | None = None, download: bool = True, binning: Any = None) -> Dataset:
     """Load a registered data set, a plug-in's, or a ``module:factory`` one (raises
     ``UnknownNameError`` / ``DataError``). A factory returns a :class:`Dataset` or the splits
-    ``(train, val, test)`` / ``(train, test)`` as ``(x, y)`` pairs or torch datasets."""
+    ``(train, val, test)`` / ``(train, test)`` as ``(x, y)`` pairs or torch datasets. ``binning``
+    (:class:`~harness.datasets.events.Binning`) goes to event data sets; another refuses it."""
     from .base import from_factory_result
 
     if isinstance(spec, str) and (spec in DATASETS or ":" not in spec):
@@ -50,12 +64,15 @@ def load_dataset(spec: Any, data_dir: str | None = None, download: bool = True) 
         loader = import_object(spec, "dataset factory")
         name = spec
     else:
+        if binning is not None and binning.given:
+            raise ConfigError("the time-binning options (--time-bins, --time-window, --denoise, --downsample) apply "
+                              "to event data sets; the data given are not one")
         return from_factory_result(spec, "dataset", "dataset")
-    result = _call(loader, data_dir, download)
+    result = _call(loader, data_dir, download, binning, name)
     return from_factory_result(result, name, spec)
 
 
-def _call(loader, data_dir, download):
+def _call(loader, data_dir, download, binning=None, name=""):
     import inspect
 
     try:
@@ -67,6 +84,12 @@ def _call(loader, data_dir, download):
         kwargs["data_dir"] = data_dir
     if "download" in params:
         kwargs["download"] = download
+    if "binning" in params:
+        kwargs["binning"] = binning
+    elif binning is not None and binning.given:
+        events = ", ".join(EVENT_SETS)
+        raise ConfigError(f"{name} is not an event data set: the time-binning options (--time-bins, --time-window, "
+                          f"--denoise, --downsample) apply to {events}")
     return loader(**kwargs)
 
 

@@ -32,6 +32,10 @@ class Dataset:
     y: dict[str, np.ndarray]
     source: str = ""
     classes: tuple[str, ...] = field(default_factory=tuple)
+    # event data (:mod:`harness.datasets.events`): per split, the event counts binned into frames,
+    # [N, T, P, H, W] (``x`` is their mean over T), and what the loader and the binning were
+    frames: dict[str, np.ndarray] | None = None
+    events: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from ..inputs import check_images, check_labels
@@ -56,6 +60,26 @@ class Dataset:
         if len(shapes) > 1:
             raise DataError(f"{self.name}: the splits hold inputs of different shapes {sorted(shapes)}")
         check_labels(self.name, self.y, self.num_classes)
+        if self.frames is not None:
+            self._check_frames()
+
+    def _check_frames(self) -> None:
+        assert self.frames is not None
+        for split in SPLITS:
+            f = self.frames.get(split)
+            if f is None or f.ndim != len(self.input_shape) + 2 or f.shape[0] != len(self.y[split]) \
+                    or f.shape[2:] != self.input_shape:
+                raise DataError(f"{self.name}/{split}: event frames must be (N, T, *{self.input_shape}) for "
+                                f"{len(self.y[split])} samples; got {getattr(f, 'shape', None)}")
+
+    @property
+    def is_events(self) -> bool:
+        return self.frames is not None
+
+    @property
+    def time_bins(self) -> int | None:
+        """T, the frames per sample of event data (``None``: static images)."""
+        return None if self.frames is None else int(self.frames["train"].shape[1])
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -66,9 +90,12 @@ class Dataset:
         return {s: len(self.y[s]) for s in SPLITS}
 
     def describe(self) -> dict:
-        return dict(name=self.name, version=self.version, source=self.source,
-                    input_shape=list(self.input_shape), num_classes=self.num_classes,
-                    splits=self.split_sizes)
+        out = dict(name=self.name, version=self.version, source=self.source,
+                   input_shape=list(self.input_shape), num_classes=self.num_classes,
+                   splits=self.split_sizes, kind="events" if self.is_events else "static")
+        if self.is_events:
+            out["events"] = dict(self.events)
+        return out
 
     def subset(self, split: str, n: int | None) -> tuple[np.ndarray, np.ndarray]:
         """The first ``n`` samples of a split (the split order is already shuffled and fixed)."""
@@ -76,15 +103,44 @@ class Dataset:
         return (xs, ys) if n is None else (xs[:n], ys[:n])
 
     def loader(self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-               limit: int | None = None):
-        """A torch ``DataLoader`` over one split (torch imported here, not at module import)."""
+               limit: int | None = None, frames: bool = False):
+        """A torch ``DataLoader`` over one split (torch imported here, not at module import); with
+        ``frames``, event data's frames ``[B, T, P, H, W]`` (float32 event counts) instead of images."""
         import torch
         from torch.utils.data import DataLoader, TensorDataset
 
         xs, ys = self.subset(split, limit)
-        ds = TensorDataset(torch.from_numpy(xs), torch.from_numpy(ys))
+        ds: Any
+        if frames:
+            if self.frames is None:
+                raise DataError(f"{self.name} holds static images, not event frames")
+            ds = FrameSet(self.frames[split][:len(ys)], ys)
+        else:
+            ds = TensorDataset(torch.from_numpy(xs), torch.from_numpy(ys))
         gen = torch.Generator().manual_seed(seed) if shuffle else None
         return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen)
+
+
+class FrameSet:
+    """A map-style dataset of event frames stored as small integers, handed out as float32."""
+
+    def __init__(self, frames: np.ndarray, labels: np.ndarray):
+        self.frames, self.labels = frames, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        return torch.from_numpy(self.frames[i].astype(np.float32)), torch.tensor(int(self.labels[i]))
+
+    def __getitems__(self, indices: list[int]):  # one numpy gather per batch (DataLoader's batched fetch)
+        import torch
+
+        xs = torch.from_numpy(self.frames[indices].astype(np.float32))
+        ys = torch.from_numpy(self.labels[indices])
+        return list(zip(xs, ys))
 
 
 def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -182,7 +182,7 @@ class Qcfs(Rate):
         converted = trace(net, ctx.dataset.input_shape).folded()
         thresholds = {op.name: qcfs_of(op).threshold for op in converted.neurons}
         model = calibrated_model(converted, torch.from_numpy(x), params, lams=thresholds)
-        ev = RateEvaluable(model, params, label=self.name)
+        ev = RateEvaluable(model, params, label=self.name, events=ctx.dataset.is_events)
         metrics = model_metrics(model)
         metrics.update({"qcfs/ann/test/accuracy": alone.metrics["test/accuracy"],
                         "qcfs/maxpool_replaced": float(len(replaced))})

@@ -372,8 +372,9 @@ class RateEvaluable(Evaluable):
     keep_per_neuron = True
 
     def __init__(self, model: RateModel, params: RateParams, scales: dict[str, float] | None = None,
-                 label: str = "rate"):
+                 label: str = "rate", events: bool = False):
         self.model, self.params, self.label = model, params, label
+        self.takes_frames = self.input_spikes = events  # event data: a frame per step drives the first layers
         self.net = net = model.convert(params, scales)
         self.graph = net.graph
         self.batch_size = params.batch_chunk
@@ -475,6 +476,19 @@ class Rate(Method):
         )
 
     @classmethod
+    def for_data(cls, params, given, dataset):
+        """Event data: the converted network steps once per frame, so T is the frames per sample (the
+        ANN, calibration included, sees their mean: the mean input current over the T steps)."""
+        if not dataset.is_events:
+            return params
+        bins = dataset.time_bins
+        if "timesteps" in given and params.timesteps != bins:
+            raise ConfigError(f"{cls.name}: on event data the network steps once per frame, so T is the {bins} "
+                              f"frames of {dataset.name}; --set timesteps={params.timesteps} differs: bin the events "
+                              f"into that many frames instead (--time-bins {params.timesteps})")
+        return params.replace(timesteps=bins)
+
+    @classmethod
     def graph_problems(cls, graph):
         folded = graph.folded()
         problems = rate_problems(folded)
@@ -491,7 +505,8 @@ class Rate(Method):
         graph = trace(ann.to(ctx.device).eval(), ctx.dataset.input_shape).folded()
         x, _ = ctx.dataset.subset("train", params.calibration_samples)
         model = calibrated_model(graph, torch.from_numpy(x).to(ctx.device), params, seed=ctx.seed)
-        return Preparation(RateEvaluable(model, params, label=self.name), metrics=model_metrics(model))
+        return Preparation(RateEvaluable(model, params, label=self.name, events=ctx.dataset.is_events),
+                           metrics=model_metrics(model))
 
     def analyse(self, ctx, prep, evaluation, params) -> Extras:
         from ..firing import firing_rate_artifacts

@@ -43,7 +43,7 @@ from torch import nn
 
 from ..api import Method, Outputs, Preparation
 from ..config import Params, param
-from ..errors import UnknownNameError
+from ..errors import ConfigError, UnknownNameError
 from ..evaluation import GraphSNN
 from ..graph import (
     Graph,
@@ -139,7 +139,9 @@ class SurrogateParams(Params):
                          low_open=True)
     height: float = param(1.0, "β: height of the surrogate derivative at threshold", low=0, low_open=True)
     batch_norm: bool = param(True, "batch norm over time and batch after every synaptic layer")
-    encoding: Literal["direct", "poisson"] = param("direct", "input: constant current or Poisson spikes")
+    encoding: Literal["direct", "poisson", "events"] = param(
+        "direct", "input: constant current, Poisson spikes, or event data's frames (one per step; the default on "
+                  "event data)")
     readout: Literal["mean", "membrane", "spikes"] = param("mean", "what the loss sees (module docstring)")
     epochs: int = param(10, "training epochs", low=1)
     lr: float = param(1e-3, "Adam learning rate", low=0, low_open=True)
@@ -187,9 +189,20 @@ class PoissonInput(nn.Module):
         return seq.reshape(self.timesteps * x.shape[0], *x.shape[1:])
 
 
+class EventFrames(nn.Module):
+    """Event data's frames ``[B, T, ...]`` (event counts) in, one frame per step out: ``[T·B, ...]``.
+    An input-event source: the harness counts the events it passes (``input_events``)."""
+
+    input_events = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
 register_module_kind(TimeLIF, Kind.NEURON)
 register_module_kind(ExpandTime, Kind.EXPAND)
 register_module_kind(PoissonInput, Kind.ENCODER)
+register_module_kind(EventFrames, Kind.ENCODER)
 
 
 def surrogate_problems(graph: Graph) -> list[tuple[Op, str]]:
@@ -265,6 +278,8 @@ def rebuild(arch: nn.Module, input_shape: tuple[int, ...], p: SurrogateParams) -
         set_module(gm, op.node, op.name, lif())
     if p.encoding == "poisson":
         insert_after(gm, g.input.node, "poisson_input", PoissonInput(T))
+    elif p.encoding == "events":
+        insert_after(gm, g.input.node, "event_frames", EventFrames())
     if p.readout == "spikes":
         insert_after(gm, g.output.node.args[0], "readout", lif())  # type: ignore[arg-type]
     gm.graph.lint()
@@ -282,7 +297,8 @@ class SpikingNet(nn.Module):
 
         self.p = p
         self.net = rebuild(arch, input_shape, p)
-        self.input_shape = tuple(input_shape)
+        # event frames come in as [B, T, ...]
+        self.input_shape = (p.timesteps, *input_shape) if p.encoding == "events" else tuple(input_shape)
         self.membrane = neuron.NonSpikingLIFNode(tau=p.tau) if p.readout == "membrane" else None
 
     def decode(self, out: torch.Tensor, T: int, B: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -309,6 +325,7 @@ class SpikingNet(nn.Module):
 
         ev = GraphSNN(graph, self.p.timesteps, readout)
         ev.input_spikes = False
+        ev.takes_frames = self.p.encoding == "events"
         ev.label = "surrogate"
         return ev
 
@@ -346,6 +363,26 @@ class Surrogate(Method):
         )
 
     @classmethod
+    def for_data(cls, params, given, dataset):
+        """Event data: the frames are the per-step input (``encoding=events``) and T their number."""
+        if not dataset.is_events:
+            if params.encoding == "events":
+                from ..datasets import EVENT_SETS
+
+                raise ConfigError(f"surrogate: encoding=events needs event data ({', '.join(EVENT_SETS)}); "
+                                  f"{dataset.name} holds static images (valid here: direct, poisson)")
+            return params
+        bins = dataset.time_bins
+        if "encoding" in given and params.encoding != "events":
+            raise ConfigError(f"surrogate: {dataset.name} is event data, which enters as its frames "
+                              f"(encoding=events); encoding={params.encoding} applies to static images")
+        if "timesteps" in given and params.timesteps != bins:
+            raise ConfigError(f"surrogate: on event data T is the {bins} frames per sample of {dataset.name}; "
+                              f"--set timesteps={params.timesteps} differs: bin the events into that many "
+                              f"frames instead (--time-bins {params.timesteps})")
+        return params.replace(encoding="events", timesteps=bins)
+
+    @classmethod
     def graph_problems(cls, graph):
         return surrogate_problems(graph)
 
@@ -357,7 +394,8 @@ class Surrogate(Method):
         loss_fn = _spike_rate_loss if params.readout == "spikes" else None
         module = Classifier(net, lr=params.lr, loss_fn=loss_fn)
         grads = GradientNorms(net)
-        fit(ctx, module, params.epochs, callbacks=[grads.callback()], stage="surrogate")
+        fit(ctx, module, params.epochs, callbacks=[grads.callback()], stage="surrogate",
+            frames=params.encoding == "events")
         steps = {f"surrogate/{k}": v for k, v in module.history.items()}
         steps.update({f"surrogate/grad_norm/{k}": v for k, v in grads.per_epoch.items()})
         metrics = {}

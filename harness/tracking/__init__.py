@@ -373,7 +373,11 @@ def flat_params(result) -> list[tuple[str, str]]:
     out += [(f"train.{k}", str(v)) for k, v in (result.config.get("train") or {}).items()]
     out += [(f"run.{k}", str(result.config[k])) for k in RESULT_SETTINGS if k in result.config]
     out += [("dataset", result.dataset["name"]), ("dataset_version", result.dataset["version"]),
-            ("model", result.model), ("method", result.method), ("seed", str(result.seed))]
+            ("model", result.model), ("method", result.method), ("seed", str(result.seed)),
+            ("data_kind", result.dataset.get("kind", "static"))]
+    events = result.dataset.get("events")
+    if events:  # runs on event data compare only at the same binning
+        out.append(("data_binning", ",".join(f"{k}={v}" for k, v in sorted(events.get("binning", {}).items()))))
     return [(k, v[:6000]) for k, v in out]
 
 

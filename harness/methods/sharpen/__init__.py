@@ -156,6 +156,8 @@ class Sharpen(Method):
     default_model = "stpu-dnn"
     smoke_sets = {"epochs": "6", "start_epoch": "2", "duration": "3", "lr": "3e-3"}
     Params = SharpenParams
+    events_refusal = ("its spiking network is a one-step network of step "
+                      "functions reading one (binary or analog) image, with no time axis for a stream of event frames")
     metrics = (
         MetricSpec("sharpen/sharpness_reached", "the least sharpness of any layer when training ended", "fraction",
                    "max", 0, 1),

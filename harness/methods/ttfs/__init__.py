@@ -97,6 +97,9 @@ class TTFS(Method):
     default_model = "ttfs-cnn"
     smoke_sets = {"t_max": "16", "t_max_sweep": "8,16", "fig2_t_max": "8,16", "fig2_fractions": "0.1,0.5"}
     Params = TTFSParams
+    events_refusal = ("it codes each input as one spike whose time is the pixel's intensity, while an "
+                      "event sensor's pixels send many events of two polarities over the recording (no intensity to "
+                      "time-code)")
     metrics = (
         MetricSpec("t_max", "time steps of each TTFS stage", "steps", None, 1),
         MetricSpec("layer/{layer}/u_th", "threshold u_th of a neuron op (potential units)", "potential", None, 0),
