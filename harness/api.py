@@ -261,6 +261,7 @@ class Method(ABC):
     Params: ClassVar[type[ParamsBase]] = NoParams
     metrics: ClassVar[tuple["MetricSpec", ...]] = ()  # the method's own metric keys
     events_refusal: ClassVar[str] = ""  # why it cannot take event data (refused before any work), if it cannot
+    event_keys: ClassVar[tuple[str, ...]] = ()  # parameters event data decide (a study does not sample them there)
 
     def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

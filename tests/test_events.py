@@ -340,3 +340,15 @@ def test_rate_on_the_offline_event_set_is_driven_by_its_events(dvs_cache, tmp_pa
     assert m["input_synops"] == pytest.approx(events * 128, rel=1e-12) and m["macs"] == 0
     assert m["test/accuracy"] > 0.5  # ten classes: far above chance after two epochs
     assert rec["dataset"]["version"] == ds.version
+
+
+def test_a_study_on_event_data_leaves_t_to_the_binning():
+    import optuna
+    from harness.methods import resolve
+    from harness.studies.trial import trial_sets
+
+    classes = resolve("surrogate")
+    trial = optuna.trial.FixedTrial({"timesteps": 3, "surrogate": "arctan", "width": 0.5, "height": 2.0, "tau": 3.0})
+    assert trial_sets(trial, classes, {}, {})["timesteps"] == "3"
+    sets = trial_sets(trial, classes, {}, {}, events=True)
+    assert "timesteps" not in sets and sets["surrogate"] == "arctan" and sets["tau"] == "3.0"

@@ -475,6 +475,8 @@ class Rate(Method):
             v_init=trial.suggest_categorical("v_init", [0.0, 0.5]),
         )
 
+    event_keys = ("timesteps",)
+
     @classmethod
     def for_data(cls, params, given, dataset):
         """Event data: the converted network steps once per frame, so T is the frames per sample (the

@@ -362,6 +362,8 @@ class Surrogate(Method):
             tau=trial.suggest_float("tau", 1.5, 10.0),
         )
 
+    event_keys = ("timesteps", "encoding")
+
     @classmethod
     def for_data(cls, params, given, dataset):
         """Event data: the frames are the per-step input (``encoding=events``) and T their number."""

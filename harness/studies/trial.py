@@ -47,9 +47,11 @@ def pruning_callback(trial, monitor: str = "val/accuracy"):
     return _Pruning()
 
 
-def trial_sets(trial, classes: list, grid: dict[str, list[str]], fixed: dict[str, str]) -> dict[str, str]:
+def trial_sets(trial, classes: list, grid: dict[str, list[str]], fixed: dict[str, str],
+               events: bool = False) -> dict[str, str]:
     """The ``--set`` values of one trial: its grid cell, or what each method's search space sampled
-    (only values that differ from the defaults), then the study's fixed values."""
+    (only values that differ from the defaults; on event data not the keys the data decide, a
+    method's ``event_keys``), then the study's fixed values."""
     sets: dict[str, str] = {}
     if grid:
         for key, values in grid.items():
@@ -60,6 +62,8 @@ def trial_sets(trial, classes: list, grid: dict[str, list[str]], fixed: dict[str
             sampled = cls.search_space(trial)
             default = cls.Params()
             for k in cls.Params.keys():
+                if events and k in cls.event_keys:
+                    continue
                 v = getattr(sampled, k)
                 if v != getattr(default, k):
                     sets[prefix + k] = format_value(v)
@@ -145,7 +149,9 @@ class TrialRunner:
         from .recovery import requeue
 
         frozen = self._claim(trial)
-        sets = trial_sets(trial, self.classes, self.scfg.grid, self.fixed)
+        from ..datasets import EVENT_SETS
+
+        sets = trial_sets(trial, self.classes, self.scfg.grid, self.fixed, self.run_cfg.dataset in EVENT_SETS)
         trial.set_user_attr("harness.sets", sets)
         cfg = self.run_cfg.replace(sets=tuple(f"{k}={v}" for k, v in sets.items()))
         run_id, tags = self._open_run(trial, frozen)
