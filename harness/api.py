@@ -197,7 +197,8 @@ class RunContext:
         bs = batch_size or (self.train.batch_size if shuffle else self.config.eval_batch_size)
         if split == "test" and self.config.eval_limit:
             limit = min(limit or self.config.eval_limit, self.config.eval_limit)
-        return self.dataset.loader(split, bs, shuffle=shuffle, seed=self.seed, limit=limit, frames=frames)
+        extra = {"frames": True} if frames else {}  # a data set of images alone need not know the keyword
+        return self.dataset.loader(split, bs, shuffle=shuffle, seed=self.seed, limit=limit, **extra)
 
     def evaluate(self, model: "Evaluable | nn.Module", split: str = "test", *, batch_size: int | None = None,
                  limit: int | None = None, desc: str = "evaluate", what: str = "evaluation") -> Evaluation:

@@ -54,7 +54,8 @@ def evaluate_in(ctx: RunContext, model: "Evaluable | nn.Module", split: str = "t
     ev = as_evaluable(model, ctx.dataset.input_shape)
     if batch_size is None and ev.batch_size is not None:  # the smaller of the evaluable's and --eval-batch-size
         batch_size = min(ev.batch_size, ctx.config.eval_batch_size)
-    loader = ctx.loader(split, batch_size=batch_size, limit=limit or ev.limit, frames=ev.takes_frames)
+    frames = {"frames": True} if ev.takes_frames else {}  # event data's frames, one per step
+    loader = ctx.loader(split, batch_size=batch_size, limit=limit or ev.limit, **frames)
     return evaluate(ev, loader, device=ctx.device, progress=ctx.progress and ctx.main, desc=desc, schema=ctx.schema,
                     what=what, world=ctx.world)
 

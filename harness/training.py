@@ -162,7 +162,8 @@ def fit(ctx, module: Classifier, max_epochs: int, callbacks: list | None = None,
     try:
         # Lightning's bar writes to stdout, which carries the run's result alone: send it to stderr
         with contextlib.redirect_stdout(sys.stderr):
-            trainer.fit(module, ctx.loader("train", shuffle=True, frames=frames), ctx.loader("val", frames=frames))
+            extra = {"frames": True} if frames else {}
+            trainer.fit(module, ctx.loader("train", shuffle=True, **extra), ctx.loader("val", **extra))
     except SystemExit:  # Lightning turns Ctrl-C into exit(1): it is an interruption
         if trainer.interrupted:
             raise KeyboardInterrupt from None

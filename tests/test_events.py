@@ -352,3 +352,11 @@ def test_a_study_on_event_data_leaves_t_to_the_binning():
     assert trial_sets(trial, classes, {}, {})["timesteps"] == "3"
     sets = trial_sets(trial, classes, {}, {}, events=True)
     assert "timesteps" not in sets and sets["surrogate"] == "arctan" and sets["tau"] == "3.0"
+
+
+def test_ls_datasets_lists_the_event_sets(capsys):
+    code, out = _cli(["ls", "datasets"], capsys)
+    listed = {line.split()[0]: line for line in out.out.splitlines()}
+    assert code == 0
+    for name in ("mnist-5k-dvs", "nmnist", "dvs-gesture", "shd"):
+        assert "events:" in listed[name]

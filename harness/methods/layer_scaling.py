@@ -72,7 +72,7 @@ class LayerScaling(Rate):
             scales = {n: params.scale_firing_rates * (params.boost if i in combo else 1.0)
                       for i, n in enumerate(names)}
             label = ":".join(names[i] for i in combo)  # MLflow metric names admit no "+"
-            ev = RateEvaluable(model, params, scales, label=self.name, events=ctx.dataset.is_events)
+            ev = RateEvaluable(model, params, scales, label=self.name, events=prep.model.takes_frames)
             ev.keep_per_neuron = False
             m = ctx.evaluate(ev, desc=f"boost {label}", what=f"layer-scaling boost of {label}").metrics
             acc, spikes = m["test/accuracy"], m["spikes"]
