@@ -36,8 +36,9 @@ ON_ANN = {
 }
 # networks made by a method that trains (stored) and how to rebuild them for evaluation
 TRAINED = {
-    "sharpen/stpu-dnn": ("sharpen", "stpu-dnn", ("epochs=8", "start_epoch=2", "duration=4", "lr=3e-3")),
-    "sharpen/stpu-cnn": ("sharpen", "stpu-cnn", ("epochs=8", "start_epoch=2", "duration=4", "lr=3e-3")),
+    # stored 10-hot (trained before the default became 4): the key is part of the stored network
+    "sharpen/stpu-dnn": ("sharpen", "stpu-dnn", ("epochs=8", "start_epoch=2", "duration=4", "lr=3e-3", "n_hot=10")),
+    "sharpen/stpu-cnn": ("sharpen", "stpu-cnn", ("epochs=8", "start_epoch=2", "duration=4", "lr=3e-3", "n_hot=10")),
     "surrogate/dnn5": ("surrogate", "dnn5", ("epochs=3", "timesteps=4", "lr=3e-3")),
     "surrogate/cnn7": ("surrogate", "cnn7", ("epochs=3", "timesteps=2", "lr=3e-3", "encoding=poisson")),
     "prune/cnn7": ("prune", "cnn7", ("epochs=4", "start_epoch=1", "ramp_epochs=2", "final_sparsity=0.8")),

@@ -89,7 +89,8 @@ def test_stored_networks_keep_their_metrics(case, nets, tmp_path):
 # (method, model, --set values) -> bounds on the metrics that training moves, from 8 seeds × 2
 # kernel settings here (see the module docstring): the lowest test accuracy seen, minus a margin
 # measured (test/accuracy): ann/dnn5 0.891–0.928 (sd 0.011); ann/cnn7 0.788–0.889 (0.030); surrogate/dnn5
-# 0.666–0.872 (0.070); sharpen/stpu-dnn 0.719–0.813 (0.028); prune/cnn7 0.872–0.908 (0.009)
+# 0.666–0.872 (0.070); sharpen/stpu-dnn 0.719–0.813 (0.028) 10-hot, 0.694–0.861 (0.055; 8 seeds, one kernel
+# setting) with today's default 4-hot; prune/cnn7 0.872–0.908 (0.009)
 TRAINING = {
     "ann/dnn5": (dict(method="ann", model="dnn5"),
                  {"test/accuracy": (0.85, 1.0), "spikes_per_neuron": (0.38, 0.60)}),
@@ -98,7 +99,7 @@ TRAINING = {
     "surrogate/dnn5": (dict(method="surrogate", model="dnn5", baseline=False, sets=("epochs=3", "timesteps=4")),
                        {"test/accuracy": (0.45, 1.0), "spikes_per_neuron": (0.25, 0.38)}),
     "sharpen/stpu-dnn": (dict(method="sharpen", model="stpu-dnn", baseline=False, sets=("epochs=6",)),
-                         {"test/accuracy": (0.60, 1.0), "spikes_per_neuron": (0.02, 0.09),
+                         {"test/accuracy": (0.55, 1.0), "spikes_per_neuron": (0.02, 0.12),
                           "sharpen/sharpness_reached": (1.0, 1.0)}),
     "prune/cnn7": (dict(method="prune", model="cnn7", sets=("epochs=4", "start_epoch=1", "ramp_epochs=2")),
                    {"test/accuracy": (0.80, 1.0), "connection_sparsity": (0.799, 0.801)}),

@@ -238,7 +238,7 @@ def test_sharpen_run_on_digits(quick):
     assert m["test/accuracy"] > 0.5
     assert steps["sharpen/sharpness/relu_fc1"][-1] == 1.0 and len(steps["sharpen/train/loss"]) == 5
     layers = {r["layer"]: r for r in res.layers}
-    assert layers["spike_out"]["neurons"] == 100  # 10 classes × n_hot 10
+    assert layers["spike_out"]["neurons"] == 40  # 10 classes × the default n_hot 4
     assert 0 <= m["sharpen/ties"] <= 1 and 0 < m["sharpen/brelu/test/accuracy"] <= 1
     # ties are the only samples the two rules can decide differently
     assert abs(m["test/accuracy"] - m["sharpen/test/accuracy_lowest_index"]) <= m["sharpen/ties"]

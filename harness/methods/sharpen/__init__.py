@@ -10,7 +10,11 @@ Every hidden ReLU of the model is replaced by a sharpenable activation with shar
 
 The readout layer is widened to ``n_hot`` outputs per class, followed by the same activation, and
 decoded by a fixed key with a softmax (Whetstone's ``Softmax_Decode``: logits = (2y − 1)·(2K − 1)ᵀ;
-class c owns outputs c·n_hot … (c + 1)·n_hot − 1), so the loss is cross-entropy as usual.
+class c owns outputs c·n_hot … (c + 1)·n_hot − 1), so the loss is cross-entropy as usual. The
+default is 4 outputs per class, the key width of Whetstone's convolutional example
+(``key_generator(10, 40)``; its dense example uses 10): measured on mnist-5k against the same network
+just before sharpening, 10-hot lost 3.3 (stpu-cnn) and 5.0 points (cnn-restricted), 4-hot 0.9 and
+1.0, and every one of the four seed networks was at least as accurate sharpened with 4 as with 10.
 
 Sharpening schedules (a Lightning callback; sharpness advances every batch):
 
@@ -104,7 +108,8 @@ class SharpenParams(Params):
     epochs: int = param(30, "maximum training epochs (training stops once fully sharpened)", low=1)
     lr: float = param(1e-3, "learning rate", low=0, low_open=True)
     optimizer: Literal["adam", "rmsprop"] = param("adam", "optimizer (the seed found RMSprop most stable)")
-    n_hot: int = param(10, "output neurons per class (N-hot code decoded by softmax)", low=1, high=1000)
+    n_hot: int = param(4, "output neurons per class (N-hot code decoded by softmax; 4: Whetstone's convolutional "
+                          "example)", low=1, high=1000)
     encoding: Literal["binary", "contours", "current"] = param("binary", "input encoding")
     sharpen_lr: float = param(0.0, "learning rate when sharpening starts, decaying to 1 % of it as the network "
                               "sharpens (0: lr * min(1, 64 / batches per epoch))", low=0)
