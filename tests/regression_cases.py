@@ -157,6 +157,7 @@ def _evaluate_trained(case: str, nets: dict) -> dict[str, float]:
         counted, n = evaluation.meters.counters, evaluation.meters.samples
         metrics["sharpen/ties"] = counted["sharpen/ties"] / n
         metrics["sharpen/snn_agreement"] = counted["sharpen/agree"] / n
+        metrics["sharpen/test/accuracy_readout_potential"] = counted["correct/readout_potential"] / n
     return {k: float(v) for k, v in metrics.items()}
 
 

@@ -358,3 +358,35 @@ def test_a_short_training_starts_sharpening_by_its_last_epoch(schedule):
     p = SharpenParams.completed({"epochs": "2", "schedule": schedule})
     assert p["start_epoch"] == 0
     assert SharpenParams.completed({"epochs": "24", "schedule": schedule})["start_epoch"] == 4
+
+
+def test_the_readout_potential_decision_sums_each_class_s_readout_current_by_hand():
+    """Binary input (pixel ≥ 0.5), hidden steps [x ≥ 0.5], then the readout's input current summed
+    over the 4 outputs each class owns, argmax. Wrong variants: deciding by the spikes (the vote),
+    an output given to the wrong class, the hidden layers left analog."""
+    from harness.meters import Meters
+    from harness.methods.sharpen.snn import SharpenedSNN
+
+    net = _net()
+    set_sharpness(net.activations, [1.0] * len(net.activations))
+    net.gm.eval()
+    l1, l2, l3 = [m for m in net.gm.modules() if isinstance(m, nn.Linear)]
+    with torch.no_grad():  # an untrained readout hardly fires: make its votes differ
+        l2.weight.mul_(3.0)
+        l3.weight.mul_(6.0)
+    ev = SharpenedSNN(net, "potential")
+    torch.manual_seed(1)
+    x = torch.rand(256, 1, 4, 4)
+    with torch.no_grad():
+        out = ev.run_batch(x, Meters())
+        h = (x.flatten(1) >= 0.5).float()
+        h = (l1(h) >= 0.5).float()
+        h = (l2(h) >= 0.5).float()
+        current = l3(h)
+    want = current.reshape(256, 3, 4).sum(-1).argmax(-1)
+    assert torch.equal(out.alternatives["readout_potential"], want)
+    with torch.no_grad():  # class 0: one output at 5.0 (1 spike); class 1: two at 0.6 (2 spikes, sum 1.2)
+        l3.weight.zero_()
+        l3.bias.copy_(torch.tensor([5.0, 0, 0, 0, 0.6, 0.6, 0, 0, 0, 0, 0, 0]))
+        out = SharpenedSNN(net, "potential").run_batch(x, Meters())  # the IF network is built from net
+    assert out.final().unique().tolist() == [1] and out.alternatives["readout_potential"].unique().tolist() == [0]

@@ -175,6 +175,9 @@ class Sharpen(Method):
                    "min", 0, 1),
         MetricSpec("sharpen/test/accuracy_lowest_index", "test accuracy when ties go to the lowest class index "
                    "(Whetstone's rule)", "fraction", "max", 0, 1),
+        MetricSpec("sharpen/test/accuracy_readout_potential", "test accuracy of the sharpened network with its "
+                   "readout decoded by membrane potential (summed per class) instead of spikes: binary hidden "
+                   "layers, an analog readout", "fraction", "max", 0, 1),
         MetricSpec("sharpen/lr", "learning rate when sharpening started (it decays to 1 % as the network sharpens)",
                    "learning rate", None, 0),
         MetricSpec("sharpen/val/accuracy_sharpened", "validation accuracy per epoch with every layer a step "
@@ -246,5 +249,6 @@ class Sharpen(Method):
         n, counted = max(meters.samples, 1), meters.counters
         metrics = {"sharpen/snn_agreement": counted.get("sharpen/agree", 0.0) / n,  # 1: IF network = step network
                    "sharpen/ties": counted.get("sharpen/ties", 0.0) / n,
-                   "sharpen/test/accuracy_lowest_index": counted.get("correct/lowest_index", 0.0) / n}
+                   "sharpen/test/accuracy_lowest_index": counted.get("correct/lowest_index", 0.0) / n,
+                   "sharpen/test/accuracy_readout_potential": counted.get("correct/readout_potential", 0.0) / n}
         return Extras(metrics=metrics)

@@ -65,8 +65,12 @@ class NHotDecode(nn.Module):
         ties = tied.sum(-1) > 1
         if rule == "first":
             return votes.argmax(-1), ties  # torch's argmax returns the first maximum, as Keras's
-        owned = potential.reshape(potential.shape[0], -1) @ ((self.key.t() + 1.0) / 2.0)  # [B, C]
+        owned = self.owned(potential)
         return torch.where(tied, owned, torch.full_like(owned, -math.inf)).argmax(-1), ties
+
+    def owned(self, potential: torch.Tensor) -> torch.Tensor:
+        """Per class, the summed potential of the readout neurons it owns: ``[B, C]``."""
+        return potential.reshape(potential.shape[0], -1) @ ((self.key.t() + 1.0) / 2.0)
 
 
 class InputEncoding(nn.Module):

@@ -138,6 +138,7 @@ class SharpenedSNN(GraphSNN):
             return Outputs(logits=out, predictions=pred)
 
         super().__init__(build(snn, net.input_shape), 1, readout)
+        self._decode, self._potential = decode, potential
         self.sharpened, self.tie_break = net.gm, tie_break
         self._sharpened_potential = _Potential(net.gm.get_submodule("spike_out"))
         self._sharpened_decode = _decoder(net.gm)
@@ -149,9 +150,13 @@ class SharpenedSNN(GraphSNN):
     def run_batch(self, x, meters):
         """Also counts, into the meters (so a sharded evaluation sums them): ``sharpen/ties``,
         ``sharpen/agree`` (samples decided as the sharpened network decides them) and the
-        predictions under Whetstone's lowest-index rule (``correct/lowest_index``)."""
+        predictions under Whetstone's lowest-index rule (``correct/lowest_index``) and those of the
+        readout decoded by its membrane potentials instead of its spikes (``correct/readout_potential``:
+        binary hidden layers, an analog readout — what the binary vote itself costs)."""
         out = super().run_batch(x, meters)
         first, ties = self._batch
+        assert self._potential.value is not None
+        out.alternatives["readout_potential"] = self._decode.owned(self._potential.value).argmax(-1)
         meters.count("sharpen/ties", int(ties.sum()))
         votes = self.sharpened(x)
         assert self._sharpened_potential.value is not None
