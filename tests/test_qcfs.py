@@ -139,7 +139,7 @@ def test_prepare_installs_qcfs_from_calibrated_lambdas_and_converts_with_them():
     x = np.random.default_rng(0).random((20, 1, 4, 4)).astype(np.float32)
     evaluated = []
     ctx = SimpleNamespace(
-        dataset=SimpleNamespace(input_shape=(1, 4, 4), subset=lambda split, n: (x[:n], None)), seed=0,
+        dataset=SimpleNamespace(input_shape=(1, 4, 4), subset=lambda split, n: (x[:n], None), is_events=False), seed=0,
         evaluate=lambda net, desc, what: evaluated.append(what) or SimpleNamespace(metrics={"test/accuracy": 0.625}))
     prep = Qcfs().prepare(ctx, ann, QCFSParams(epochs=0, timesteps=4, calibration_samples=10))
     avg = nn.Sequential(ann[0], ann[1], nn.AvgPool2d(2), ann[3], ann[4])
