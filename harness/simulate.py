@@ -264,9 +264,9 @@ class Simulator:
             raw: dict[str, torch.Tensor] = {}  # this chunk's spikes, [tc·B, ...]
             if frames is not None:
                 name = self.g.input.name
-                env[name] = raw[name] = frames[t0:t0 + tc].reshape(tc * B, *x.shape[2:])
+                per = frames[t0:t0 + tc]
+                env[name] = raw[name] = per.reshape(tc * B, *x.shape[2:])
                 if meters is not None:
-                    per = frames[t0:t0 + tc]
                     _accumulate(spike_counts, name, per[0] if tc == 1 else per.sum(0))
             reached = False
             for op in self.dynamic_plan:

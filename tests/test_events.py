@@ -70,6 +70,9 @@ def test_bad_event_files_are_named(tmp_path):
     # the test split's files in name order: 0, 1, 10, 2, 3, 4 …: 4.npy is sample 5
     with pytest.raises(DataError, match=r"4\.npy \(sample 5\): event 1 has the negative timestamp -3000"):
         _load("dvs-gesture", tmp_path / "g")
+    np.save(f, np.array([[65_570, 1, 0, 5]]))  # int16 would wrap 65 570 to 34, inside the 128-pixel sensor
+    with pytest.raises(DataError, match=r"4\.npy \(sample 5\): event 0 has x 65570, outside any sensor"):
+        _load("dvs-gesture", tmp_path / "g")
     np.save(f, np.zeros((5, 3)))
     with pytest.raises(DataError, match=r"4\.npy: expected an \(N, 4\) numeric array"):
         _load("dvs-gesture", tmp_path / "g")

@@ -37,6 +37,8 @@ from ..errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 EVENT_DTYPE = np.dtype([("x", np.int16), ("y", np.int16), ("t", np.int64), ("p", np.int8)])
+# events as read from a file, and as tonic's transforms take them
+WIDE_DTYPE = np.dtype([("x", np.int64), ("y", np.int64), ("t", np.int64), ("p", np.int64)])
 FRAMES_FORMAT = "frames-v1"
 EMPTY_WARN = 0.5  # warn when more than this fraction of all frames hold no event
 
@@ -100,6 +102,13 @@ class Recordings:
                   files: list[str] | None = None) -> "Recordings":
         lengths = np.array([len(s) for s in samples], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)])
+        for i, s in enumerate(samples):  # values the compact fields cannot hold would wrap into the sensor
+            for f in ("x", "y", "p"):
+                info = np.iinfo(EVENT_DTYPE[f])
+                if f in (s.dtype.names or ()) and len(s) and (s[f].min() < info.min or s[f].max() > info.max):
+                    bad = int(np.flatnonzero((s[f] < info.min) | (s[f] > info.max))[0])
+                    where = files[i] if files else f"sample {i}"
+                    raise DataError(f"{where} (sample {i}): event {bad} has {f} {int(s[f][bad])}, outside any sensor")
         events = np.concatenate([as_events(s) for s in samples]) if samples else np.zeros(0, EVENT_DTYPE)
         return cls(events, offsets, np.asarray(labels, dtype=np.int64), files)
 
@@ -153,7 +162,7 @@ def bin_recordings(rec: Recordings, sensor_size: tuple[int, int, int], binning: 
     for i in tqdm(range(len(rec)), desc=f"binning {progress}", disable=tqdm_disable(bool(progress)), leave=False):
         ev = rec.sample(i)
         check_sample(ev, sensor_size, rec.where(i), i)
-        ev = ev.astype(np.dtype([("x", np.int64), ("y", np.int64), ("t", np.int64), ("p", np.int64)]))
+        ev = ev.astype(WIDE_DTYPE)
         ev = ev[np.argsort(ev["t"], kind="stable")]  # tonic's slicers search the timestamps
         for t in pre:
             ev = t(ev)

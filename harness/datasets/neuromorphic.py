@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import DataError
 from .download import default_data_root
-from .events import Binning, Recordings, event_dataset
+from .events import WIDE_DTYPE, Binning, Recordings, event_dataset
 
 NMNIST_SENSOR = (34, 34, 2)
 GESTURE_SENSOR = (128, 128, 2)
@@ -136,7 +136,7 @@ def read_gesture(files: list[Path]) -> Recordings:
                             "another format") from None
         if raw.ndim != 2 or raw.shape[1] != 4 or raw.dtype.kind not in "iuf":
             raise DataError(f"{f}: expected an (N, 4) numeric array of x, y, p, t; found {raw.dtype} {raw.shape}")
-        ev = np.zeros(len(raw), np.dtype([("x", np.int64), ("y", np.int64), ("t", np.int64), ("p", np.int64)]))
+        ev = np.zeros(len(raw), WIDE_DTYPE)
         ev["x"], ev["y"], ev["p"] = raw[:, 0], raw[:, 1], raw[:, 2]
         ev["t"] = np.round(raw[:, 3] * 1000.0)
         samples.append(ev)
@@ -185,7 +185,7 @@ def read_shd(path: Path) -> Recordings:
     for i, (t, u) in enumerate(zip(times, units)):
         if len(t) != len(u):
             raise DataError(f"{path} (sample {i}): {len(t)} spike times but {len(u)} units")
-        ev = np.zeros(len(t), np.dtype([("x", np.int64), ("y", np.int64), ("t", np.int64), ("p", np.int64)]))
+        ev = np.zeros(len(t), WIDE_DTYPE)
         ev["t"] = np.round(np.asarray(t, np.float64) * 1e6)
         ev["x"] = u
         samples.append(ev)
