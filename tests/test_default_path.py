@@ -30,6 +30,7 @@ FAST = {  # the least work that still runs every stage of each method
     "ttfs": ("t_max=8", "t_max_sweep=4,8", "fig2_t_max=8", "fig2_fractions=0.5", "fig2_samples=20"),
     "surrogate": ("epochs=1", "timesteps=2"),
     "sharpen": ("epochs=1",),
+    "sharpen:batchnorm": ("epochs=1", "batchnorm=true"),  # a BatchNorm before each spiking layer, folded
     "prune": ("epochs=1",),
     "prune+rate": ("prune.epochs=1", "timesteps=4"),
     "prune+ttfs": ("prune.epochs=1", "t_max=8", "t_max_sweep=", "fig2=false"),
@@ -42,8 +43,9 @@ REFUSED = {}
 for _m in ("ttfs", "prune+ttfs"):
     REFUSED.update({(_m, "cnn7"): "pool1", (_m, "resnet-small"): "layer1.0.add", (_m, USER[0]): "add",
                     (_m, USER[2]): "blocks.0.add"})
-REFUSED.update({("sharpen", "cnn7"): "pool1", ("sharpen", "resnet-small"): "pool", ("sharpen", USER[0]): "pool",
-                ("sharpen", USER[2]): "adaptive_avg_pool2d"})
+for _m in ("sharpen", "sharpen:batchnorm"):
+    REFUSED.update({(_m, "cnn7"): "pool1", (_m, "resnet-small"): "pool", (_m, USER[0]): "pool",
+                    (_m, USER[2]): "adaptive_avg_pool2d"})
 CELLS = [(m, model) for m in FAST for model in BUILT_IN + USER]
 
 

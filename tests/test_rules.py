@@ -400,7 +400,7 @@ SEARCH_SPACES = {  # what `harness study` samples per method (a change here chan
     "surrogate": {"timesteps": (1, 8), "surrogate": ("triangle", "fast-sigmoid", "arctan", "sigmoid"),
                   "width": (0.1, 4.0, "log"), "height": (0.1, 4.0, "log"), "tau": (1.5, 10.0)},
     "sharpen": {"activation": ("brelu", "sigmoid"), "bottom_up": (True, False), "n_hot": (1, 4, 10),
-                "optimizer": ("adam", "rmsprop")},
+                "optimizer": ("adam", "rmsprop"), "batchnorm": (False, True)},
     "ttfs": {"t_max": (8, 16, 32, 64, 128), "percentile": (99.0, 100.0), "threshold_scale": (0.5, 1.5)},
 }
 SEARCH_SPACES["layer-scaling"] = {**SEARCH_SPACES["rate"], "boost": (1.5, 16, "log")}

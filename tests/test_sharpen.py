@@ -390,3 +390,55 @@ def test_the_readout_potential_decision_sums_each_class_s_readout_current_by_han
         l3.bias.copy_(torch.tensor([5.0, 0, 0, 0, 0.6, 0.6, 0, 0, 0, 0, 0, 0]))
         out = SharpenedSNN(net, "potential").run_batch(x, Meters())  # the IF network is built from net
     assert out.final().unique().tolist() == [1] and out.alternatives["readout_potential"].unique().tolist() == [0]
+
+
+class _NestedConv(nn.Module):
+    """A user's nested network: a conv stage in an ``nn.Sequential``, one conv already followed by
+    its own BatchNorm, a functional ReLU on a dense layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.MaxPool2d(2))
+        self.block = nn.Sequential(nn.Conv2d(3, 4, 2), nn.BatchNorm2d(4), nn.ReLU())
+        self.fc = nn.Linear(4, 5)
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.fc(torch.flatten(self.block(self.stem(x)), 1))))
+
+
+def test_the_batchnorm_recipe_normalises_every_spiking_layer_and_folds_away_exactly():
+    """``batchnorm=true`` (Whetstone's convolutional example): a BatchNorm on the input of each of
+    the three activations that lacks one and of the readout's spiking layer — 3 new, the user's own
+    kept (4 in all) — and after training they fold into the layer before each: no BatchNorm left,
+    the same outputs at any sharpness, and the one-step IF network equal to the folded network.
+    Wrong variants: a BatchNorm after the activation or none on the readout, a second one where
+    the network has its own, a fold with training statistics or that drops β."""
+    from harness.methods.sharpen import fold_batchnorm
+
+    torch.manual_seed(0)
+    net = build_sharpenable(_NestedConv(), (1, 7, 7), 3, SharpenParams(batchnorm=True, n_hot=2))
+    bns = {n: m for n, m in net.gm.named_modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))}
+    assert len(bns) == 4 and {type(m).__name__ for m in bns.values()} == {"BatchNorm1d", "BatchNorm2d"}
+    assert bns["bn_readout"].num_features == 6
+    feeds = {n.args[0].target for n in net.gm.graph.nodes
+             if n.op == "call_module" and isinstance(net.gm.get_submodule(n.target), SharpenableActivation)}
+    assert feeds == set(bns), feeds  # each activation reads a BatchNorm, and only those four exist
+    x = torch.rand(32, 1, 7, 7)
+    net.gm.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net.gm(x * 2.0)  # running statistics that differ from x's own batch statistics
+        for m in bns.values():
+            m.weight.uniform_(-2.0, 2.0)
+            m.bias.uniform_(-1.0, 1.0)
+    net.gm.eval()
+    set_sharpness(net.activations, [0.6] * len(net.activations))
+    with torch.no_grad():
+        want = net.gm(x)
+        fold_batchnorm(net)
+        assert not any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in net.gm.modules())
+        assert torch.allclose(net.gm(x), want, atol=1e-5)
+        set_sharpness(net.activations, [1.0] * len(net.activations))  # the same modules steer the folded net
+        assert float(net.gm.get_submodule("spike_out").sharpness) == 1.0
+        assert torch.equal(to_spiking(net).eval()(x), net.gm(x))

@@ -57,6 +57,13 @@ output neurons' membrane potentials (their input current in the one step) sum hi
 under Whetstone's rule are reported either way. Inputs are encoded as ``binary`` (pixel ≥ 0.5), ``contours`` (Sobel edge magnitude
 ≥ ``contour_threshold``, binary) or ``current`` (analog values injected into the first layer).
 
+With ``batchnorm`` (Whetstone's convolutional example, ``adaptive_mnist.py``) a BatchNorm is put on
+the input of every sharpenable activation that has none and of the readout's spiking layer while the
+network trains; once training ends each is folded into the Conv/Linear before it (Whetstone's
+``copy_remove_batchnorm``), so the spiking network reads the layers' own currents. A BatchNorm that
+cannot be folded (something other than a Conv/Linear feeds it) stays as a per-channel affine map of
+the current, which a one-step IF neuron computes as well.
+
 The network is the traced architecture (any graph of Conv/Linear, ReLU, max pooling, flatten,
 dropout, concatenation, BatchNorm, and adds of currents before a neuron) with every ReLU op made
 sharpenable; average pooling and adds of spike trains are refused, as their outputs are not binary.
@@ -83,10 +90,10 @@ from ...config import ConfigError, Params, param, scaled_schedule
 from ...metrics import MetricSpec
 from .layers import InputEncoding, NHotDecode, SharpenableActivation, layer_sharpness, set_sharpness
 from .schedule import Sharpener, decayed_lr, sharpening_lr
-from .snn import SharpenedSNN, build_sharpenable, sharpen_problems
+from .snn import SharpenedSNN, build_sharpenable, fold_batchnorm, sharpen_problems
 
 __all__ = ["InputEncoding", "NHotDecode", "Sharpen", "SharpenParams", "SharpenableActivation", "SharpenedSNN",
-           "Sharpener", "build_sharpenable", "decayed_lr", "layer_sharpness", "set_sharpness", "sharpen_problems",
+           "Sharpener", "build_sharpenable", "decayed_lr", "fold_batchnorm", "layer_sharpness", "set_sharpness", "sharpen_problems",
            "sharpening_lr"]
 
 
@@ -111,6 +118,9 @@ class SharpenParams(Params):
     n_hot: int = param(4, "output neurons per class (N-hot code decoded by softmax; 4: Whetstone's convolutional "
                           "example)", low=1, high=1000)
     encoding: Literal["binary", "contours", "current"] = param("binary", "input encoding")
+    batchnorm: bool = param(False, "Whetstone's convolutional recipe: a BatchNorm before every sharpenable "
+                            "activation and the readout while training, folded into the layer before it for "
+                            "inference")
     sharpen_lr: float = param(0.0, "learning rate when sharpening starts, decaying to 1 % of it as the network "
                               "sharpens (0: lr * min(1, 64 / batches per epoch))", low=0)
     lr_floor: float = param(0.01, "fraction of sharpen_lr left when every layer is a step function (1: constant "
@@ -197,6 +207,7 @@ class Sharpen(Method):
             bottom_up=trial.suggest_categorical("bottom_up", [True, False]),
             n_hot=trial.suggest_categorical("n_hot", [1, 4, 10]),
             optimizer=trial.suggest_categorical("optimizer", ["adam", "rmsprop"]),
+            batchnorm=trial.suggest_categorical("batchnorm", [False, True]),
         )
 
     @classmethod
@@ -239,6 +250,8 @@ class Sharpen(Method):
             before.load_state_dict(callback.before)
             metrics["sharpen/brelu/test/accuracy"] = accuracy(before.to(ctx.device).eval(), ctx.loader("test"),
                                                               ctx.device)
+        if params.batchnorm:
+            fold_batchnorm(net)
         net.gm.eval()
         set_sharpness(net.activations, [1.0] * len(net.activations))
         return Preparation(SharpenedSNN(net, params.tie_break), metrics=metrics,

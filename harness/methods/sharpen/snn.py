@@ -10,6 +10,7 @@ import torch.fx as fx
 from torch import nn
 
 from ...api import Outputs
+from ...config import ConfigError
 from ...evaluation import GraphSNN
 from ...graph import (
     PASS,
@@ -18,6 +19,7 @@ from ...graph import (
     Op,
     build,
     insert_after,
+    insert_after_edge,
     register_module_kind,
     set_module,
     spike_paths,
@@ -71,6 +73,8 @@ def build_sharpenable(arch: nn.Module, input_shape: tuple[int, ...], num_classes
     readout = g.feed(g.output.name, PASS)
     set_module(gm, readout.node, readout.name,
                nn.Linear(cast(nn.Linear, readout.layer).in_features, num_classes * p.n_hot))
+    if p.batchnorm:
+        _insert_batchnorm(gm, g, num_classes * p.n_hot)
     acts: list[tuple[str, SharpenableActivation]] = []
     for op in g.neurons:
         act = SharpenableActivation(p.activation)
@@ -88,6 +92,39 @@ def build_sharpenable(arch: nn.Module, input_shape: tuple[int, ...], num_classes
     gm.recompile()
     return Sharpenable(gm, tuple(input_shape), acts)
 
+
+
+def _insert_batchnorm(gm: fx.GraphModule, g: Graph, readout_width: int) -> None:
+    """Whetstone's convolutional recipe: a BatchNorm on the input of every neuron op (unless one is
+    there already) and of the readout's spiking layer. Inserted before the neurons are rebuilt, so
+    each becomes a call on its BatchNorm's output."""
+    for op in g.neurons:
+        src = op.node.args[0]
+        assert isinstance(src, fx.Node)
+        if g[op.inputs[0]].kind == Kind.NORM:
+            continue
+        shape = g[op.inputs[0]].shape
+        if len(shape) not in (1, 3):
+            raise ConfigError(f"sharpen: batchnorm=true needs [C] or [C, H, W] inputs to each neuron; "
+                              f"`{op.name}` gets {list(shape)}")
+        bn: nn.Module = nn.BatchNorm2d(shape[0]) if len(shape) == 3 else nn.BatchNorm1d(shape[0])
+        insert_after_edge(gm, src, op.node, f"bn_{op.name}".replace(".", "_"), bn)
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    src = out.args[0]
+    assert isinstance(src, fx.Node)
+    insert_after_edge(gm, src, out, "bn_readout", nn.BatchNorm1d(readout_width))
+
+
+def fold_batchnorm(net: Sharpenable) -> None:
+    """Fold every BatchNorm into the Conv/Linear before it (eval statistics), as Whetstone's
+    ``copy_remove_batchnorm`` does before the network is deployed: the step functions then read the
+    layers' own currents. The activations stay the same module objects."""
+    from torch.fx.experimental.optimization import fuse
+
+    net.gm.eval()
+    fused = fuse(net.gm, inplace=True, no_trace=True)
+    assert isinstance(fused, fx.GraphModule)
+    net.gm = fused
 
 
 def to_spiking(net: Sharpenable) -> fx.GraphModule:
