@@ -442,3 +442,32 @@ def test_the_batchnorm_recipe_normalises_every_spiking_layer_and_folds_away_exac
         set_sharpness(net.activations, [1.0] * len(net.activations))  # the same modules steer the folded net
         assert float(net.gm.get_submodule("spike_out").sharpness) == 1.0
         assert torch.equal(to_spiking(net).eval()(x), net.gm(x))
+
+
+def test_staged_sharpness_holds_each_layer_for_the_intermission_by_hand():
+    """3 layers, duration 6 (2 epochs each), intermission 1: layer 0 over [0, 2], layer 1 over
+    [3, 5], layer 2 over [6, 8]. Wrong variants: the gap ignored (layer 1 from 2), the whole
+    duration given to each layer, the gap after the last layer counted."""
+    from harness.methods.sharpen import staged_sharpness
+
+    want = {0: [0, 0, 0], 1: [0.5, 0, 0], 2: [1, 0, 0], 2.5: [1, 0, 0], 3: [1, 0, 0], 4: [1, 0.5, 0],
+            5: [1, 1, 0], 6.5: [1, 1, 0.25], 8: [1, 1, 1], 9: [1, 1, 1]}
+    for t, values in want.items():
+        assert staged_sharpness(t, 3, 6, 1) == pytest.approx(values), t
+
+
+@pytest.mark.slow
+def test_an_intermission_run_sharpens_layer_by_layer_with_pauses_and_a_schedule_too_long_is_refused(quick):
+    """stpu-dnn's 3 layers, start 1, duration 3, intermission 1: at the ends of epochs 1–5 the
+    sharpness is [1,0,0], [1,0,0], [1,1,0], [1,1,0], [1,1,1], and training stops after epoch 5."""
+    res = run(quick(method="sharpen", model="stpu-dnn", eval_limit=40,
+                    sets=("epochs=8", "start_epoch=1", "duration=3", "intermission=1")))
+    steps = res.step_metrics
+    got = [[steps[f"sharpen/sharpness/{n}"][e] for n in ("relu_fc1", "relu_fc2", "spike_out")] for e in range(6)]
+    assert got == [[0, 0, 0], [1, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 0], [1, 1, 1]]
+    assert res.metrics["sharpen/epochs_trained"] == 6 and res.metrics["sharpen/sharpness_reached"] == 1.0
+    with pytest.raises(ConfigError, match=r"end at epoch 9 but training has 8 epochs; valid: start_epoch \+ duration"):
+        run(quick(method="sharpen", model="stpu-dnn", sets=("epochs=8", "start_epoch=2", "duration=3",
+                                                              "intermission=2")))
+    with pytest.raises(ConfigError, match="valid only with schedule=scheduled and bottom_up=true"):
+        SharpenParams.from_strings({"intermission": "2", "bottom_up": "false"})

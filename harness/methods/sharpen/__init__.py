@@ -20,6 +20,9 @@ Sharpening schedules (a Lightning callback; sharpness advances every batch):
 
 * ``fixed``: the network's sharpness rises by ``rate`` per epoch from ``start_epoch``;
 * ``scheduled`` (Whetstone's ``ScheduledSharpener``): 0 at ``start_epoch``, 1 after ``duration`` epochs;
+  with ``intermission`` (and ``bottom_up``) each layer gets ``duration / layers`` epochs and then holds
+  as a step function for ``intermission`` epochs before the next starts, as in Whetstone's scheduled
+  example (4 epochs a layer, 2 between layers);
 * ``adaptive`` (Whetstone's ``AdaptiveSharpener``): after ``start_epoch`` warm-up epochs, sharpening
   starts when the training loss has not improved by ``sig_change`` for more than ``patience`` epochs and
   pauses when it worsens by ``sig_change``; ``rate`` per epoch, ``cz_rate`` once a layer passes
@@ -89,12 +92,12 @@ from ...api import Extras, Method, Preparation
 from ...config import ConfigError, Params, param, scaled_schedule
 from ...metrics import MetricSpec
 from .layers import InputEncoding, NHotDecode, SharpenableActivation, layer_sharpness, set_sharpness
-from .schedule import Sharpener, decayed_lr, sharpening_lr
+from .schedule import Sharpener, decayed_lr, schedule_end, sharpening_lr, staged_sharpness
 from .snn import SharpenedSNN, build_sharpenable, fold_batchnorm, sharpen_problems
 
 __all__ = ["InputEncoding", "NHotDecode", "Sharpen", "SharpenParams", "SharpenableActivation", "SharpenedSNN",
            "Sharpener", "build_sharpenable", "decayed_lr", "fold_batchnorm", "layer_sharpness", "set_sharpness", "sharpen_problems",
-           "sharpening_lr"]
+           "sharpening_lr", "staged_sharpness"]
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,9 @@ class SharpenParams(Params):
     bottom_up: bool = param(True, "sharpen layer by layer from the input (else all together)")
     start_epoch: int = param(5, "epochs trained before sharpening (adaptive: minimum warm-up)", low=0)
     duration: int = param(10, "scheduled: epochs from sharpness 0 to 1", low=1)
+    intermission: int = param(0, "scheduled, bottom_up: epochs each layer holds as a step function before the next "
+                              "starts sharpening (Whetstone's scheduled example: 2); the duration is shared evenly "
+                              "among the layers", low=0)
     rate: float = param(0.25, "fixed: network sharpness per epoch; adaptive: a layer's sharpness per epoch",
                         low=0, low_open=True, high=1)
     cz_rate: float = param(0.126, "adaptive: rate once a layer's sharpness ≥ critical", low=0, low_open=True,
@@ -149,6 +155,9 @@ class SharpenParams(Params):
         return out
 
     def validate(self) -> None:
+        if self.intermission and not (self.schedule == "scheduled" and self.bottom_up):
+            raise ConfigError(f"sharpen: intermission={self.intermission} pauses between layers sharpened one after "
+                              "another; valid only with schedule=scheduled and bottom_up=true")
         if self.schedule == "scheduled" and self.start_epoch + self.duration > self.epochs:
             raise ConfigError(
                 f"sharpen: the schedule ends at epoch {self.start_epoch + self.duration} but training has "
@@ -215,6 +224,13 @@ class Sharpen(Method):
         return sharpen_problems(graph)
 
     def check(self, ctx, params):
+        layers = len(ctx.graph.neurons) + 1  # the hidden neurons and the readout
+        if params.schedule == "scheduled" and schedule_end(params, layers) > params.epochs:
+            raise ConfigError(
+                f"sharpen: {layers} layers sharpened over {params.duration} epochs from epoch {params.start_epoch} with "
+                f"{params.intermission} epochs between layers end at epoch {schedule_end(params, layers):g} but "
+                f"training has {params.epochs} epochs; valid: start_epoch + duration + intermission * "
+                f"(layers - 1) <= epochs")
         try:
             super().check(ctx, params)
         except ConfigError as e:

@@ -39,8 +39,11 @@ class Sharpener:
         it is applied, so the caller can keep the network as it was."""
         p = self.p
         if p.schedule == "scheduled":
-            progress = (epoch + (batch + 1) / batches - p.start_epoch) / p.duration
-            self.values = layer_sharpness(progress, len(self.values), p.bottom_up)
+            elapsed = epoch + (batch + 1) / batches - p.start_epoch
+            if p.intermission and p.bottom_up:
+                self.values = staged_sharpness(elapsed, len(self.values), p.duration, p.intermission)
+            else:
+                self.values = layer_sharpness(elapsed / p.duration, len(self.values), p.bottom_up)
         elif p.schedule == "fixed":
             if epoch >= p.start_epoch:
                 self.global_value = min(1.0, self.global_value + p.rate / batches)
@@ -93,6 +96,24 @@ class Sharpener:
             self.reference_loss, self.no_improvement, self.sharpening = train_loss, 0, False
         elif not self.sharpening and self.no_improvement > p.patience:
             self.reference_loss, self.no_improvement, self.sharpening = train_loss, 0, True
+
+
+def staged_sharpness(elapsed: float, n: int, duration: float, intermission: float) -> list[float]:
+    """Whetstone's scheduled example: layer i (from the input) sharpens from 0 to 1 over
+    ``duration / n`` epochs starting ``i · (duration / n + intermission)`` epochs after sharpening
+    began, so every layer holds for ``intermission`` epochs before the next one starts."""
+    window = duration / n
+    out = []
+    for i in range(n):
+        v = min(max((elapsed - i * (window + intermission)) / window, 0.0), 1.0)
+        out.append(1.0 if 1.0 - v < 1e-9 else v)
+    return out
+
+
+def schedule_end(p: SharpenParams, layers: int) -> float:
+    """The epoch at which ``scheduled`` makes the last of ``layers`` a step function."""
+    gaps = p.intermission * (layers - 1) if p.bottom_up else 0.0
+    return p.start_epoch + p.duration + gaps
 
 
 AUTO_LR_BATCHES = 64  # batches per epoch up to which the sharpening learning rate equals lr
