@@ -471,3 +471,51 @@ def test_an_intermission_run_sharpens_layer_by_layer_with_pauses_and_a_schedule_
                                                               "intermission=2")))
     with pytest.raises(ConfigError, match="valid only with schedule=scheduled and bottom_up=true"):
         SharpenParams.from_strings({"intermission": "2", "bottom_up": "false"})
+
+
+@pytest.mark.parametrize("kind", ["brelu", "sigmoid"])
+def test_straight_through_steps_forward_exactly_and_passes_the_unsharpened_gradient_back(kind):
+    """Forward: the step [x ≥ 0.5] (brelu) or [x ≥ 0] (sigmoid), exactly 0 or 1, a membrane at the
+    threshold included. Backward: brelu clip((x − 0.5)/1.001 + 0.5, 0, 1)'s slope, 1/1.001 on
+    (−0.0005, 1.0005) and 0 outside; sigmoid σ(kx)'s slope k·σ(kx)(1 − σ(kx)), k = 4·ln(2 + √3)/1.001.
+    Wrong variants: the step's zero gradient, the sharpened slope 1/0.001, a forward value of
+    soft + (step − soft) rounded off 0/1."""
+    act = SharpenableActivation(kind)
+    act.sharpness.fill_(1.0)
+    act.straight_through = True
+    x = torch.tensor([-0.1, -0.0004, 0.0, 0.3, 0.5, 0.9999, 1.2], requires_grad=True)
+    y = act(x)
+    thr = 0.5 if kind == "brelu" else 0.0
+    assert y.tolist() == [1.0 if v >= thr else 0.0 for v in x.tolist()]
+    y.sum().backward()
+    if kind == "brelu":
+        want = [1 / 1.001 if -0.0005 < v < 1.0005 else 0.0 for v in x.tolist()]
+    else:
+        k = 4.0 * math.log(2.0 + math.sqrt(3.0)) / 1.001
+        want = [k * math.exp(-k * v) / (1.0 + math.exp(-k * v)) ** 2 for v in x.tolist()]
+    assert x.grad.tolist() == pytest.approx(want, rel=1e-4)  # float32 against double
+    with torch.no_grad():  # evaluation: the plain step
+        assert torch.equal(act(x), y)
+
+
+@pytest.mark.slow
+def test_finetuning_trains_the_sharpened_network_for_its_epochs_and_keeps_it_binary(quick):
+    """stpu-dnn on digits: sharpened by the end of epoch 4 (start 1, duration 3), then 3 epochs of
+    straight-through fine-tuning: 7 epochs, sharpness 1 throughout the last 3, the validation
+    accuracy of the step network recorded each epoch, the network as sharpening left it scored on
+    its own, and the IF network equal to the fine-tuned step network. A fine-tuning that does not
+    fit in the epochs is refused."""
+    res = run(quick(method="sharpen", model="stpu-dnn", sets=("epochs=10", "start_epoch=1", "duration=3",
+                                                               "finetune_epochs=3")))
+    m, steps = res.metrics, res.step_metrics
+    assert m["sharpen/epochs_trained"] == 7 and m["sharpen/snn_agreement"] == 1.0
+    assert steps["sharpen/sharpness/relu_fc1"][3:] == [1.0] * 4 and steps["sharpen/sharpness/spike_out"][3:] == [1.0] * 4
+    assert len(steps["sharpen/val/accuracy_sharpened"]) == 7
+    assert 0 < m["sharpen/test/accuracy_before_finetune"] <= 1
+    plain = run(quick(method="sharpen", model="stpu-dnn", sets=("epochs=10", "start_epoch=1", "duration=3")))
+    # the same seed and schedule: identical until sharpening ends, so the fine-tuning starts from
+    # the network the plain run ends with
+    assert m["sharpen/test/accuracy_before_finetune"] == plain.metrics["sharpen/test/accuracy_lowest_index"]
+    assert steps["sharpen/val/accuracy_sharpened"][:4] == plain.step_metrics["sharpen/val/accuracy_sharpened"]
+    with pytest.raises(ConfigError, match=r"\(\+ 6 of fine-tuning\) but training has 10 epochs"):
+        SharpenParams.from_strings({"epochs": "10", "start_epoch": "1", "duration": "4", "finetune_epochs": "6"})

@@ -52,6 +52,14 @@ The scaling rule and the 1 % floor are fitted to these measurements, not derived
 overrides the start. The network just before sharpening starts (bounded activations, encoded input:
 Whetstone's "original") is kept and its test accuracy reported beside the sharpened one's.
 
+Not in Whetstone: ``finetune_epochs`` trains the fully sharpened network on for that many epochs with
+a straight-through estimator — every activation stays a step function forward, and backward passes
+the gradient of the same activation at sharpness 0 (the bounded ReLU's 1/(1 + ε) where it is not
+clipped) — with the learning rate from ``sharpen_lr`` down to ``lr_floor`` of it (cosine). Whetstone
+stops once every layer is a step function (no gradient is left); the straight-through estimator is
+how binary networks are trained directly. ``sharpen/test/accuracy_before_finetune`` scores the
+network as sharpening left it.
+
 A fully sharpened readout votes with whole neurons: class c gets the number of its N-hot outputs
 that fire, and two classes often get the same count. Whetstone (Keras's ``argmax``) then picks the
 lowest class index; here ``tie_break=potential`` picks, among the tied classes only, the one whose
@@ -120,6 +128,9 @@ class SharpenParams(Params):
                               low_open=True)
     epochs: int = param(30, "maximum training epochs (training stops once fully sharpened)", low=1)
     lr: float = param(1e-3, "learning rate", low=0, low_open=True)
+    finetune_epochs: int = param(0, "epochs of straight-through fine-tuning once every layer is a step function "
+                                 "(not in Whetstone: step functions forward, the unsharpened activation's gradient "
+                                 "backward)", low=0)
     optimizer: Literal["adam", "rmsprop"] = param("adam", "optimizer (the seed found RMSprop most stable)")
     n_hot: int = param(4, "output neurons per class (N-hot code decoded by softmax; 4: Whetstone's convolutional "
                           "example)", low=1, high=1000)
@@ -154,19 +165,24 @@ class SharpenParams(Params):
             out["rate"] = min(1.0, 1.0 / max(1, e - out["start_epoch"]))
         return out
 
+    @property
+    def _and_finetune(self) -> str:
+        return f" (+ {self.finetune_epochs} of fine-tuning)" if self.finetune_epochs else ""
+
     def validate(self) -> None:
         if self.intermission and not (self.schedule == "scheduled" and self.bottom_up):
             raise ConfigError(f"sharpen: intermission={self.intermission} pauses between layers sharpened one after "
                               "another; valid only with schedule=scheduled and bottom_up=true")
-        if self.schedule == "scheduled" and self.start_epoch + self.duration > self.epochs:
+        if self.schedule == "scheduled" and self.start_epoch + self.duration + self.finetune_epochs > self.epochs:
             raise ConfigError(
-                f"sharpen: the schedule ends at epoch {self.start_epoch + self.duration} but training has "
-                f"{self.epochs} epochs; valid: start_epoch + duration <= epochs")
-        if self.schedule == "fixed" and self.start_epoch + math.ceil(1.0 / self.rate - 1e-9) > self.epochs:
+                f"sharpen: the schedule ends at epoch {self.start_epoch + self.duration}{self._and_finetune} but "
+                f"training has {self.epochs} epochs; valid: start_epoch + duration + finetune_epochs <= epochs")
+        fixed_end = self.start_epoch + math.ceil(1.0 / self.rate - 1e-9)
+        if self.schedule == "fixed" and fixed_end + self.finetune_epochs > self.epochs:
             raise ConfigError(
                 f"sharpen: at rate {self.rate}/epoch from epoch {self.start_epoch} sharpening needs "
-                f"{self.start_epoch + math.ceil(1.0 / self.rate - 1e-9)} epochs but training has {self.epochs}; "
-                "valid: start_epoch + ceil(1/rate) <= epochs")
+                f"{fixed_end} epochs{self._and_finetune} but training has {self.epochs}; "
+                "valid: start_epoch + ceil(1/rate) + finetune_epochs <= epochs")
         if self.schedule == "adaptive" and self.start_epoch >= self.epochs:
             raise ConfigError(f"sharpen: start_epoch {self.start_epoch} leaves no epoch to sharpen in; "
                               f"valid: start_epoch < epochs ({self.epochs})")
@@ -197,6 +213,9 @@ class Sharpen(Method):
         MetricSpec("sharpen/test/accuracy_readout_potential", "test accuracy of the sharpened network with its "
                    "readout decoded by membrane potential (summed per class) instead of spikes: binary hidden "
                    "layers, an analog readout", "fraction", "max", 0, 1),
+        MetricSpec("sharpen/test/accuracy_before_finetune", "test accuracy of the fully sharpened network before "
+                   "its straight-through fine-tuning (finetune_epochs; ties to the lowest class index)", "fraction",
+                   "max", 0, 1),
         MetricSpec("sharpen/lr", "learning rate when sharpening started (it decays to 1 % as the network sharpens)",
                    "learning rate", None, 0),
         MetricSpec("sharpen/val/accuracy_sharpened", "validation accuracy per epoch with every layer a step "
@@ -225,12 +244,13 @@ class Sharpen(Method):
 
     def check(self, ctx, params):
         layers = len(ctx.graph.neurons) + 1  # the hidden neurons and the readout
-        if params.schedule == "scheduled" and schedule_end(params, layers) > params.epochs:
+        end = schedule_end(params, layers)
+        if params.schedule == "scheduled" and end + params.finetune_epochs > params.epochs:
             raise ConfigError(
                 f"sharpen: {layers} layers sharpened over {params.duration} epochs from epoch {params.start_epoch} with "
-                f"{params.intermission} epochs between layers end at epoch {schedule_end(params, layers):g} but "
+                f"{params.intermission} epochs between layers end at epoch {end:g}{params._and_finetune} but "
                 f"training has {params.epochs} epochs; valid: start_epoch + duration + intermission * "
-                f"(layers - 1) <= epochs")
+                f"(layers - 1) + finetune_epochs <= epochs")
         try:
             super().check(ctx, params)
         except ConfigError as e:
@@ -247,7 +267,8 @@ class Sharpen(Method):
         net = build_sharpenable(ctx.architecture(), ds.input_shape, ds.num_classes, params)
         sharpener = Sharpener(net.activations, params)
         module = Classifier(net.gm, lr=params.lr, optimizer=params.optimizer)
-        callback = SharpeningCallback(sharpener, net.gm, params.sharpen_lr, ctx.loader("val"), params.lr_floor)
+        callback = SharpeningCallback(sharpener, net.gm, params.sharpen_lr, ctx.loader("val"), params.lr_floor,
+                                      params.finetune_epochs)
         fit(ctx, module, params.epochs, callbacks=[callback], stage="sharpen")
         reached = min(sharpener.values) if sharpener.values else 1.0
         info = {}
@@ -261,11 +282,12 @@ class Sharpen(Method):
                    "sharpen/epochs_trained": float(len(module.history.get("train/loss", [])))}
         if callback.lr_used is not None:
             metrics["sharpen/lr"] = callback.lr_used
-        if callback.before is not None:  # Whetstone's "original": the same network before sharpening
-            before = copy.deepcopy(net.gm)
-            before.load_state_dict(callback.before)
-            metrics["sharpen/brelu/test/accuracy"] = accuracy(before.to(ctx.device).eval(), ctx.loader("test"),
-                                                              ctx.device)
+        for key, state in (("sharpen/brelu/test/accuracy", callback.before),  # Whetstone's "original"
+                           ("sharpen/test/accuracy_before_finetune", callback.sharpened)):
+            if state is not None:  # the same network before sharpening, or once sharpened
+                earlier = copy.deepcopy(net.gm)
+                earlier.load_state_dict(state)
+                metrics[key] = accuracy(earlier.to(ctx.device).eval(), ctx.loader("test"), ctx.device)
         if params.batchnorm:
             fold_batchnorm(net)
         net.gm.eval()

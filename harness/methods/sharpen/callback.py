@@ -26,27 +26,55 @@ class SharpeningCallback(pl.Callback):
     layer is a step function: no gradient is left to train on.
     """
 
-    def __init__(self, sharpener: Sharpener, module: nn.Module, lr: float = 0.0, val=None, floor: float = 0.01):
+    def __init__(self, sharpener: Sharpener, module: nn.Module, lr: float = 0.0, val=None, floor: float = 0.01,
+                 finetune_epochs: int = 0):
         super().__init__()
         self.sharpener, self.module, self.lr, self.val, self.floor = sharpener, module, lr, val, floor
+        self.finetune_epochs = finetune_epochs
         self.before: dict[str, torch.Tensor] | None = None
+        self.sharpened: dict[str, torch.Tensor] | None = None  # when every layer became a step function
+        self.finetune_from: int | None = None  # the epoch in which the fine-tuning started
+        self._finetune_start = 0.0  # the same, in epochs with the fraction of that epoch done
         self.lr_used: float | None = None
         self.sharpened_val: list[float] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         s = self.sharpener
         batches = max(int(trainer.num_training_batches), 1)
+        if self.finetune_from is not None:
+            self._set_lr(trainer, self._finetune_lr(trainer.current_epoch + (batch_idx + 1) / batches))
+            return
         if s.on_batch(trainer.current_epoch, batch_idx, batches):
             self.before = copy.deepcopy(self.module.state_dict())
             self.lr_used = self.lr if self.lr > 0 else _optimiser_lr(trainer, batches)
         s.apply()
         if s.started and self.lr_used is not None:
-            rate = decayed_lr(self.lr_used, sum(s.values) / max(len(s.values), 1), self.floor)
-            for opt in trainer.optimizers:
-                for group in opt.param_groups:
-                    group["lr"] = rate
-        if s.done:
+            self._set_lr(trainer, decayed_lr(self.lr_used, sum(s.values) / max(len(s.values), 1), self.floor))
+        if s.done and self.finetune_epochs > 0:
+            self.sharpened = copy.deepcopy(self.module.state_dict())
+            self.finetune_from = trainer.current_epoch
+            self._finetune_start = trainer.current_epoch + (batch_idx + 1) / batches
+            for _, act in s.acts:
+                act.straight_through = True
+        elif s.done:
             trainer.should_stop = True
+
+    def _finetune_lr(self, now: float) -> float:
+        """Cosine from the sharpening's starting rate down to ``floor`` of it over the fine-tuning
+        (the rest of the epoch sharpening ended in and ``finetune_epochs`` more)."""
+        assert self.finetune_from is not None and self.lr_used is not None
+        span = self.finetune_from + self.finetune_epochs + 1 - self._finetune_start
+        return decayed_lr(self.lr_used, (now - self._finetune_start) / span, self.floor)
+
+    @staticmethod
+    def _set_lr(trainer, rate: float) -> None:
+        for opt in trainer.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = rate
+
+    def on_train_end(self, trainer, pl_module):
+        for _, act in self.sharpener.acts:
+            act.straight_through = False
 
     def on_train_epoch_end(self, trainer, pl_module):
         s = self.sharpener
@@ -54,7 +82,10 @@ class SharpeningCallback(pl.Callback):
             self.sharpened_val.append(accuracy_sharpened(s.acts, pl_module, self.val))
         loss = pl_module.history.get("train/loss")
         s.on_epoch_end(trainer.current_epoch, loss[-1] if loss else None)
-        if s.done:
+        if self.finetune_from is not None:
+            if trainer.current_epoch >= self.finetune_from + self.finetune_epochs:
+                trainer.should_stop = True
+        elif s.done:
             trainer.should_stop = True
 
 

@@ -24,6 +24,9 @@ class SharpenableActivation(nn.Module):
         super().__init__()
         self.kind = kind
         self.register_buffer("sharpness", torch.tensor(0.0))
+        # set by the straight-through fine-tuning (``finetune_epochs``): a step function forward,
+        # the unsharpened activation's gradient backward
+        self.straight_through = False
 
     @property
     def threshold(self) -> float:
@@ -32,7 +35,12 @@ class SharpenableActivation(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = float(self.sharpness)
         if s >= 1.0:
+            if self.straight_through and torch.is_grad_enabled():
+                return _StraightThrough.apply(x, self.kind)
             return (x >= self.threshold).to(x)
+        return self._bounded(x, s)
+
+    def _bounded(self, x: torch.Tensor, s: float) -> torch.Tensor:
         width = 1.0 - s + EPSILON
         if self.kind == "brelu":
             return ((x - 0.5) / width + 0.5).clamp(0.0, 1.0)
@@ -40,6 +48,29 @@ class SharpenableActivation(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}, sharpness={float(self.sharpness):.3f}"
+
+
+class _StraightThrough(torch.autograd.Function):
+    """The step function forward (exactly); backward, the gradient of the same activation at
+    sharpness 0 (bounded ReLU: 1/(1 + ε) where it is not clipped; sigmoid: its slope). Written by hand:
+    a ``soft + (step − soft).detach()`` would round the forward value away from 0 and 1."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, kind: str) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.kind = kind
+        return (x >= (0.5 if kind == "brelu" else 0.0)).to(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        width = 1.0 + EPSILON
+        if ctx.kind == "brelu":
+            inside = ((x - 0.5) / width + 0.5 > 0.0) & ((x - 0.5) / width + 0.5 < 1.0)
+            return grad * inside.to(grad) / width, None
+        k = SIGMOID_K / width
+        sig = torch.sigmoid(k * x)
+        return grad * k * sig * (1.0 - sig), None
 
 
 class NHotDecode(nn.Module):
