@@ -30,7 +30,7 @@ Sharpening schedules (a Lightning callback; sharpness advances every batch):
 
 With ``bottom_up`` the network's sharpness is spent layer by layer from the input (Whetstone's
 ``set_model_sharpness``), otherwise all layers sharpen together. Training stops once every layer is
-a step function.
+a step function (``finetune_epochs`` later with the fine-tuning below).
 
 While sharpening, the learning rate follows the network's sharpness S (the mean of the layers'):
 ``sharpen_lr · (f + (1 − f) · (1 + cos πS) / 2)``, from ``sharpen_lr`` when sharpening starts down to
@@ -126,7 +126,7 @@ class SharpenParams(Params):
     patience: int = param(1, "adaptive: epochs without significant improvement before sharpening", low=0)
     sig_change: float = param(0.15, "adaptive: relative loss change counted as significant", low=0,
                               low_open=True)
-    epochs: int = param(30, "maximum training epochs (training stops once fully sharpened)", low=1)
+    epochs: int = param(30, "maximum training epochs (training stops once fully sharpened and fine-tuned)", low=1)
     lr: float = param(1e-3, "learning rate", low=0, low_open=True)
     finetune_epochs: int = param(0, "epochs of straight-through fine-tuning once every layer is a step function "
                                  "(not in Whetstone: step functions forward, the unsharpened activation's gradient "

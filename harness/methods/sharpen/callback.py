@@ -23,7 +23,9 @@ class SharpeningCallback(pl.Callback):
     network's sharpness to ``floor`` of it. With a ``val`` loader it appends, at every epoch's end,
     the validation accuracy the network would have if every layer were a step function now to
     ``sharpened_val`` (Whetstone's ``WhetstoneLogger`` reports the same). Training stops once every
-    layer is a step function: no gradient is left to train on.
+    layer is a step function — no gradient is left to train on — or, with ``finetune_epochs``,
+    that many epochs later: the activations then train straight through (their ``straight_through``
+    flag, cleared when training ends) with the rate decaying from the sharpening's starting rate.
     """
 
     def __init__(self, sharpener: Sharpener, module: nn.Module, lr: float = 0.0, val=None, floor: float = 0.01,
