@@ -408,8 +408,8 @@ class _NestedConv(nn.Module):
 
 
 def test_the_batchnorm_recipe_normalises_every_spiking_layer_and_folds_away_exactly():
-    """``batchnorm=true`` (Whetstone's convolutional example): a BatchNorm on the input of each of
-    the three activations that lacks one and of the readout's spiking layer — 3 new, the user's own
+    """``batchnorm=true`` (Whetstone's convolutional example): a BatchNorm on the input of each
+    activation that lacks one (2 of the 3) and of the readout's spiking layer — 3 new, the user's own
     kept (4 in all) — and after training they fold into the layer before each: no BatchNorm left,
     the same outputs at any sharpness, and the one-step IF network equal to the folded network.
     Wrong variants: a BatchNorm after the activation or none on the readout, a second one where
