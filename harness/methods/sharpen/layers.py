@@ -36,7 +36,7 @@ class SharpenableActivation(nn.Module):
         s = float(self.sharpness)
         if s >= 1.0:
             if self.straight_through and torch.is_grad_enabled():
-                return _StraightThrough.apply(x, self.kind)
+                return _StraightThrough.apply(x, self.kind, self.threshold)
             return (x >= self.threshold).to(x)
         return self._bounded(x, s)
 
@@ -56,10 +56,10 @@ class _StraightThrough(torch.autograd.Function):
     a ``soft + (step − soft).detach()`` would round the forward value away from 0 and 1."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, kind: str) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, kind: str, threshold: float) -> torch.Tensor:
         ctx.save_for_backward(x)
         ctx.kind = kind
-        return (x >= (0.5 if kind == "brelu" else 0.0)).to(x)
+        return (x >= threshold).to(x)
 
     @staticmethod
     def backward(ctx, grad):
@@ -67,10 +67,10 @@ class _StraightThrough(torch.autograd.Function):
         width = 1.0 + EPSILON
         if ctx.kind == "brelu":
             inside = ((x - 0.5) / width + 0.5 > 0.0) & ((x - 0.5) / width + 0.5 < 1.0)
-            return grad * inside.to(grad) / width, None
+            return grad * inside.to(grad) / width, None, None
         k = SIGMOID_K / width
         sig = torch.sigmoid(k * x)
-        return grad * k * sig * (1.0 - sig), None
+        return grad * k * sig * (1.0 - sig), None, None
 
 
 class NHotDecode(nn.Module):
