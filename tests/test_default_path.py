@@ -31,6 +31,8 @@ FAST = {  # the least work that still runs every stage of each method
     "surrogate": ("epochs=1", "timesteps=2"),
     "sharpen": ("epochs=1",),
     "sharpen:batchnorm": ("epochs=1", "batchnorm=true"),  # a BatchNorm before each spiking layer, folded
+    # a layer at a time with a pause after each (6 layers at most here: ends by epoch 6), then fine-tuned
+    "sharpen:staged": ("epochs=8", "start_epoch=0", "duration=1", "intermission=1", "finetune_epochs=1"),
     "prune": ("epochs=1",),
     "prune+rate": ("prune.epochs=1", "timesteps=4"),
     "prune+ttfs": ("prune.epochs=1", "t_max=8", "t_max_sweep=", "fig2=false"),
@@ -43,7 +45,7 @@ REFUSED = {}
 for _m in ("ttfs", "prune+ttfs"):
     REFUSED.update({(_m, "cnn7"): "pool1", (_m, "resnet-small"): "layer1.0.add", (_m, USER[0]): "add",
                     (_m, USER[2]): "blocks.0.add"})
-for _m in ("sharpen", "sharpen:batchnorm"):
+for _m in ("sharpen", "sharpen:batchnorm", "sharpen:staged"):
     REFUSED.update({(_m, "cnn7"): "pool1", (_m, "resnet-small"): "pool", (_m, USER[0]): "pool",
                     (_m, USER[2]): "adaptive_avg_pool2d"})
 CELLS = [(m, model) for m in FAST for model in BUILT_IN + USER]

@@ -243,6 +243,13 @@ class Sharpen(Method):
         return sharpen_problems(graph)
 
     def check(self, ctx, params):
+        try:
+            super().check(ctx, params)
+        except ConfigError as e:
+            raise ConfigError(f"{e} (model {ctx.model_name!r}; Whetstone needs binary activations between layers: "
+                              "max-pooling models such as stpu-dnn, stpu-cnn, cnn-restricted, cnn-unrestricted, "
+                              "ttfs-cnn)") from None
+        # only a network that can be sharpened has a schedule worth checking
         layers = len(ctx.graph.neurons) + 1  # the hidden neurons and the readout
         end = schedule_end(params, layers)
         if params.schedule == "scheduled" and end + params.finetune_epochs > params.epochs:
@@ -251,12 +258,6 @@ class Sharpen(Method):
                 f"{params.intermission} epochs between layers end at epoch {end:g}{params._and_finetune} but "
                 f"training has {params.epochs} epochs; valid: start_epoch + duration + intermission * "
                 f"(layers - 1) + finetune_epochs <= epochs")
-        try:
-            super().check(ctx, params)
-        except ConfigError as e:
-            raise ConfigError(f"{e} (model {ctx.model_name!r}; Whetstone needs binary activations between layers: "
-                              "max-pooling models such as stpu-dnn, stpu-cnn, cnn-restricted, cnn-unrestricted, "
-                              "ttfs-cnn)") from None
 
     def prepare(self, ctx, ann, params):
         from ...training import Classifier, fit
